@@ -1,0 +1,1 @@
+"""fastrnn benchmarks: ``python -m bench``."""

@@ -1,0 +1,141 @@
+"""Backend selection: ``"auto" | "triton" | "cpp" | "reference"``.
+
+A backend is a module that implements the six recurrence entry points with the signatures
+of :mod:`fastrnn.reference`'s ``*_recurrence_forward`` / ``*_recurrence_backward``. The ops
+in :mod:`fastrnn.ops` receive the resolved backend name and dispatch here.
+
+Resolution of ``"auto"``: the ``FASTRNN_BACKEND`` environment variable if set, else triton
+for CUDA tensors and cpp for CPU tensors; when that fast backend is missing, the reference
+runs instead and a warning says why, once per process and backend.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from types import ModuleType
+from typing import Callable
+
+import torch
+
+__all__ = ["BACKENDS", "available_backends", "resolve", "implementation", "check_name"]
+
+BACKENDS = ("auto", "triton", "cpp", "reference")
+# Not a user-facing choice: autograd straight through fastrnn.reference's cells, no custom
+# ops. fastrnn.testing uses it as the oracle every backend is measured against.
+ORACLE = "oracle"
+ENTRY_POINTS = (
+    "lstm_recurrence_forward",
+    "lstm_recurrence_backward",
+    "gru_recurrence_forward",
+    "gru_recurrence_backward",
+    "rnn_recurrence_forward",
+    "rnn_recurrence_backward",
+)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class _Backend:
+    name: str
+    module: str  # import path of the module holding the entry points
+    runs_on: Callable[[torch.device], bool]
+    devices: str  # for messages
+
+
+_REGISTRY = {
+    "reference": _Backend("reference", "fastrnn.reference", lambda d: True, "any device"),
+    "cpp": _Backend("cpp", "fastrnn._cpp", lambda d: d.type == "cpu", "CPU tensors"),
+    "triton": _Backend(
+        "triton",
+        "fastrnn.kernels",
+        lambda d: d.type == "cuda" or (d.type == "cpu" and _interpreting()),
+        "CUDA tensors (CPU tensors with TRITON_INTERPRET=1)",
+    ),
+}
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> tuple[ModuleType | None, str]:
+    """Import a backend once; returns (module, "") or (None, why it is unavailable)."""
+    if name == "triton" and not torch.cuda.is_available() and not _interpreting():
+        return None, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
+    try:
+        mod = importlib.import_module(_REGISTRY[name].module)
+    except Exception as e:  # an ImportError, or a build/ABI problem surfacing at import
+        return None, f"{type(e).__name__}: {e}"
+    missing = [e for e in ENTRY_POINTS if not hasattr(mod, e)]
+    if missing:
+        return None, f"{_REGISTRY[name].module} lacks {', '.join(missing)}"
+    return mod, ""
+
+
+def available_backends() -> dict[str, str]:
+    """Each concrete backend and ``"available"`` or ``"unavailable: <reason>"``."""
+    out = {}
+    for name in ("triton", "cpp", "reference"):
+        mod, why = _load(name)
+        out[name] = "available" if mod is not None else f"unavailable: {why}"
+    return out
+
+
+def check_name(backend: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
+
+
+@lru_cache(maxsize=None)
+def _warn_fallback(wanted: str, why: str) -> None:
+    warnings.warn(
+        f"fastrnn: the {wanted} backend is unavailable ({why}); running the pure-PyTorch "
+        "reference backend instead (correct, but slow)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """Turn a user's backend choice into the concrete backend that runs on ``device``."""
+    if backend == ORACLE:
+        return ORACLE
+    check_name(backend)
+    if backend == "auto":
+        env = os.environ.get("FASTRNN_BACKEND", "").strip()
+        if env and env != "auto":
+            backend = env
+            if backend not in BACKENDS:
+                raise ValueError(
+                    f"FASTRNN_BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {env!r}"
+                )
+    if backend == "auto":
+        wanted = "triton" if device.type == "cuda" else "cpp"
+        if not _REGISTRY[wanted].runs_on(device):
+            return "reference"
+        mod, why = _load(wanted)
+        if mod is None:
+            _warn_fallback(wanted, why)
+            return "reference"
+        return wanted
+    spec = _REGISTRY[backend]
+    if not spec.runs_on(device):
+        raise RuntimeError(
+            f"fastrnn backend {backend!r} runs on {spec.devices}, but the input is on {device}"
+        )
+    mod, why = _load(backend)
+    if mod is None:
+        raise RuntimeError(f"fastrnn backend {backend!r} is unavailable: {why}")
+    return backend
+
+
+def implementation(backend: str, entry: str) -> Callable:
+    """The function ``entry`` of a resolved backend."""
+    mod, why = _load(backend)
+    if mod is None:
+        raise RuntimeError(f"fastrnn backend {backend!r} is unavailable: {why}")
+    return getattr(mod, entry)

@@ -1,0 +1,1 @@
+"""Triton kernels for fastrnn (installed as ``fastrnn.kernels``)."""
