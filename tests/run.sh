@@ -6,3 +6,9 @@ PY=${1:-python}; shift || true
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 echo "== lane: reference backend (whole suite)"
 FASTRNN_BACKEND=reference "$PY" -m pytest tests -q "$@"
+if "$PY" -c "import fastrnn, sys; sys.exit(fastrnn.available_backends()['cpp'] != 'available')"; then
+  echo "== lane: cpp backend (whole suite)"
+  FASTRNN_BACKEND=cpp "$PY" -m pytest tests -q "$@"
+else
+  echo "== lane: cpp backend skipped: $("$PY" -c "import fastrnn; print(fastrnn.available_backends()['cpp'])")"
+fi

@@ -1,0 +1,725 @@
+// fastrnn C++ CPU backend: whole-sequence LSTM / GRU / RNN recurrences, forward and backward.
+//
+// The time loop runs here, with every buffer allocated once per call. Per step, the
+// recurrent product h @ W_hh^T goes through a register-blocked kernel written for small
+// matrices (where a dispatched GEMM costs more in overhead than in arithmetic) or through
+// torch's BLAS for large ones (see use_blas). The pointwise cell is fused per batch row
+// (cells.h). Backward runs reverse time for dgates and dh/dc only; dW_hh is one GEMM over all
+// T*B rows after the loop. Nothing depends on thread timing: results are bitwise
+// reproducible run to run.
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cells.h"
+
+namespace fastrnn {
+namespace {
+
+// Float hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at load
+// time, so the default build stays portable (no -march=native).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTRNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTRNN_CLONES
+#endif
+
+// ---------------------------------------------------------------------------------------
+// C[m, :] += A[m, :] @ W  (A: M x K, row stride lda; W: K x N row-major, ldw; C: ldc).
+// 4 rows x BN columns of C stay in registers across the K loop; W rows stream from cache.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+FASTRNN_INLINE void gemm_acc_impl(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda,
+                                  const T* W, int64_t ldw, T* C, int64_t ldc) {
+  constexpr int64_t BN = 128 / sizeof(T);  // 32 floats / 16 doubles
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) {
+    const T* a0 = A + m * lda;
+    const T* a1 = a0 + lda;
+    const T* a2 = a1 + lda;
+    const T* a3 = a2 + lda;
+    T* c0 = C + m * ldc;
+    T* c1 = c0 + ldc;
+    T* c2 = c1 + ldc;
+    T* c3 = c2 + ldc;
+    int64_t n = 0;
+    for (; n + BN <= N; n += BN) {
+      T acc0[BN], acc1[BN], acc2[BN], acc3[BN];
+      for (int64_t j = 0; j < BN; ++j) {
+        acc0[j] = c0[n + j]; acc1[j] = c1[n + j]; acc2[j] = c2[n + j]; acc3[j] = c3[n + j];
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const T* w = W + k * ldw + n;
+        const T v0 = a0[k], v1 = a1[k], v2 = a2[k], v3 = a3[k];
+        for (int64_t j = 0; j < BN; ++j) {
+          acc0[j] += v0 * w[j]; acc1[j] += v1 * w[j]; acc2[j] += v2 * w[j]; acc3[j] += v3 * w[j];
+        }
+      }
+      for (int64_t j = 0; j < BN; ++j) {
+        c0[n + j] = acc0[j]; c1[n + j] = acc1[j]; c2[n + j] = acc2[j]; c3[n + j] = acc3[j];
+      }
+    }
+    if (n < N) {
+      for (int64_t k = 0; k < K; ++k) {
+        const T* w = W + k * ldw;
+        const T v0 = a0[k], v1 = a1[k], v2 = a2[k], v3 = a3[k];
+        for (int64_t j = n; j < N; ++j) {
+          c0[j] += v0 * w[j]; c1[j] += v1 * w[j]; c2[j] += v2 * w[j]; c3[j] += v3 * w[j];
+        }
+      }
+    }
+  }
+  for (; m < M; ++m) {
+    const T* a = A + m * lda;
+    T* c = C + m * ldc;
+    int64_t n = 0;
+    for (; n + BN <= N; n += BN) {
+      T acc[BN];
+      for (int64_t j = 0; j < BN; ++j) acc[j] = c[n + j];
+      for (int64_t k = 0; k < K; ++k) {
+        const T* w = W + k * ldw + n;
+        const T v = a[k];
+        for (int64_t j = 0; j < BN; ++j) acc[j] += v * w[j];
+      }
+      for (int64_t j = 0; j < BN; ++j) c[n + j] = acc[j];
+    }
+    for (int64_t k = 0; k < K && n < N; ++k) {
+      const T* w = W + k * ldw;
+      const T v = a[k];
+      for (int64_t j = n; j < N; ++j) c[j] += v * w[j];
+    }
+  }
+}
+
+FASTRNN_CLONES void gemm_acc(int64_t M, int64_t K, int64_t N, const float* A, int64_t lda,
+                             const float* W, int64_t ldw, float* C, int64_t ldc) {
+  gemm_acc_impl<float>(M, K, N, A, lda, W, ldw, C, ldc);
+}
+void gemm_acc(int64_t M, int64_t K, int64_t N, const double* A, int64_t lda, const double* W,
+              int64_t ldw, double* C, int64_t ldc) {
+  gemm_acc_impl<double>(M, K, N, A, lda, W, ldw, C, ldc);
+}
+
+// The register-blocked kernel wins while a step's product is small: at (B=8, K=128, N=512)
+// it ran a step in about half the time of at::addmm_ on this project's 2-core CPU, while
+// at (B=64, K=512, N=2048) BLAS (threaded, cache-blocked) was several times faster.
+// The crossover measured there lies between 2^21 and 2^23 multiply-adds.
+inline bool use_blas(int64_t M, int64_t K, int64_t N) { return M * K * N > (int64_t(1) << 22); }
+
+// The per-step product C += A @ W with the choice above. W (K x N) may be a transposed
+// view: BLAS takes it as is, the kernel gets a row-major copy made once per call.
+template <typename T>
+struct StepGemm {
+  at::Tensor w;    // K x N view for BLAS
+  at::Tensor wc;   // K x N row-major copy for the kernel (owned: wp points into it)
+  const T* wp;
+  int64_t K, N;
+  bool blas;
+  StepGemm(const at::Tensor& w_kn, int64_t M)
+      : w(w_kn), K(w_kn.size(0)), N(w_kn.size(1)), blas(use_blas(M, w_kn.size(0), w_kn.size(1))) {
+    wc = blas ? w_kn : w_kn.contiguous();
+    wp = blas ? nullptr : wc.data_ptr<T>();
+  }
+  // C[0:M] += A[0:M] @ W ; A with row stride lda, C with row stride ldc.
+  void acc(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
+    if (M == 0) return;
+    if (blas) {
+      auto opts = w.options();
+      auto a = torch::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+      auto c = torch::from_blob(C, {M, N}, {ldc, 1}, opts);
+      c.addmm_(a, w);
+    } else {
+      gemm_acc(M, K, N, A, lda, wp, N, C, ldc);
+    }
+  }
+};
+
+inline bool active(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// ---------------------------------------------------------------------------------------
+// Row loops over the batch for one step (cloned per ISA for float).
+// ---------------------------------------------------------------------------------------
+template <typename T>
+FASTRNN_INLINE void lstm_fwd_rows_impl(int64_t B, int64_t H, int64_t t, const int64_t* lengths,
+                                       T* gates, const T* c_prev, T* c, T* m) {
+  for (int64_t b = 0; b < B; ++b) {
+    if (active(lengths, t, b)) {
+      lstm_fwd_row<T>(H, gates + b * 4 * H, c_prev + b * H, c + b * H, m + b * H);
+    } else {  // state carried; the workspace row is zeroed so every output is defined
+      std::copy(c_prev + b * H, c_prev + (b + 1) * H, c + b * H);
+      std::fill(gates + b * 4 * H, gates + (b + 1) * 4 * H, T(0));
+    }
+  }
+}
+FASTRNN_CLONES void lstm_fwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, float* g,
+                                  const float* cp, float* c, float* m) {
+  lstm_fwd_rows_impl<float>(B, H, t, L, g, cp, c, m);
+}
+void lstm_fwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, double* g, const double* cp,
+                   double* c, double* m) {
+  lstm_fwd_rows_impl<double>(B, H, t, L, g, cp, c, m);
+}
+
+template <typename T>
+FASTRNN_INLINE void lstm_bwd_rows_impl(int64_t B, int64_t H, int64_t t, const int64_t* lengths,
+                                       const T* gates, const T* c, const T* c_prev, const T* dm,
+                                       T* dc, T* dgates) {
+  for (int64_t b = 0; b < B; ++b) {
+    if (active(lengths, t, b)) {
+      lstm_bwd_row<T>(H, gates + b * 4 * H, c + b * H, c_prev + b * H, dm + b * H, dc + b * H,
+                      dgates + b * 4 * H);
+    } else {
+      std::fill(dgates + b * 4 * H, dgates + (b + 1) * 4 * H, T(0));
+    }
+  }
+}
+FASTRNN_CLONES void lstm_bwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, const float* g,
+                                  const float* c, const float* cp, const float* dm, float* dc,
+                                  float* dg) {
+  lstm_bwd_rows_impl<float>(B, H, t, L, g, c, cp, dm, dc, dg);
+}
+void lstm_bwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, const double* g,
+                   const double* c, const double* cp, const double* dm, double* dc, double* dg) {
+  lstm_bwd_rows_impl<double>(B, H, t, L, g, c, cp, dm, dc, dg);
+}
+
+template <typename T>
+FASTRNN_INLINE void gru_fwd_rows_impl(int64_t B, int64_t H, int64_t t, const int64_t* lengths,
+                                      const T* x, int64_t ldx, const T* gh, const T* b_hn,
+                                      const T* h_prev, T* acts, T* h) {
+  for (int64_t b = 0; b < B; ++b) {
+    if (active(lengths, t, b)) {
+      gru_fwd_row<T>(H, x + b * ldx, gh + b * 3 * H, b_hn, h_prev + b * H, acts + b * 4 * H, h + b * H);
+    } else {
+      std::fill(acts + b * 4 * H, acts + (b + 1) * 4 * H, T(0));
+    }
+  }
+}
+FASTRNN_CLONES void gru_fwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, const float* x,
+                                 int64_t ldx, const float* gh, const float* bhn, const float* hp,
+                                 float* acts, float* h) {
+  gru_fwd_rows_impl<float>(B, H, t, L, x, ldx, gh, bhn, hp, acts, h);
+}
+void gru_fwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, const double* x, int64_t ldx,
+                  const double* gh, const double* bhn, const double* hp, double* acts, double* h) {
+  gru_fwd_rows_impl<double>(B, H, t, L, x, ldx, gh, bhn, hp, acts, h);
+}
+
+template <typename T>
+FASTRNN_INLINE void gru_bwd_rows_impl(int64_t B, int64_t H, int64_t t, const int64_t* lengths,
+                                      const T* acts, const T* h_prev, const T* dh, T* dx, T* dgh,
+                                      T* dh_direct) {
+  for (int64_t b = 0; b < B; ++b) {
+    if (active(lengths, t, b)) {
+      gru_bwd_row<T>(H, acts + b * 4 * H, h_prev + b * H, dh + b * H, dx + b * 3 * H,
+                     dgh + b * 3 * H, dh_direct + b * H);
+    } else {
+      std::fill(dx + b * 3 * H, dx + (b + 1) * 3 * H, T(0));
+      std::fill(dgh + b * 3 * H, dgh + (b + 1) * 3 * H, T(0));
+    }
+  }
+}
+FASTRNN_CLONES void gru_bwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, const float* a,
+                                 const float* hp, const float* dh, float* dx, float* dgh, float* dd) {
+  gru_bwd_rows_impl<float>(B, H, t, L, a, hp, dh, dx, dgh, dd);
+}
+void gru_bwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, const double* a,
+                  const double* hp, const double* dh, double* dx, double* dgh, double* dd) {
+  gru_bwd_rows_impl<double>(B, H, t, L, a, hp, dh, dx, dgh, dd);
+}
+
+template <typename T>
+FASTRNN_INLINE void rnn_fwd_rows_impl(int64_t B, int64_t H, bool relu, const T* a, T* h) {
+  for (int64_t b = 0; b < B; ++b) rnn_fwd_row<T>(H, relu, a + b * H, h + b * H);
+}
+FASTRNN_CLONES void rnn_fwd_rows(int64_t B, int64_t H, bool relu, const float* a, float* h) {
+  rnn_fwd_rows_impl<float>(B, H, relu, a, h);
+}
+void rnn_fwd_rows(int64_t B, int64_t H, bool relu, const double* a, double* h) {
+  rnn_fwd_rows_impl<double>(B, H, relu, a, h);
+}
+
+template <typename T>
+FASTRNN_INLINE void rnn_bwd_rows_impl(int64_t B, int64_t H, int64_t t, const int64_t* lengths,
+                                      bool relu, const T* h, const T* dh, T* da) {
+  for (int64_t b = 0; b < B; ++b) {
+    if (active(lengths, t, b)) {
+      rnn_bwd_row<T>(H, relu, h + b * H, dh + b * H, da + b * H);
+    } else {
+      std::fill(da + b * H, da + (b + 1) * H, T(0));
+    }
+  }
+}
+FASTRNN_CLONES void rnn_bwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, bool relu,
+                                 const float* h, const float* dh, float* da) {
+  rnn_bwd_rows_impl<float>(B, H, t, L, relu, h, dh, da);
+}
+void rnn_bwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, bool relu, const double* h,
+                  const double* dh, double* da) {
+  rnn_bwd_rows_impl<double>(B, H, t, L, relu, h, dh, da);
+}
+
+// ---------------------------------------------------------------------------------------
+// Argument checks: direct calls with bad arguments raise, never crash.
+// ---------------------------------------------------------------------------------------
+void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like,
+                  std::vector<int64_t> shape) {
+  TORCH_CHECK(t.device().is_cpu(), "fastrnn cpp backend: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "fastrnn cpp backend: ", name, " has dtype ",
+              t.scalar_type(), ", expected ", like.scalar_type());
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fastrnn cpp backend: ", name, " must have shape ",
+              at::IntArrayRef(shape), ", got ", t.sizes());
+}
+
+// x_proj: rows of each (t, b) must be contiguous; any strides between rows are accepted.
+at::Tensor rows_contiguous(const at::Tensor& x) {
+  return x.stride(2) == 1 ? x : x.contiguous();
+}
+
+std::tuple<int64_t, int64_t, int64_t> check_x(const at::Tensor& x, int64_t gates,
+                                              const c10::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(x.device().is_cpu(), "fastrnn cpp backend: x_proj must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "fastrnn cpp backend supports float32 and float64, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 3, "fastrnn cpp backend: x_proj must be 3-D (T, B, G), got ", x.dim(), "-D");
+  TORCH_CHECK(x.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  TORCH_CHECK(x.size(2) % gates == 0, "fastrnn cpp backend: x_proj's last dim ", x.size(2),
+              " is not a multiple of ", gates);
+  if (lengths) {
+    TORCH_CHECK(lengths->device().is_cpu() && lengths->scalar_type() == at::kLong &&
+                    lengths->dim() == 1 && lengths->size(0) == x.size(1),
+                "fastrnn cpp backend: lengths must be a CPU int64 tensor of shape (", x.size(1), ")");
+  }
+  return {x.size(0), x.size(1), x.size(2) / gates};
+}
+
+const int64_t* lengths_ptr(const c10::optional<at::Tensor>& lengths, at::Tensor& keep) {
+  if (!lengths) return nullptr;
+  keep = lengths->contiguous();
+  return keep.data_ptr<int64_t>();
+}
+
+// Step order and the neighbouring step a step starts from.
+inline int64_t step_at(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+// (T, B, P): the state each step started from (h0 at the first step of each sequence; in
+// reverse with lengths, h0 until a sequence's own last step). Inactive entries unused.
+at::Tensor h_prev_of(const at::Tensor& y, const at::Tensor& h0, const c10::optional<at::Tensor>& lengths,
+                     bool reverse) {
+  auto h0u = h0.unsqueeze(0);
+  int64_t T = y.size(0);
+  if (!reverse) return at::cat({h0u, y.narrow(0, 0, T - 1)}, 0);
+  auto hp = at::cat({y.narrow(0, 1, T - 1), h0u}, 0);
+  if (!lengths) return hp;
+  auto t_next = at::arange(1, T + 1, lengths->options()).unsqueeze(1);
+  auto started = (t_next < lengths->unsqueeze(0)).unsqueeze(2);
+  return at::where(started, hp, h0u);
+}
+
+// =======================================================================================
+// LSTM
+// =======================================================================================
+template <typename T>
+std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& x, const at::Tensor& w_hh,
+                                          const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                                          const at::Tensor& c0, const int64_t* L, bool reverse) {
+  const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2) / 4, P = h0.size(1);
+  const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
+  auto y = at::empty({T_, B, P}, x.options());
+  auto gates = at::empty({T_, B, 4 * H}, x.options());
+  auto cs = at::empty({T_, B, H}, x.options());
+  auto h = h0.clone();  // carried h state
+  auto m = w_hr ? at::empty({B, H}, x.options()) : at::Tensor();
+  StepGemm<T> rec(w_hh.t(), B);  // (P x 4H)
+  c10::optional<StepGemm<T>> proj;
+  at::Tensor hnew;
+  if (w_hr) {
+    proj.emplace(w_hr->t(), B);  // (H x P)
+    hnew = at::empty({B, P}, x.options());
+  }
+  const T* xp = x.data_ptr<T>();
+  T* gp = gates.data_ptr<T>();
+  T* cp = cs.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  T* hp = h.data_ptr<T>();
+  const T* c0p = c0.data_ptr<T>();
+  int64_t prev = -1;
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = step_at(s, T_, reverse);
+    T* g = gp + t * B * 4 * H;
+    for (int64_t b = 0; b < B; ++b) std::copy(xp + t * sx0 + b * sx1, xp + t * sx0 + b * sx1 + 4 * H, g + b * 4 * H);
+    rec.acc(B, hp, P, g, 4 * H);
+    const T* c_prev = prev < 0 ? c0p : cp + prev * B * H;
+    T* c = cp + t * B * H;
+    T* mp = w_hr ? m.data_ptr<T>() : yp + t * B * P;
+    lstm_fwd_rows(B, H, t, L, g, c_prev, c, mp);
+    if (w_hr) {
+      T* hn = hnew.data_ptr<T>();
+      std::fill(hn, hn + B * P, T(0));
+      proj->acc(B, mp, H, hn, P);
+      std::copy(hn, hn + B * P, yp + t * B * P);
+    }
+    T* yt = yp + t * B * P;
+    for (int64_t b = 0; b < B; ++b) {
+      if (active(L, t, b)) {
+        std::copy(yt + b * P, yt + (b + 1) * P, hp + b * P);
+      } else {
+        std::fill(yt + b * P, yt + (b + 1) * P, T(0));
+      }
+    }
+    prev = t;
+  }
+  auto c_n = cs[step_at(T_ - 1, T_, reverse)].clone();
+  return {y, h, c_n, gates, cs};
+}
+
+std::vector<at::Tensor> lstm_forward(const at::Tensor& x_proj, const at::Tensor& w_hh,
+                                     const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                                     const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,
+                                     bool reverse) {
+  auto [T, B, H] = check_x(x_proj, 4, lengths);
+  const int64_t P = w_hr ? w_hr->size(0) : H;
+  check_tensor(w_hh, "w_hh", x_proj, {4 * H, P});
+  if (w_hr) check_tensor(*w_hr, "w_hr", x_proj, {P, H});
+  check_tensor(h0, "h0", x_proj, {B, P});
+  check_tensor(c0, "c0", x_proj, {B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, keep);
+  auto x = rows_contiguous(x_proj);
+  auto w_hr_c = w_hr ? c10::optional<at::Tensor>(w_hr->contiguous()) : c10::nullopt;
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
+    return lstm_forward_impl<scalar_t>(x, w_hh.contiguous(), w_hr_c, h0.contiguous(), c0.contiguous(), L, reverse);
+  });
+}
+
+template <typename T>
+std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+                                           const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
+                                           const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& y,
+                                           const at::Tensor& gates, const at::Tensor& cs,
+                                           const c10::optional<at::Tensor>& lengths, const int64_t* L,
+                                           bool reverse) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = h0.size(1);
+  auto dgates = at::empty({T_, B, 4 * H}, dy.options());
+  auto dh = dh_n.clone();
+  auto dc = dc_n.clone();
+  auto dht = at::empty({B, P}, dy.options());          // gradient reaching h_t
+  auto dhnew = at::empty({B, P}, dy.options());
+  StepGemm<T> rec(w_hh, B);                       // dgates (B x 4H) @ W_hh (4H x P)
+  c10::optional<StepGemm<T>> proj;
+  at::Tensor dm, dh_out;
+  if (w_hr) {
+    proj.emplace(*w_hr, B);                      // dh_t (B x P) @ W_hr (P x H)
+    dm = at::empty({B, H}, dy.options());
+    dh_out = at::empty({T_, B, P}, dy.options());
+  }
+  const T* gp = gates.data_ptr<T>();
+  const T* cp = cs.data_ptr<T>();
+  const T* dyp = dy.data_ptr<T>();
+  const T* c0p = c0.data_ptr<T>();
+  T* dgp = dgates.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  T* dcp = dc.data_ptr<T>();
+  T* dtp = dht.data_ptr<T>();
+  T* dnp = dhnew.data_ptr<T>();
+  for (int64_t s = T_ - 1; s >= 0; --s) {
+    const int64_t t = step_at(s, T_, reverse);
+    const int64_t p = s > 0 ? step_at(s - 1, T_, reverse) : -1;
+    const T* c_prev = p < 0 ? c0p : cp + p * B * H;
+    const T* dyt = dyp + t * B * P;
+    for (int64_t i = 0; i < B * P; ++i) dtp[i] = dhp[i] + dyt[i];
+    const T* dmp = dtp;
+    if (w_hr) {
+      T* o = dh_out.data_ptr<T>() + t * B * P;
+      for (int64_t b = 0; b < B; ++b) {
+        if (active(L, t, b)) std::copy(dtp + b * P, dtp + (b + 1) * P, o + b * P);
+        else std::fill(o + b * P, o + (b + 1) * P, T(0));
+      }
+      T* d = dm.data_ptr<T>();
+      std::fill(d, d + B * H, T(0));
+      proj->acc(B, dtp, P, d, H);
+      dmp = d;
+    }
+    T* dg = dgp + t * B * 4 * H;
+    lstm_bwd_rows(B, H, t, L, gp + t * B * 4 * H, cp + t * B * H, c_prev, dmp, dcp, dg);
+    std::fill(dnp, dnp + B * P, T(0));
+    rec.acc(B, dg, 4 * H, dnp, P);
+    for (int64_t b = 0; b < B; ++b) {
+      if (active(L, t, b)) std::copy(dnp + b * P, dnp + (b + 1) * P, dhp + b * P);
+    }
+  }
+  auto hp = h_prev_of(y, h0, lengths, reverse);
+  auto dw_hh = at::mm(dgates.view({T_ * B, 4 * H}).t(), hp.reshape({T_ * B, P}));
+  at::Tensor dw_hr = at::empty({0}, dy.options());
+  if (w_hr) {
+    auto o = gates.narrow(2, 3 * H, H);
+    auto pre = o * at::tanh(cs);
+    dw_hr = at::mm(dh_out.view({T_ * B, P}).t(), pre.reshape({T_ * B, H}));
+  }
+  return {dgates, dw_hh, dw_hr, dh, dc};
+}
+
+std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+                                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
+                                      const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& y,
+                                      const at::Tensor& gates, const at::Tensor& cs,
+                                      const c10::optional<at::Tensor>& lengths, bool reverse) {
+  auto [T, B, H] = check_x(gates, 4, lengths);
+  const int64_t P = h0.size(1);
+  check_tensor(dy, "dy", gates, {T, B, P});
+  check_tensor(dh_n, "dh_n", gates, {B, P});
+  check_tensor(dc_n, "dc_n", gates, {B, H});
+  check_tensor(w_hh, "w_hh", gates, {4 * H, P});
+  if (w_hr) check_tensor(*w_hr, "w_hr", gates, {P, H});
+  check_tensor(h0, "h0", gates, {B, P});
+  check_tensor(c0, "c0", gates, {B, H});
+  check_tensor(y, "y", gates, {T, B, P});
+  check_tensor(cs, "cs", gates, {T, B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, keep);
+  auto w_hr_c = w_hr ? c10::optional<at::Tensor>(w_hr->contiguous()) : c10::nullopt;
+  return AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    return lstm_backward_impl<scalar_t>(dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh.contiguous(),
+                                        w_hr_c, h0.contiguous(), c0.contiguous(), y.contiguous(),
+                                        gates.contiguous(), cs.contiguous(), lengths, L, reverse);
+  });
+}
+
+// =======================================================================================
+// GRU
+// =======================================================================================
+template <typename T>
+std::vector<at::Tensor> gru_forward_impl(const at::Tensor& x, const at::Tensor& w_hh, const T* b_hn,
+                                         const at::Tensor& h0, const int64_t* L, bool reverse) {
+  const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2) / 3;
+  const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
+  auto y = at::empty({T_, B, H}, x.options());
+  auto acts = at::empty({T_, B, 4 * H}, x.options());
+  auto h = h0.clone();
+  auto hnew = at::empty({B, H}, x.options());
+  auto gh = at::empty({B, 3 * H}, x.options());
+  StepGemm<T> rec(w_hh.t(), B);  // (H x 3H)
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  T* ap = acts.data_ptr<T>();
+  T* hp = h.data_ptr<T>();
+  T* np = hnew.data_ptr<T>();
+  T* ghp = gh.data_ptr<T>();
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = step_at(s, T_, reverse);
+    std::fill(ghp, ghp + B * 3 * H, T(0));
+    rec.acc(B, hp, H, ghp, 3 * H);
+    gru_fwd_rows(B, H, t, L, xp + t * sx0, sx1, ghp, b_hn, hp, ap + t * B * 4 * H, np);
+    T* yt = yp + t * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      if (active(L, t, b)) {
+        std::copy(np + b * H, np + (b + 1) * H, yt + b * H);
+        std::copy(np + b * H, np + (b + 1) * H, hp + b * H);
+      } else {
+        std::fill(yt + b * H, yt + (b + 1) * H, T(0));
+      }
+    }
+  }
+  return {y, h, acts};
+}
+
+std::vector<at::Tensor> gru_forward(const at::Tensor& x_proj, const at::Tensor& w_hh,
+                                    const c10::optional<at::Tensor>& b_hn, const at::Tensor& h0,
+                                    const c10::optional<at::Tensor>& lengths, bool reverse) {
+  auto [T, B, H] = check_x(x_proj, 3, lengths);
+  check_tensor(w_hh, "w_hh", x_proj, {3 * H, H});
+  if (b_hn) check_tensor(*b_hn, "b_hn", x_proj, {H});
+  check_tensor(h0, "h0", x_proj, {B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, keep);
+  auto x = rows_contiguous(x_proj);
+  auto bc = b_hn ? b_hn->contiguous() : at::Tensor();
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
+    return gru_forward_impl<scalar_t>(x, w_hh.contiguous(), b_hn ? bc.data_ptr<scalar_t>() : nullptr,
+                                      h0.contiguous(), L, reverse);
+  });
+}
+
+template <typename T>
+std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh,
+                                          bool has_b_hn, const at::Tensor& h0, const at::Tensor& y,
+                                          const at::Tensor& acts, const c10::optional<at::Tensor>& lengths,
+                                          const int64_t* L, bool reverse) {
+  const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
+  auto hprev = h_prev_of(y, h0, lengths, reverse).contiguous();
+  auto dx = at::empty({T_, B, 3 * H}, dy.options());
+  auto dgh = at::empty({T_, B, 3 * H}, dy.options());
+  auto dh = dh_n.clone();
+  auto dht = at::empty({B, H}, dy.options());
+  auto dnew = at::empty({B, H}, dy.options());
+  StepGemm<T> rec(w_hh, B);  // dgh (B x 3H) @ W_hh (3H x H)
+  const T* ap = acts.data_ptr<T>();
+  const T* hpp = hprev.data_ptr<T>();
+  const T* dyp = dy.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  T* dgp = dgh.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  T* dtp = dht.data_ptr<T>();
+  T* dnp = dnew.data_ptr<T>();
+  for (int64_t s = T_ - 1; s >= 0; --s) {
+    const int64_t t = step_at(s, T_, reverse);
+    const T* dyt = dyp + t * B * H;
+    for (int64_t i = 0; i < B * H; ++i) dtp[i] = dhp[i] + dyt[i];
+    T* dgt = dgp + t * B * 3 * H;
+    gru_bwd_rows(B, H, t, L, ap + t * B * 4 * H, hpp + t * B * H, dtp, dxp + t * B * 3 * H, dgt, dnp);
+    rec.acc(B, dgt, 3 * H, dnp, H);
+    for (int64_t b = 0; b < B; ++b) {
+      if (active(L, t, b)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
+    }
+  }
+  auto dw_hh = at::mm(dgh.view({T_ * B, 3 * H}).t(), hprev.view({T_ * B, H}));
+  auto db_hn = has_b_hn ? dgh.narrow(2, 2 * H, H).sum({0, 1}) : at::empty({0}, dy.options());
+  return {dx, dw_hh, db_hn, dh};
+}
+
+std::vector<at::Tensor> gru_backward(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh,
+                                     const c10::optional<at::Tensor>& b_hn, const at::Tensor& h0,
+                                     const at::Tensor& y, const at::Tensor& acts,
+                                     const c10::optional<at::Tensor>& lengths, bool reverse) {
+  auto [T, B, H4] = check_x(acts, 4, lengths);
+  const int64_t H = H4;
+  check_tensor(dy, "dy", acts, {T, B, H});
+  check_tensor(dh_n, "dh_n", acts, {B, H});
+  check_tensor(w_hh, "w_hh", acts, {3 * H, H});
+  if (b_hn) check_tensor(*b_hn, "b_hn", acts, {H});
+  check_tensor(h0, "h0", acts, {B, H});
+  check_tensor(y, "y", acts, {T, B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, keep);
+  return AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gru_backward", [&] {
+    return gru_backward_impl<scalar_t>(dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), b_hn.has_value(),
+                                       h0.contiguous(), y.contiguous(), acts.contiguous(), lengths, L, reverse);
+  });
+}
+
+// =======================================================================================
+// Elman RNN
+// =======================================================================================
+template <typename T>
+std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor& h0,
+                                         const int64_t* L, bool reverse, bool relu) {
+  const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2);
+  const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
+  auto y = at::empty({T_, B, H}, x.options());
+  auto h = h0.clone();
+  auto a = at::empty({B, H}, x.options());
+  auto hnew = at::empty({B, H}, x.options());
+  StepGemm<T> rec(w_hh.t(), B);  // (H x H)
+  const T* xp = x.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  T* hp = h.data_ptr<T>();
+  T* app = a.data_ptr<T>();
+  T* np = hnew.data_ptr<T>();
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = step_at(s, T_, reverse);
+    for (int64_t b = 0; b < B; ++b) std::copy(xp + t * sx0 + b * sx1, xp + t * sx0 + b * sx1 + H, app + b * H);
+    rec.acc(B, hp, H, app, H);
+    rnn_fwd_rows(B, H, relu, app, np);
+    T* yt = yp + t * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      if (active(L, t, b)) {
+        std::copy(np + b * H, np + (b + 1) * H, yt + b * H);
+        std::copy(np + b * H, np + (b + 1) * H, hp + b * H);
+      } else {
+        std::fill(yt + b * H, yt + (b + 1) * H, T(0));
+      }
+    }
+  }
+  return {y, h};
+}
+
+bool is_relu(const std::string& nonlinearity) {
+  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", "fastrnn: Unknown nonlinearity '",
+              nonlinearity, "'. Select from 'tanh' or 'relu'.");
+  return nonlinearity == "relu";
+}
+
+std::vector<at::Tensor> rnn_forward(const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0,
+                                    const c10::optional<at::Tensor>& lengths, bool reverse,
+                                    const std::string& nonlinearity) {
+  auto [T, B, H] = check_x(x_proj, 1, lengths);
+  check_tensor(w_hh, "w_hh", x_proj, {H, H});
+  check_tensor(h0, "h0", x_proj, {B, H});
+  const bool relu = is_relu(nonlinearity);
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, keep);
+  auto x = rows_contiguous(x_proj);
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward", [&] {
+    return rnn_forward_impl<scalar_t>(x, w_hh.contiguous(), h0.contiguous(), L, reverse, relu);
+  });
+}
+
+template <typename T>
+std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh,
+                                          const at::Tensor& h0, const at::Tensor& y,
+                                          const c10::optional<at::Tensor>& lengths, const int64_t* L,
+                                          bool reverse, bool relu) {
+  const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
+  auto dx = at::empty({T_, B, H}, dy.options());
+  auto dh = dh_n.clone();
+  auto dht = at::empty({B, H}, dy.options());
+  auto dnew = at::empty({B, H}, dy.options());
+  StepGemm<T> rec(w_hh, B);  // da (B x H) @ W_hh (H x H)
+  const T* yp = y.data_ptr<T>();
+  const T* dyp = dy.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  T* dtp = dht.data_ptr<T>();
+  T* dnp = dnew.data_ptr<T>();
+  for (int64_t s = T_ - 1; s >= 0; --s) {
+    const int64_t t = step_at(s, T_, reverse);
+    const T* dyt = dyp + t * B * H;
+    for (int64_t i = 0; i < B * H; ++i) dtp[i] = dhp[i] + dyt[i];
+    T* da = dxp + t * B * H;
+    rnn_bwd_rows(B, H, t, L, relu, yp + t * B * H, dtp, da);
+    std::fill(dnp, dnp + B * H, T(0));
+    rec.acc(B, da, H, dnp, H);
+    for (int64_t b = 0; b < B; ++b) {
+      if (active(L, t, b)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
+    }
+  }
+  auto hp = h_prev_of(y, h0, lengths, reverse);
+  auto dw_hh = at::mm(dx.view({T_ * B, H}).t(), hp.reshape({T_ * B, H}));
+  return {dx, dw_hh, dh};
+}
+
+std::vector<at::Tensor> rnn_backward(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh,
+                                     const at::Tensor& h0, const at::Tensor& y,
+                                     const c10::optional<at::Tensor>& lengths, bool reverse,
+                                     const std::string& nonlinearity) {
+  auto [T, B, H] = check_x(y, 1, lengths);
+  check_tensor(dy, "dy", y, {T, B, H});
+  check_tensor(dh_n, "dh_n", y, {B, H});
+  check_tensor(w_hh, "w_hh", y, {H, H});
+  check_tensor(h0, "h0", y, {B, H});
+  const bool relu = is_relu(nonlinearity);
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, keep);
+  return AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rnn_backward", [&] {
+    return rnn_backward_impl<scalar_t>(dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), h0.contiguous(),
+                                       y.contiguous(), lengths, L, reverse, relu);
+  });
+}
+
+}  // namespace
+}  // namespace fastrnn
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastrnn C++ CPU backend: whole-sequence recurrences (float32, float64)";
+  using namespace fastrnn;
+  m.def("lstm_forward", &lstm_forward, "LSTM recurrence forward");
+  m.def("lstm_backward", &lstm_backward, "LSTM recurrence backward");
+  m.def("gru_forward", &gru_forward, "GRU recurrence forward");
+  m.def("gru_backward", &gru_backward, "GRU recurrence backward");
+  m.def("rnn_forward", &rnn_forward, "Elman RNN recurrence forward");
+  m.def("rnn_backward", &rnn_backward, "Elman RNN recurrence backward");
+  m.def("uses_blas", &use_blas, "whether a (M x K) @ (K x N) step product goes to BLAS");
+}

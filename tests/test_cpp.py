@@ -1,0 +1,58 @@
+"""C++ backend specifics: direct-call validation, non-contiguous input, long sequences."""
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import testing
+
+from conftest import BACKEND
+
+pytestmark = [
+    pytest.mark.skipif(fastrnn.available_backends()["cpp"] != "available", reason="C++ extension not built"),
+    pytest.mark.skipif(BACKEND not in ("cpp", "auto"), reason="runs in the cpp lane"),
+]
+
+
+def test_direct_calls_raise_not_crash():
+    from fastrnn import _C
+
+    x = torch.randn(3, 2, 8)
+    with pytest.raises(RuntimeError, match="w_hh must have shape"):
+        _C.lstm_forward(x, torch.randn(8, 3), None, torch.randn(2, 2), torch.randn(2, 2), None, False)
+    with pytest.raises(RuntimeError, match="supports float32 and float64, got Half"):
+        _C.rnn_forward(x.half(), torch.randn(8, 8).half(), torch.randn(2, 8).half(), None, False, "tanh")
+    with pytest.raises(RuntimeError, match="lengths must be a CPU int64 tensor"):
+        _C.gru_forward(torch.randn(3, 2, 6), torch.randn(6, 2), None, torch.randn(2, 2), torch.tensor([1, 2, 3]), False)
+    with pytest.raises(RuntimeError, match="h0 has dtype Double"):
+        _C.rnn_forward(x, torch.randn(8, 8), torch.randn(2, 8).double(), None, False, "tanh")
+    with pytest.raises(RuntimeError, match="Unknown nonlinearity"):
+        _C.rnn_forward(x, torch.randn(8, 8), torch.randn(2, 8), None, False, "gelu")
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+def test_non_contiguous_input_and_state(family):
+    cls, ncls = {"lstm": (fastrnn.LSTM, torch.nn.LSTM), "gru": (fastrnn.GRU, torch.nn.GRU),
+                 "rnn": (fastrnn.RNN, torch.nn.RNN)}[family]
+    ours = cls(5, 7, num_layers=2, bidirectional=True, backend="cpp")
+    theirs = ncls(5, 7, num_layers=2, bidirectional=True)
+    x = torch.randn(3, 9, 5).transpose(0, 1)  # (T, B, I) view of a batch-major buffer
+    h = torch.randn(3, 4, 7).transpose(0, 1)  # (L*D, B, H), non-contiguous
+    hx = (h, torch.randn(4, 3, 7)) if family == "lstm" else h
+    assert not x.is_contiguous()
+    report = testing.compare(ours, theirs, x, hx)
+    assert report.passed, f"\n{report}"
+
+
+def test_long_sequence_memory_is_linear_in_T():
+    """T=20000: forward+backward run, match the float64 reference, and the saved workspace
+    is exactly (T, B, 4H) gates + (T, B, H) cell states."""
+    T, B, I, H = 20000, 2, 4, 8
+    lstm = fastrnn.LSTM(I, H, backend="cpp").double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    x_proj = torch.randn(T, B, 4 * H, dtype=torch.float64)
+    y, h, c, gates, cs = torch.ops.fastrnn.lstm_recurrence(
+        x_proj, lstm.weight_hh_l0.detach(), None, torch.zeros(B, H, dtype=torch.float64),
+        torch.zeros(B, H, dtype=torch.float64), None, False, "cpp")
+    assert gates.shape == (T, B, 4 * H) and cs.shape == (T, B, H)
+    report = testing.compare(lstm, testing.oracle(lstm), x, sync_weights=False)
+    assert report.passed, f"\n{report}"
