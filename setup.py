@@ -17,7 +17,10 @@ def get_extensions():
     debug = os.environ.get("DEBUG", "0") == "1"
     # Portable by default: no -march=native; the hot loops are written for the compiler's
     # auto-vectoriser at the baseline ISA and use torch's GEMM for the matrix products.
-    cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fopenmp"]
+    # -fno-trapping-math lets GCC if-convert the float clamps in cells.h (without it, "control
+    # flow in loop" keeps the cell loops scalar); -ffp-contract=fast allows FMAs. Neither makes
+    # results depend on anything but the binary and the ISA clone picked at load time.
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp"]
     return [
         CppExtension(
             "fastrnn._C",
