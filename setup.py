@@ -20,13 +20,13 @@ def get_extensions():
     # -fno-trapping-math lets GCC if-convert the float clamps in cells.h (without it, "control
     # flow in loop" keeps the cell loops scalar); -ffp-contract=fast allows FMAs. Neither makes
     # results depend on anything but the binary and the ISA clone picked at load time.
-    cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp"]
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
     return [
         CppExtension(
             "fastrnn._C",
             sources,
             extra_compile_args={"cxx": cxx + ["-std=c++17"]},
-            extra_link_args=[] if debug else ["-fopenmp"],
+            
         )
     ]
 

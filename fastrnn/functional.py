@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends, ops, reference  # noqa: F401  (ops registers torch.ops.fastrnn.*)
+from . import backends, ops, reference
 
 __all__ = ["rnn", "cell", "unpack", "pack", "gate_multiplier"]
 
@@ -42,14 +42,13 @@ def _recurrence(mode: str, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse: b
     if backend == backends.ORACLE:
         return _oracle_recurrence(mode, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse)
     if mode == "LSTM":
-        y, h_n, c_n, _, _ = torch.ops.fastrnn.lstm_recurrence(
-            x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend)
+        y, h_n, c_n, _, _ = ops.lstm(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend)
         return y, h_n, c_n
     if mode == "GRU":
-        y, h_n, _ = torch.ops.fastrnn.gru_recurrence(x_proj, w_hh, b_hn, h0, lengths, reverse, backend)
+        y, h_n, _ = ops.gru(x_proj, w_hh, b_hn, h0, lengths, reverse, backend)
         return y, h_n, None
     nonlinearity = "tanh" if mode == "RNN_TANH" else "relu"
-    y, h_n = torch.ops.fastrnn.rnn_recurrence(x_proj, w_hh, h0, lengths, reverse, nonlinearity, backend)
+    y, h_n = ops.rnn(x_proj, w_hh, h0, lengths, reverse, nonlinearity, backend)
     return y, h_n, None
 
 
