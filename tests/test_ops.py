@@ -138,3 +138,17 @@ def test_eager_route_and_dispatcher_route_agree_bitwise():
         gb = torch.autograd.grad(b, leaves, ups)
         assert all(torch.equal(x, y) for x, y in zip(a, b)), name
         assert all(torch.equal(x, y) for x, y in zip(ga, gb)), name
+
+
+def test_modules_take_the_eager_route():
+    import fastrnn
+
+    m = fastrnn.GRU(3, 4)
+    out, _ = m(torch.randn(2, 1, 3))
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        f = stack.pop()
+        if f is not None and f not in seen:
+            seen.add(f)
+            stack.extend(g for g, _ in f.next_functions)
+    assert any(type(f).__name__ == "GRURecurrenceBackward" for f in seen)
