@@ -66,6 +66,30 @@ FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, i
     for (int v = 0; v < CV; ++v) vstore<T>(C + r * ldc + v * VN, acc[r][v]);
 }
 
+// One row of C (a matrix-vector step, B = 1): a single chain of FMAs per accumulator would
+// wait on FMA latency every k, so CV column vectors and KS partial sums over k run in parallel
+// and are added at the end (a fixed order: results stay reproducible).
+template <typename T, int CV, int KS>
+FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* c) {
+  typedef typename Vec64<T>::type V;
+  constexpr int VN = sizeof(V) / sizeof(T);
+  V acc[KS][CV];
+  for (int v = 0; v < CV; ++v) acc[0][v] = vload<T>(c + v * VN);
+  for (int s = 1; s < KS; ++s)
+    for (int v = 0; v < CV; ++v) acc[s][v] = V{} ;
+  int64_t k = 0;
+  for (; k + KS <= K; k += KS)
+    for (int s = 0; s < KS; ++s) {
+      const T x = a[k + s];
+      for (int v = 0; v < CV; ++v) acc[s][v] += x * vload<T>(W + (k + s) * ldw + v * VN);
+    }
+  for (; k < K; ++k)
+    for (int v = 0; v < CV; ++v) acc[0][v] += a[k] * vload<T>(W + k * ldw + v * VN);
+  for (int s = 1; s < KS; ++s)
+    for (int v = 0; v < CV; ++v) acc[0][v] += acc[s][v];
+  for (int v = 0; v < CV; ++v) vstore<T>(c + v * VN, acc[0][v]);
+}
+
 // Columns past the last full vector: plain loops (few, and the compiler vectorises them).
 template <typename T>
 FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t N, const T* A,
@@ -77,7 +101,7 @@ FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t 
     }
 }
 
-template <typename T, int RB, int CV>
+template <typename T, int RB, int CV, int CVR>
 FASTRNN_INLINE void gemm_acc_impl(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda,
                                   const T* W, int64_t ldw, T* C, int64_t ldc) {
   constexpr int64_t VN = 64 / sizeof(T);
@@ -94,8 +118,8 @@ FASTRNN_INLINE void gemm_acc_impl(int64_t M, int64_t K, int64_t N, const T* A, i
     const T* a = A + m * lda;
     T* c = C + m * ldc;
     int64_t n = 0;
-    for (; n + CV * VN <= N; n += CV * VN) gemm_block<T, 1, CV>(K, a, lda, W + n, ldw, c + n, ldc);
-    for (; n + VN <= N; n += VN) gemm_block<T, 1, 1>(K, a, lda, W + n, ldw, c + n, ldc);
+    for (; n + CVR * VN <= N; n += CVR * VN) gemm_row<T, CVR, 2>(K, a, W + n, ldw, c + n);
+    for (; n + VN <= N; n += VN) gemm_row<T, 1, 4>(K, a, W + n, ldw, c + n);
     if (n < N) gemm_cols_tail<T>(1, K, n, N, a, lda, W, ldw, c, ldc);
   }
 }
@@ -112,17 +136,17 @@ using GemmFn = void (*)(int64_t, int64_t, int64_t, const T*, int64_t, const T*, 
 template <typename T>
 FASTRNN_TARGET("arch=x86-64-v4") void gemm_avx512(int64_t M, int64_t K, int64_t N, const T* A,
                                                    int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
-  gemm_acc_impl<T, 4, 2>(M, K, N, A, lda, W, ldw, C, ldc);  // 8 of 32 zmm
+  gemm_acc_impl<T, 4, 2, 4>(M, K, N, A, lda, W, ldw, C, ldc);  // 8 of 32 zmm
 }
 template <typename T>
 FASTRNN_TARGET("arch=x86-64-v3") void gemm_avx2(int64_t M, int64_t K, int64_t N, const T* A,
                                                  int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
-  gemm_acc_impl<T, 4, 1>(M, K, N, A, lda, W, ldw, C, ldc);  // 8 of 16 ymm
+  gemm_acc_impl<T, 4, 1, 2>(M, K, N, A, lda, W, ldw, C, ldc);  // 8 of 16 ymm
 }
 template <typename T>
 void gemm_baseline(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* W, int64_t ldw,
                    T* C, int64_t ldc) {
-  gemm_acc_impl<T, 2, 1>(M, K, N, A, lda, W, ldw, C, ldc);  // 8 of 16 xmm
+  gemm_acc_impl<T, 2, 1, 1>(M, K, N, A, lda, W, ldw, C, ldc);  // 8 of 16 xmm
 }
 
 template <typename T>
