@@ -9,6 +9,10 @@ from .backends import available_backends
 from .convert import convert
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
+from . import _dynamo_support
+
+_dynamo_support.install((LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell))
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -100,8 +100,12 @@ def _warn_fallback(wanted: str, why: str) -> None:
     )
 
 
+@torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device) -> str:
-    """Turn a user's backend choice into the concrete backend that runs on ``device``."""
+    """Turn a user's backend choice into the concrete backend that runs on ``device``.
+
+    Under torch.compile this runs once, at trace time, and its answer is baked into the
+    graph (changing FASTRNN_BACKEND afterwards needs torch._dynamo.reset())."""
     if backend == ORACLE:
         return ORACLE
     check_name(backend)
