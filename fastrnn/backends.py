@@ -11,10 +11,13 @@ runs instead and a warning says why, once per process and backend.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
@@ -60,13 +63,36 @@ _REGISTRY = {
 }
 
 
+def _import(module: str) -> ModuleType:
+    """Import a backend module. In a source checkout (``PYTHONPATH=.``, nothing installed)
+    the Triton kernels sit in the top-level ``kernels/`` folder; an installed fastrnn ships
+    them as ``fastrnn.kernels``. Load them under that name either way."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if module != "fastrnn.kernels" or e.name != module:
+            raise
+    src = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
+    if not src.is_file():
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+    spec = importlib.util.spec_from_file_location(module, src, submodule_search_locations=[str(src.parent)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[module]
+        raise
+    return mod
+
+
 @lru_cache(maxsize=None)
 def _load(name: str) -> tuple[ModuleType | None, str]:
     """Import a backend once; returns (module, "") or (None, why it is unavailable)."""
     if name == "triton" and not torch.cuda.is_available() and not _interpreting():
         return None, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
     try:
-        mod = importlib.import_module(_REGISTRY[name].module)
+        mod = _import(_REGISTRY[name].module)
     except Exception as e:  # an ImportError, or a build/ABI problem surfacing at import
         return None, f"{type(e).__name__}: {e}"
     missing = [e for e in ENTRY_POINTS if not hasattr(mod, e)]

@@ -3,6 +3,7 @@ torch.compile without graph breaks, bitwise determinism, backward in eval mode, 
 backward, fastrnn.convert, DistributedDataParallel, very long sequences."""
 import os
 import tempfile
+import time
 
 import pytest
 import torch
@@ -134,8 +135,13 @@ def _ddp_worker(rank, world, init_file, out_dir, backend_name):
     x = torch.randn(6, 2, 3)
     out, _ = ddp(x)
     out.sum().backward()
-    torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, f"grads{rank}.pt"))
+    grads = [p.grad.clone() for p in model.parameters()]
+    # Release DDP (its reducer holds the process group) before tearing the group down:
+    # destroyed later, at function exit, gloo's worker thread can wait on the GIL forever.
+    del ddp, out
+    dist.barrier()
     dist.destroy_process_group()
+    torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
 
 
 def test_ddp_gloo_two_processes_averages_gradients():
@@ -143,7 +149,13 @@ def test_ddp_gloo_two_processes_averages_gradients():
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
         backend_name = os.environ.get("FASTRNN_BACKEND", "auto")
-        mp.spawn(_ddp_worker, args=(world, init_file, tmp, backend_name), nprocs=world, join=True)
+        ctx = mp.spawn(_ddp_worker, args=(world, init_file, tmp, backend_name), nprocs=world, join=False)
+        deadline = time.monotonic() + 180
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail("DDP workers did not finish within 180 s")
         got = [torch.load(os.path.join(tmp, f"grads{r}.pt")) for r in range(world)]
     torch.manual_seed(0)
     ref = nn.LSTM(3, 5, num_layers=2)

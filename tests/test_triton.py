@@ -1,0 +1,79 @@
+"""Triton backend. CPU lane: TRITON_INTERPRET=1 on small shapes (every cell, forward and
+backward, packed, bidirectional, projection), against the float64 reference at the fp32
+bound, with every kernel output and workspace NaN-poisoned. GPU lane (CUDA only): odd sizes,
+long sequences, fp16/bf16 against the fp32 reference, and the TF32 policy."""
+import os
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastrnn
+from fastrnn import testing
+from helpers import CELLS, TWIN
+
+CUDA = torch.cuda.is_available()
+INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
+pytestmark = pytest.mark.skipif(fastrnn.available_backends()["triton"] != "available",
+                                reason=f"triton backend: {fastrnn.available_backends()['triton']}")
+DEV = "cuda" if CUDA and not INTERP else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("FASTRNN_POISON", "1")
+
+
+def _model(family, kw, dtype=torch.float32, **more):
+    return TWIN[family][0](5, 6, backend="triton", **kw, **more).to(DEV, dtype)
+
+
+@pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("kind", ["padded", "packed"])
+def test_interpreter_parity_vs_reference(cid, family, kw, kind):
+    m = _model(family, kw, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 5, device=DEV)
+    h0 = torch.randn(4, 3, m.proj_size or 6, device=DEV)
+    hx = (h0, torch.randn(4, 3, 6, device=DEV)) if family == "lstm" else h0
+    if kind == "packed":
+        x = pack_padded_sequence(x, torch.tensor([2, 5, 3]), enforce_sorted=False)
+    report = testing.compare(m, testing.oracle(m), x, hx, sync_weights=False)
+    assert report.passed, f"\n{report}"
+
+
+@pytest.mark.parametrize("cid,family,kw", CELLS[:3], ids=[c[0] for c in CELLS[:3]])
+def test_multiple_hidden_chunks_and_batch_blocks(cid, family, kw):
+    """hidden > one tile (BH = 64) and batch > one program (BLOCK_B = 16)."""
+    m = TWIN[family][0](3, 70, backend="triton", **kw).to(DEV)
+    x = torch.randn(3, 18, 3, device=DEV)
+    report = testing.compare(m, testing.oracle(m), x, sync_weights=False)
+    assert report.passed, f"\n{report}"
+
+
+@pytest.mark.skipif(not CUDA or INTERP, reason="needs a CUDA device")
+class TestGPU:
+    @pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+    def test_half_precision_vs_fp32_reference(self, cid, family, kw, dtype):
+        m = TWIN[family][0](64, 200, num_layers=2, bidirectional=True, backend="triton", **kw).cuda().to(dtype)
+        x = torch.randn(63, 3, 64, device="cuda")
+        ref = testing.oracle(m, torch.float32)
+        report = testing.compare(m, ref, x, sync_weights=False)
+        assert report.passed, f"\n{report}"
+
+    @pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
+    @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
+    def test_fp32_odd_sizes_vs_torch_nn(self, cid, family, kw, tf32, monkeypatch):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+        m = TWIN[family][0](64, 200, num_layers=2, bidirectional=True, backend="triton", **kw).cuda()
+        n = TWIN[family][1](64, 200, num_layers=2, bidirectional=True, **kw).cuda()
+        x = torch.randn(63, 3, 64, device="cuda")
+        report = testing.compare(m, n, x)
+        assert report.passed, f"\n{report}"
+
+    def test_long_sequence(self):
+        m = fastrnn.LSTM(16, 32, backend="triton").cuda()
+        x = torch.randn(100_000, 2, 16, device="cuda")
+        out, _ = m(x)
+        out.sum().backward()
+        assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
