@@ -1,66 +1,75 @@
-"""``python -m bench``: fastrnn against torch.nn on one default configuration.
+"""``python -m bench``: fastrnn against its peers on the best device present.
 
-Prints the largest relative RMS error over outputs and gradients and the median time of
-forward (no_grad) and forward+backward for each available fastrnn backend and torch.nn.
-Timing uses torch.utils.benchmark.Timer (CPU) with warm-up, on fresh random inputs.
+    python -m bench [--device cpu|cuda] [--cells lstm,gru,rnn] [--modes fwd,fwdbwd] [--quick] [--out DIR]
+
+Prints a table, writes DIR/results.json (header: device, versions, commit, date; one row
+per config and provider: median and 20/80% quantiles, tokens/s, speedup over torch.nn, peak
+memory) and PNG plots into DIR. Default DIR: bench/results/<device>/.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
+import time
 
 import torch
-import torch.utils.benchmark as tb
-from torch import nn
 
-import fastrnn
-from fastrnn import testing
-
-CELLS = {"lstm": (fastrnn.LSTM, nn.LSTM), "gru": (fastrnn.GRU, nn.GRU), "rnn": (fastrnn.RNN, nn.RNN)}
+from . import plots
+from .configs import configs, shape_key
+from .providers import providers
+from .runner import header, measure
 
 
-def _time(fn, min_run_time: float) -> float:
-    fn()  # warm-up
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+def _fmt_bytes(n):
+    return f"{n / 2**20:.1f}M" if n is not None else "-"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cells", default="lstm,gru,rnn")
-    p.add_argument("--seq", type=int, default=100)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--input", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--min-run-time", type=float, default=0.5)
+    p.add_argument("--modes", default="fwd,fwdbwd")
+    p.add_argument("--quick", action="store_true", help="a small sweep (under two minutes on a 2-core CPU)")
+    p.add_argument("--out", default=None, help="output folder (default bench/results/<device>)")
+    p.add_argument("--min-run-time", type=float, default=None, help="CPU seconds per measurement")
     a = p.parse_args(argv)
-    torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    names = [n for n, s in fastrnn.available_backends().items() if s == "available" and
-             fastrnn.backends._REGISTRY[n].runs_on(device)]
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"T={a.seq} B={a.batch} input={a.input} hidden={a.hidden}")
-    print(f"{'cell':<5} {'provider':<18} {'max rel-RMS':>12} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speedup fwd/fwdbwd':>20}")
-    for cell in a.cells.split(","):
-        ours_cls, nn_cls = CELLS[cell]
-        ref = nn_cls(a.input, a.hidden).to(device)
-        x = torch.randn(a.seq, a.batch, a.input, device=device)
-        g = torch.randn(a.seq, a.batch, a.hidden, device=device)
-
-        def fwd(m):
-            with torch.no_grad():
-                m(x)
-
-        def fwdbwd(m):
-            m(x)[0].backward(g)
-
-        t_ref = (_time(lambda: fwd(ref), a.min_run_time), _time(lambda: fwdbwd(ref), a.min_run_time))
-        print(f"{cell:<5} {'torch.nn':<18} {'':>12} {t_ref[0]*1e3:>9.3f} {t_ref[1]*1e3:>11.3f} {'1.00x / 1.00x':>20}")
-        for be in names:
-            m = ours_cls(a.input, a.hidden, backend=be).to(device)
-            err = max(r.rel_rms for r in testing.compare(m, ref, x).rows)
-            t = (_time(lambda: fwd(m), a.min_run_time), _time(lambda: fwdbwd(m), a.min_run_time))
-            sp = f"{t_ref[0]/t[0]:.2f}x / {t_ref[1]/t[1]:.2f}x"
-            print(f"{cell:<5} {'fastrnn[' + be + ']':<18} {err:>12.2e} {t[0]*1e3:>9.3f} {t[1]*1e3:>11.3f} {sp:>20}")
+    device = torch.device(a.device)
+    cells = [c for c in a.cells.split(",") if c]
+    modes = [m for m in a.modes.split(",") if m]
+    hdr = header(device)
+    out = a.out or os.path.join(os.path.dirname(__file__), "results",
+                                re.sub(r"[^A-Za-z0-9.-]+", "-", f"{device.type}-{hdr['device_name']}").strip("-"))
+    os.makedirs(out, exist_ok=True)
+    min_run = a.min_run_time or (0.05 if a.quick else 0.1)
+    todo = [(cfg, prov) for cfg in configs(device.type, cells, modes, a.quick) for prov in providers(cfg.cell, device)]
+    print(f"{hdr['device_name']} | torch {hdr['torch']} | triton {hdr['triton']} | {len(todo)} measurements -> {out}")
+    rows, done, t0 = [], {}, time.time()
+    for k, (cfg, prov) in enumerate(todo, 1):
+        print(f"\r[{k}/{len(todo)}] {cfg.label()} {prov:<16} {time.time() - t0:6.0f}s", end="", file=sys.stderr, flush=True)
+        key = (shape_key(cfg), prov)
+        if key not in done:  # an anchor that lies on a sweep is measured once
+            done[key] = measure(cfg, prov, device, min_run)
+        rows.append({**done[key], "sweep": cfg.sweep})
+    print(file=sys.stderr)
+    base = {(r["cell"], r["mode"], r["T"], r["B"], r["I"], r["H"], r["sweep"]): r["median_s"]
+            for r in rows if r["provider"] == "torch.nn"}
+    for r in rows:
+        t = base.get((r["cell"], r["mode"], r["T"], r["B"], r["I"], r["H"], r["sweep"]))
+        r["speedup_vs_torch_nn"] = t / r["median_s"] if t else None
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"header": hdr, "rows": rows}, f, indent=1)
+    print(f"{'config':<44} {'provider':<16} {'median ms':>10} {'p20-p80 ms':>17} {'Mtok/s':>8} {'vs nn':>7} {'peak':>8}")
+    for r in rows:
+        label = f"{r['cell']} {r['mode']} T={r['T']} B={r['B']} H={r['H']} ({r['sweep']})"
+        print(f"{label:<44} {r['provider']:<16} {r['median_s']*1e3:>10.3f} "
+              f"{r['p20_s']*1e3:>8.3f}-{r['p80_s']*1e3:<8.3f} {r['tokens_per_s']/1e6:>8.3f} "
+              f"{(r['speedup_vs_torch_nn'] or 0):>6.2f}x {_fmt_bytes(r['peak_bytes']):>8}")
+    for path in plots.plot(os.path.join(out, "results.json"), out):
+        print("wrote", path)
+    print("wrote", os.path.join(out, "results.json"), f"({time.time() - t0:.0f}s)")
     return 0
 
 

@@ -1,0 +1,55 @@
+"""Benchmark configurations: a sweep over hidden size and batch at fixed T, a sweep over
+sequence length, and two named anchors from the literature."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    cell: str
+    T: int
+    B: int
+    I: int
+    H: int
+    mode: str          # "fwd" (no_grad) or "fwdbwd"
+    sweep: str         # "hidden", "seq" or an anchor name
+
+    def label(self) -> str:
+        return f"{self.cell} {self.mode} T={self.T} B={self.B} I={self.I} H={self.H}"
+
+    def asdict(self):
+        return asdict(self)
+
+
+# PyTorch's benchmarks/fastrnns default and FlashRNN's headline configuration.
+ANCHORS = {"fastrnns_default": dict(T=100, B=64, I=512, H=512), "flashrnn": dict(T=1024, B=16, I=768, H=768)}
+
+
+def configs(device: str, cells, modes, quick: bool) -> list[Config]:
+    gpu = device == "cuda"
+    if quick:
+        hidden, batches, seqs, T = [64, 256], [1, 16], [50, 200], 50
+    elif gpu:
+        hidden, batches, seqs, T = [128, 256, 512, 768, 1024], [1, 16, 64], [100, 300, 1000, 3000], 100
+    else:
+        hidden, batches, seqs, T = [64, 128, 256, 512], [1, 16, 64], [25, 100, 400], 100
+    out = []
+    for cell in cells:
+        for mode in modes:
+            out += [Config(cell, T, b, h, h, mode, "hidden") for b in batches for h in hidden]
+            out += [Config(cell, t, 16, 128, 128, mode, "seq") for t in seqs]
+            if not quick:
+                for name, a in ANCHORS.items():
+                    # FlashRNN's anchor is a GPU workload: on a 2-core CPU one run of it with
+                    # the loop providers takes minutes, so the CPU sweep keeps only the
+                    # PyTorch fastrnns default.
+                    if gpu or name == "fastrnns_default":
+                        out.append(Config(cell, a["T"], a["B"], a["I"], a["H"], mode, name))
+    return out
+
+
+def shape_key(cfg: Config) -> tuple:
+    """Configs with equal keys are the same measurement (an anchor may lie on a sweep)."""
+    return (cfg.cell, cfg.mode, cfg.T, cfg.B, cfg.I, cfg.H)
+

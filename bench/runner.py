@@ -1,0 +1,104 @@
+"""Timing and memory measurement of one (config, provider) pair, and the results header."""
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+
+import numpy as np
+import torch
+import torch.utils.benchmark as tb
+
+import fastrnn
+
+from .configs import Config
+from .providers import NN, build
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(device: torch.device) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "triton": triton_version, "fastrnn": fastrnn.__version__,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
+        "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
+    """The callable to time, on fresh random inputs (never zeros) and shared weights."""
+    torch.manual_seed(seed)
+    ref = NN[cfg.cell](cfg.I, cfg.H).to(device)
+    model = build(provider, cfg.cell, ref)
+    x = torch.randn(cfg.T, cfg.B, cfg.I, device=device)
+    g = torch.randn(cfg.T, cfg.B, cfg.H, device=device)
+    if cfg.mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                model(x)
+    else:
+        params = list(model.parameters())
+
+        def fn():
+            for p in params:
+                p.grad = None
+            model(x)[0].backward(g)
+    return fn
+
+
+def _peak_bytes(fn, device: torch.device):
+    """Peak bytes of tensors allocated during one call, above what was live before it.
+    CUDA: max_memory_allocated. CPU: the profiler attributes each op's own allocations to
+    it (self_cpu_memory_usage) and frees outside ops to "[memory]" events; their running
+    sum in time order peaks where the call's live tensor memory does."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+def measure(cfg: Config, provider: str, device: torch.device, min_run_time: float) -> dict:
+    fn = _workload(cfg, provider, device)
+    fn()  # warm-up: compilation, autotuning, allocator
+    if device.type == "cuda":
+        import triton.testing
+
+        med, q20, q80 = (v / 1e3 for v in triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    else:
+        m = tb.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+        times = np.asarray(m.times)
+        med, q20, q80 = float(np.median(times)), float(np.quantile(times, 0.2)), float(np.quantile(times, 0.8))
+    return {**cfg.asdict(), "provider": provider, "median_s": med, "p20_s": q20, "p80_s": q80,
+            "tokens_per_s": cfg.T * cfg.B / med, "peak_bytes": _peak_bytes(fn, device)}
