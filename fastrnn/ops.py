@@ -78,13 +78,19 @@ def _check_like(x_proj: Tensor, named: dict) -> None:
 
 
 def _fresh(out: tuple, inputs: tuple) -> tuple:
-    """Custom ops may not return an input (or one output twice): copy where a backend did."""
-    seen = {id(t) for t in inputs if isinstance(t, Tensor)}
+    """Custom ops may not return an input, a view of one, or two views of one buffer: copy
+    any output whose storage was already seen (cheap insurance over every backend)."""
+    def key(t):
+        return t.untyped_storage().data_ptr() if t.numel() else None
+
+    seen = {key(t) for t in inputs if isinstance(t, Tensor)} - {None}
     res = []
     for t in out:
-        if id(t) in seen:
+        k = key(t)
+        if k is not None and k in seen:
             t = t.clone()
-        seen.add(id(t))
+            k = key(t)
+        seen.add(k)
         res.append(t)
     return tuple(res)
 

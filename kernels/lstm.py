@@ -217,7 +217,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
             PRECISION=precision, **_blocks(H, P))
     last = 0 if reverse else T - 1
     h_n = hbuf[T % 2].to(x_proj.dtype)
-    return y, h_n, cs[last].to(x_proj.dtype), gates, cs
+    return y, h_n, cs[last].to(x_proj.dtype, copy=True), gates, cs  # c_n must not alias cs
 
 
 def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse, precision, h_prev_of):

@@ -12,5 +12,5 @@ if "$PY" -c "import fastrnn, sys; sys.exit(fastrnn.available_backends()['cpp'] !
 else
   echo "== lane: cpp backend skipped: $("$PY" -c "import fastrnn; print(fastrnn.available_backends()['cpp'])")"
 fi
-echo "== lane: triton backend through the interpreter (tests/test_triton.py)"
-TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest tests/test_triton.py -q "$@"
+echo "== lane: triton backend through the interpreter (tests/test_triton.py, tests/test_beyond.py)"
+TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest tests/test_triton.py tests/test_beyond.py -q "$@"
