@@ -392,12 +392,15 @@ at::Tensor h_prev_of(const at::Tensor& y, const at::Tensor& h0, const c10::optio
 template <typename T>
 std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& x, const at::Tensor& w_hh,
                                           const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
-                                          const at::Tensor& c0, const int64_t* L, bool reverse) {
+                                          const at::Tensor& c0, const int64_t* L, bool reverse,
+                                          bool workspace) {
   const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2) / 4, P = h0.size(1);
   const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
   auto y = at::empty({T_, B, P}, x.options());
-  auto gates = at::empty({T_, B, 4 * H}, x.options());
-  auto cs = at::empty({T_, B, H}, x.options());
+  // With the workspace (a backward will follow) every step keeps its gates and c_t; without
+  // it (inference) one gates slot and two alternating c slots suffice: O(B*H) memory.
+  auto gates = at::empty({workspace ? T_ : 1, B, 4 * H}, x.options());
+  auto cs = at::empty({workspace ? T_ : 2, B, H}, x.options());
   auto h = h0.clone();  // carried h state
   auto m = w_hr ? at::empty({B, H}, x.options()) : at::Tensor();
   StepGemm<T> rec(w_hh.t(), B);  // (P x 4H)
@@ -416,11 +419,12 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& x, const at::Tensor&
   int64_t prev = -1;
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = step_at(s, T_, reverse);
-    T* g = gp + t * B * 4 * H;
+    const int64_t gslot = workspace ? t : 0, cslot = workspace ? t : s % 2;
+    T* g = gp + gslot * B * 4 * H;
     for (int64_t b = 0; b < B; ++b) std::copy(xp + t * sx0 + b * sx1, xp + t * sx0 + b * sx1 + 4 * H, g + b * 4 * H);
     rec.acc(B, hp, P, g, 4 * H);
     const T* c_prev = prev < 0 ? c0p : cp + prev * B * H;
-    T* c = cp + t * B * H;
+    T* c = cp + cslot * B * H;
     T* mp = w_hr ? m.data_ptr<T>() : yp + t * B * P;
     lstm_fwd_rows(B, H, t, L, g, c_prev, c, mp);
     if (w_hr) {
@@ -437,16 +441,17 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& x, const at::Tensor&
         std::fill(yt + b * P, yt + (b + 1) * P, T(0));
       }
     }
-    prev = t;
+    prev = cslot;
   }
-  auto c_n = cs[step_at(T_ - 1, T_, reverse)].clone();
+  auto c_n = cs[prev].clone();
+  if (!workspace) return {y, h, c_n, at::empty({0}, x.options()), at::empty({0}, x.options())};
   return {y, h, c_n, gates, cs};
 }
 
 std::vector<at::Tensor> lstm_forward(const at::Tensor& x_proj, const at::Tensor& w_hh,
                                      const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
                                      const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,
-                                     bool reverse) {
+                                     bool reverse, bool workspace) {
   auto [T, B, H] = check_x(x_proj, 4, lengths);
   const int64_t P = w_hr ? w_hr->size(0) : H;
   check_tensor(w_hh, "w_hh", x_proj, {4 * H, P});
@@ -458,7 +463,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x_proj, const at::Tensor&
   auto x = rows_contiguous(x_proj);
   auto w_hr_c = w_hr ? c10::optional<at::Tensor>(w_hr->contiguous()) : c10::nullopt;
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
-    return lstm_forward_impl<scalar_t>(x, w_hh.contiguous(), w_hr_c, h0.contiguous(), c0.contiguous(), L, reverse);
+    return lstm_forward_impl<scalar_t>(x, w_hh.contiguous(), w_hr_c, h0.contiguous(), c0.contiguous(), L, reverse,
+                                       workspace);
   });
 }
 
@@ -560,11 +566,11 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dh
 // =======================================================================================
 template <typename T>
 std::vector<at::Tensor> gru_forward_impl(const at::Tensor& x, const at::Tensor& w_hh, const T* b_hn,
-                                         const at::Tensor& h0, const int64_t* L, bool reverse) {
+                                         const at::Tensor& h0, const int64_t* L, bool reverse, bool workspace) {
   const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2) / 3;
   const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
   auto y = at::empty({T_, B, H}, x.options());
-  auto acts = at::empty({T_, B, 4 * H}, x.options());
+  auto acts = at::empty({workspace ? T_ : 1, B, 4 * H}, x.options());  // one slot for inference
   auto h = h0.clone();
   auto hnew = at::empty({B, H}, x.options());
   auto gh = at::empty({B, 3 * H}, x.options());
@@ -579,7 +585,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& x, const at::Tensor& 
     const int64_t t = step_at(s, T_, reverse);
     std::fill(ghp, ghp + B * 3 * H, T(0));
     rec.acc(B, hp, H, ghp, 3 * H);
-    gru_fwd_rows(B, H, t, L, xp + t * sx0, sx1, ghp, b_hn, hp, ap + t * B * 4 * H, np);
+    gru_fwd_rows(B, H, t, L, xp + t * sx0, sx1, ghp, b_hn, hp, ap + (workspace ? t : 0) * B * 4 * H, np);
     T* yt = yp + t * B * H;
     for (int64_t b = 0; b < B; ++b) {
       if (active(L, t, b)) {
@@ -590,12 +596,13 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& x, const at::Tensor& 
       }
     }
   }
+  if (!workspace) return {y, h, at::empty({0}, x.options())};
   return {y, h, acts};
 }
 
 std::vector<at::Tensor> gru_forward(const at::Tensor& x_proj, const at::Tensor& w_hh,
                                     const c10::optional<at::Tensor>& b_hn, const at::Tensor& h0,
-                                    const c10::optional<at::Tensor>& lengths, bool reverse) {
+                                    const c10::optional<at::Tensor>& lengths, bool reverse, bool workspace) {
   auto [T, B, H] = check_x(x_proj, 3, lengths);
   check_tensor(w_hh, "w_hh", x_proj, {3 * H, H});
   if (b_hn) check_tensor(*b_hn, "b_hn", x_proj, {H});
@@ -606,7 +613,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_proj, const at::Tensor& 
   auto bc = b_hn ? b_hn->contiguous() : at::Tensor();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
     return gru_forward_impl<scalar_t>(x, w_hh.contiguous(), b_hn ? bc.data_ptr<scalar_t>() : nullptr,
-                                      h0.contiguous(), L, reverse);
+                                      h0.contiguous(), L, reverse, workspace);
   });
 }
 
@@ -782,9 +789,12 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& dy, const at::Tensor& dh_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrnn C++ CPU backend: whole-sequence recurrences (float32, float64)";
   using namespace fastrnn;
-  m.def("lstm_forward", &lstm_forward, "LSTM recurrence forward");
+  m.def("lstm_forward", &lstm_forward, "LSTM recurrence forward", py::arg("x_proj"), py::arg("w_hh"),
+        py::arg("w_hr"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("workspace") = true);
   m.def("lstm_backward", &lstm_backward, "LSTM recurrence backward");
-  m.def("gru_forward", &gru_forward, "GRU recurrence forward");
+  m.def("gru_forward", &gru_forward, "GRU recurrence forward", py::arg("x_proj"), py::arg("w_hh"),
+        py::arg("b_hn"), py::arg("h0"), py::arg("lengths"), py::arg("reverse"), py::arg("workspace") = true);
   m.def("gru_backward", &gru_backward, "GRU recurrence backward");
   m.def("rnn_forward", &rnn_forward, "Elman RNN recurrence forward");
   m.def("rnn_backward", &rnn_backward, "Elman RNN recurrence backward");

@@ -1,12 +1,16 @@
 """The ``"cpp"`` backend: thin adaptor from the recurrence entry points to ``fastrnn._C``.
 
-float32 and float64 CPU tensors. Signatures as in :mod:`fastrnn.reference`.
+float32 and float64 CPU tensors. Signatures as in :mod:`fastrnn.reference`, plus
+``workspace=False`` on the LSTM/GRU forwards: no backward will follow, so the per-step
+gates/cell states are not kept (empty tensors are returned in their place).
 """
 from . import _C
 
+WORKSPACE_OPTIONAL = True
 
-def lstm_recurrence_forward(x_proj, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
-    return tuple(_C.lstm_forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse))
+
+def lstm_recurrence_forward(x_proj, w_hh, w_hr, h0, c0, lengths=None, reverse=False, workspace=True):
+    return tuple(_C.lstm_forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, workspace))
 
 
 def lstm_recurrence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths=None, reverse=False):
@@ -14,8 +18,8 @@ def lstm_recurrence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, l
     return dx, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0
 
 
-def gru_recurrence_forward(x_proj, w_hh, b_hn, h0, lengths=None, reverse=False):
-    return tuple(_C.gru_forward(x_proj, w_hh, b_hn, h0, lengths, reverse))
+def gru_recurrence_forward(x_proj, w_hh, b_hn, h0, lengths=None, reverse=False, workspace=True):
+    return tuple(_C.gru_forward(x_proj, w_hh, b_hn, h0, lengths, reverse, workspace))
 
 
 def gru_recurrence_backward(dy, dh_n, w_hh, b_hn, h0, y, gates, lengths=None, reverse=False):

@@ -163,6 +163,13 @@ def resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
+def workspace_optional(backend: str) -> bool:
+    """Whether the backend's LSTM/GRU forwards take ``workspace=False`` (skip the state
+    kept for the backward)."""
+    mod, _ = _load(backend) if backend in _REGISTRY else (None, "")
+    return bool(getattr(mod, "WORKSPACE_OPTIONAL", False))
+
+
 def implementation(backend: str, entry: str) -> Callable:
     """The function ``entry`` of a resolved backend."""
     mod, why = _load(backend)

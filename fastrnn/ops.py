@@ -95,6 +95,18 @@ def _fresh(out: tuple, inputs: tuple) -> tuple:
     return tuple(res)
 
 
+def _forward(backend: str, entry: str, args: tuple, workspace: bool) -> tuple:
+    """Run a backend's forward. ``workspace=False`` (an eager call under no_grad: no
+    backward will follow) lets a backend that supports it skip the per-step state the
+    backward needs, which is O(T*B*4H) memory; the workspace outputs are then empty."""
+    fn = backends.implementation(backend, entry)
+    if not workspace and backends.workspace_optional(backend):
+        out = fn(*args, workspace=False)
+    else:
+        out = fn(*args)
+    return _fresh(tuple(out), args)
+
+
 def _no_tensor(like: Tensor) -> Tensor:
     """Stands for an absent gradient (custom ops return Tensors, not None)."""
     return like.new_empty(0)
@@ -127,15 +139,16 @@ def _call(op, body, *args):
     return body(*args) if _eager(args) else op(*args)
 
 
-def _entry(op, body, function):
-    """The public call of a forward op: dispatcher, plain body, or autograd.Function."""
+def _entry(op, body, function, inference=None):
+    """The public call of a forward op: dispatcher, autograd.Function, or (no gradient
+    needed) the plain body, or ``inference`` where the op has a workspace to skip."""
 
     def call(*args):
         if not _eager(args):
             return op(*args)
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             return function.apply(*args)
-        return body(*args)
+        return (inference or body)(*args)
 
     call.__name__ = op._name.split("::")[-1] if hasattr(op, "_name") else "recurrence"
     return call
@@ -168,13 +181,15 @@ def _lstm_recurrence_body(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _lstm_run(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend, True)
+
+
+def _lstm_run(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend, workspace):
     T, B, H = _check_x(x_proj, 4, lengths)
     P = (w_hr.shape[0] if w_hr.dim() == 2 else -1) if w_hr is not None else H
     _check_like(x_proj, {"w_hh": (w_hh, (4 * H, P)), "w_hr": (w_hr, (P, H)),
                          "h0": (h0, (B, P)), "c0": (c0, (B, H))})
-    fn = backends.implementation(backend, "lstm_recurrence_forward")
-    out = fn(x_proj, w_hh, w_hr, h0, c0, lengths, reverse)
-    return _fresh(tuple(out), (x_proj, w_hh, w_hr, h0, c0, lengths))
+    return _forward(backend, "lstm_recurrence_forward", (x_proj, w_hh, w_hr, h0, c0, lengths, reverse), workspace)
 
 
 lstm_recurrence = torch.library.custom_op("fastrnn::lstm_recurrence", _lstm_recurrence_body, mutates_args=())
@@ -243,7 +258,8 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
 
 lstm_recurrence.register_autograd(_lstm_backward, setup_context=_lstm_setup)
 lstm = _entry(torch.ops.fastrnn.lstm_recurrence, _lstm_recurrence_body,
-              _function("LSTMRecurrence", _lstm_recurrence_body, _lstm_setup, _lstm_backward))
+              _function("LSTMRecurrence", _lstm_recurrence_body, _lstm_setup, _lstm_backward),
+              lambda *args: _lstm_run(*args, False))
 
 
 # ----------------------------------------------------------------------------------------
@@ -258,11 +274,13 @@ def _gru_recurrence_body(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    return _gru_run(x_proj, w_hh, b_hn, h0, lengths, reverse, backend, True)
+
+
+def _gru_run(x_proj, w_hh, b_hn, h0, lengths, reverse, backend, workspace):
     T, B, H = _check_x(x_proj, 3, lengths)
     _check_like(x_proj, {"w_hh": (w_hh, (3 * H, H)), "b_hn": (b_hn, (H,)), "h0": (h0, (B, H))})
-    fn = backends.implementation(backend, "gru_recurrence_forward")
-    out = fn(x_proj, w_hh, b_hn, h0, lengths, reverse)
-    return _fresh(tuple(out), (x_proj, w_hh, b_hn, h0, lengths))
+    return _forward(backend, "gru_recurrence_forward", (x_proj, w_hh, b_hn, h0, lengths, reverse), workspace)
 
 
 gru_recurrence = torch.library.custom_op("fastrnn::gru_recurrence", _gru_recurrence_body, mutates_args=())
@@ -326,7 +344,8 @@ def _gru_backward(ctx, dy, dh_n, _dgates):
 
 gru_recurrence.register_autograd(_gru_backward, setup_context=_gru_setup)
 gru = _entry(torch.ops.fastrnn.gru_recurrence, _gru_recurrence_body,
-             _function("GRURecurrence", _gru_recurrence_body, _gru_setup, _gru_backward))
+             _function("GRURecurrence", _gru_recurrence_body, _gru_setup, _gru_backward),
+             lambda *args: _gru_run(*args, False))
 
 
 # ----------------------------------------------------------------------------------------

@@ -56,3 +56,25 @@ def test_long_sequence_memory_is_linear_in_T():
     assert gates.shape == (T, B, 4 * H) and cs.shape == (T, B, H)
     report = testing.compare(lstm, testing.oracle(lstm), x, sync_weights=False)
     assert report.passed, f"\n{report}"
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_inference_keeps_no_backward_workspace(family):
+    """Under no_grad the per-step gates/cell states are not kept, and the result is the
+    same as with them (bitwise: same kernels, same order)."""
+    from fastrnn import ops
+
+    T, B, H = 50, 3, 8
+    x = torch.randn(T, B, (4 if family == "lstm" else 3) * H)
+    w = torch.randn(x.shape[-1], H) * 0.3
+    h0 = torch.randn(B, H)
+    lengths = torch.tensor([50, 20, 35])
+    args = (x, w, None, h0, torch.randn(B, H)) if family == "lstm" else (x, w, torch.randn(H), h0)
+    entry = ops.lstm if family == "lstm" else ops.gru
+    with torch.no_grad():
+        lean = entry(*args, lengths, True, "cpp")
+    full = (torch.ops.fastrnn.lstm_recurrence if family == "lstm" else torch.ops.fastrnn.gru_recurrence)(
+        *args, lengths, True, "cpp")
+    assert lean[-1].numel() == 0 and full[-1].shape[0] == T
+    n_state = 3 if family == "lstm" else 2
+    assert all(torch.equal(a, b) for a, b in zip(lean[:n_state], full[:n_state]))
