@@ -206,6 +206,28 @@ inline bool active(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
 }
 
+// End of a forward step: rows whose sequence is running write their new state (src) to
+// the output y_t and the carried state; the others keep the state and output zeros.
+template <typename T>
+void commit_step(int64_t B, int64_t N, int64_t t, const int64_t* L, const T* src, T* y_t, T* state) {
+  for (int64_t b = 0; b < B; ++b) {
+    if (active(L, t, b)) {
+      if (src != y_t) std::copy(src + b * N, src + (b + 1) * N, y_t + b * N);
+      std::copy(src + b * N, src + (b + 1) * N, state + b * N);
+    } else {
+      std::fill(y_t + b * N, y_t + (b + 1) * N, T(0));
+    }
+  }
+}
+
+// End of a backward step: the carried gradient takes the new rows where the step was active.
+template <typename T>
+void carry_active(int64_t B, int64_t N, int64_t t, const int64_t* L, const T* src, T* carried) {
+  for (int64_t b = 0; b < B; ++b) {
+    if (active(L, t, b)) std::copy(src + b * N, src + (b + 1) * N, carried + b * N);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Row loops over the batch for one step (cloned per ISA for float).
 // ---------------------------------------------------------------------------------------
@@ -433,14 +455,7 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& x, const at::Tensor&
       proj->acc(B, mp, H, hn, P);
       std::copy(hn, hn + B * P, yp + t * B * P);
     }
-    T* yt = yp + t * B * P;
-    for (int64_t b = 0; b < B; ++b) {
-      if (active(L, t, b)) {
-        std::copy(yt + b * P, yt + (b + 1) * P, hp + b * P);
-      } else {
-        std::fill(yt + b * P, yt + (b + 1) * P, T(0));
-      }
-    }
+    commit_step(B, P, t, L, yp + t * B * P, yp + t * B * P, hp);
     prev = cslot;
   }
   auto c_n = cs[prev].clone();
@@ -520,9 +535,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dy, const at::Tenso
     lstm_bwd_rows(B, H, t, L, gp + t * B * 4 * H, cp + t * B * H, c_prev, dmp, dcp, dg);
     std::fill(dnp, dnp + B * P, T(0));
     rec.acc(B, dg, 4 * H, dnp, P);
-    for (int64_t b = 0; b < B; ++b) {
-      if (active(L, t, b)) std::copy(dnp + b * P, dnp + (b + 1) * P, dhp + b * P);
-    }
+    carry_active(B, P, t, L, dnp, dhp);
   }
   auto hp = h_prev_of(y, h0, lengths, reverse);
   auto dw_hh = at::mm(dgates.view({T_ * B, 4 * H}).t(), hp.reshape({T_ * B, P}));
@@ -586,15 +599,7 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& x, const at::Tensor& 
     std::fill(ghp, ghp + B * 3 * H, T(0));
     rec.acc(B, hp, H, ghp, 3 * H);
     gru_fwd_rows(B, H, t, L, xp + t * sx0, sx1, ghp, b_hn, hp, ap + (workspace ? t : 0) * B * 4 * H, np);
-    T* yt = yp + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {
-      if (active(L, t, b)) {
-        std::copy(np + b * H, np + (b + 1) * H, yt + b * H);
-        std::copy(np + b * H, np + (b + 1) * H, hp + b * H);
-      } else {
-        std::fill(yt + b * H, yt + (b + 1) * H, T(0));
-      }
-    }
+    commit_step(B, H, t, L, np, yp + t * B * H, hp);
   }
   if (!workspace) return {y, h, at::empty({0}, x.options())};
   return {y, h, acts};
@@ -645,9 +650,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dy, const at::Tensor
     T* dgt = dgp + t * B * 3 * H;
     gru_bwd_rows(B, H, t, L, ap + t * B * 4 * H, hpp + t * B * H, dtp, dxp + t * B * 3 * H, dgt, dnp);
     rec.acc(B, dgt, 3 * H, dnp, H);
-    for (int64_t b = 0; b < B; ++b) {
-      if (active(L, t, b)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
-    }
+    carry_active(B, H, t, L, dnp, dhp);
   }
   auto dw_hh = at::mm(dgh.view({T_ * B, 3 * H}).t(), hprev.view({T_ * B, H}));
   auto db_hn = has_b_hn ? dgh.narrow(2, 2 * H, H).sum({0, 1}) : at::empty({0}, dy.options());
@@ -697,15 +700,7 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& x, const at::Tensor& 
     for (int64_t b = 0; b < B; ++b) std::copy(xp + t * sx0 + b * sx1, xp + t * sx0 + b * sx1 + H, app + b * H);
     rec.acc(B, hp, H, app, H);
     rnn_fwd_rows(B, H, relu, app, np);
-    T* yt = yp + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {
-      if (active(L, t, b)) {
-        std::copy(np + b * H, np + (b + 1) * H, yt + b * H);
-        std::copy(np + b * H, np + (b + 1) * H, hp + b * H);
-      } else {
-        std::fill(yt + b * H, yt + (b + 1) * H, T(0));
-      }
-    }
+    commit_step(B, H, t, L, np, yp + t * B * H, hp);
   }
   return {y, h};
 }
@@ -756,9 +751,7 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dy, const at::Tensor
     rnn_bwd_rows(B, H, t, L, relu, yp + t * B * H, dtp, da);
     std::fill(dnp, dnp + B * H, T(0));
     rec.acc(B, da, H, dnp, H);
-    for (int64_t b = 0; b < B; ++b) {
-      if (active(L, t, b)) std::copy(dnp + b * H, dnp + (b + 1) * H, dhp + b * H);
-    }
+    carry_active(B, H, t, L, dnp, dhp);
   }
   auto hp = h_prev_of(y, h0, lengths, reverse);
   auto dw_hh = at::mm(dx.view({T_ * B, H}).t(), hp.reshape({T_ * B, H}));
