@@ -16,10 +16,9 @@ import sys
 
 import torch
 import torch.utils.benchmark as tb
-from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import fastrnn
+from .providers import FAST, NN
 
 # (name, cell, (T, B, input, hidden), mode, goal, packed)
 ROWS = [
@@ -34,7 +33,6 @@ ROWS = [
     ("RNN (100,8,64,128) fwd+bwd", "rnn", (100, 8, 64, 128), "fwdbwd", 2.0, False),
     ("LSTM packed (100,8,64,128) fwd", "lstm", (100, 8, 64, 128), "fwd", 2.0, True),
 ]
-CLS = {"lstm": (fastrnn.LSTM, nn.LSTM), "gru": (fastrnn.GRU, nn.GRU), "rnn": (fastrnn.RNN, nn.RNN)}
 
 
 def _median(fn, min_run_time, repeats=3):
@@ -49,7 +47,7 @@ def _median(fn, min_run_time, repeats=3):
 def measure(row, backend, min_run_time):
     name, cell, (T, B, I, H), mode, goal, packed = row
     torch.manual_seed(0)
-    ours_cls, nn_cls = CLS[cell]
+    ours_cls, nn_cls = FAST[cell], NN[cell]
     ours = ours_cls(I, H, backend=backend)
     theirs = nn_cls(I, H)
     theirs.load_state_dict(ours.state_dict())

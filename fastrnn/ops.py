@@ -150,7 +150,7 @@ def _entry(op, body, function, inference=None):
             return function.apply(*args)
         return (inference or body)(*args)
 
-    call.__name__ = op._name.split("::")[-1] if hasattr(op, "_name") else "recurrence"
+    call.__name__ = op._qualified_op_name.split("::")[-1]
     return call
 
 
