@@ -10,12 +10,23 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "cells.h"
 
 namespace fastrnn {
 namespace {
+
+// Every buffer a kernel writes comes from fresh(): NaN-filled when the test harness asks
+// (fastrnn._cpp sets this from FASTRNN_POISON), so an element a kernel forgets to write, or
+// reads before writing, fails the parity checks instead of passing by luck.
+bool g_poison = false;
+
+at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (g_poison) return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+  return at::empty(sizes, options);
+}
 
 // Float hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at load
 // time, so the default build stays portable (no -march=native).
@@ -418,19 +429,19 @@ std::vector<at::Tensor> lstm_forward_impl(const at::Tensor& x, const at::Tensor&
                                           bool workspace) {
   const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2) / 4, P = h0.size(1);
   const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
-  auto y = at::empty({T_, B, P}, x.options());
+  auto y = fresh({T_, B, P}, x.options());
   // With the workspace (a backward will follow) every step keeps its gates and c_t; without
   // it (inference) one gates slot and two alternating c slots suffice: O(B*H) memory.
-  auto gates = at::empty({workspace ? T_ : 1, B, 4 * H}, x.options());
-  auto cs = at::empty({workspace ? T_ : 2, B, H}, x.options());
+  auto gates = fresh({workspace ? T_ : 1, B, 4 * H}, x.options());
+  auto cs = fresh({workspace ? T_ : 2, B, H}, x.options());
   auto h = h0.clone();  // carried h state
-  auto m = w_hr ? at::empty({B, H}, x.options()) : at::Tensor();
+  auto m = w_hr ? fresh({B, H}, x.options()) : at::Tensor();
   StepGemm<T> rec(w_hh.t(), B);  // (P x 4H)
   c10::optional<StepGemm<T>> proj;
   at::Tensor hnew;
   if (w_hr) {
     proj.emplace(w_hr->t(), B);  // (H x P)
-    hnew = at::empty({B, P}, x.options());
+    hnew = fresh({B, P}, x.options());
   }
   const T* xp = x.data_ptr<T>();
   T* gp = gates.data_ptr<T>();
@@ -491,18 +502,18 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& dy, const at::Tenso
                                            const c10::optional<at::Tensor>& lengths, const int64_t* L,
                                            bool reverse) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = h0.size(1);
-  auto dgates = at::empty({T_, B, 4 * H}, dy.options());
+  auto dgates = fresh({T_, B, 4 * H}, dy.options());
   auto dh = dh_n.clone();
   auto dc = dc_n.clone();
-  auto dht = at::empty({B, P}, dy.options());          // gradient reaching h_t
-  auto dhnew = at::empty({B, P}, dy.options());
+  auto dht = fresh({B, P}, dy.options());          // gradient reaching h_t
+  auto dhnew = fresh({B, P}, dy.options());
   StepGemm<T> rec(w_hh, B);                       // dgates (B x 4H) @ W_hh (4H x P)
   c10::optional<StepGemm<T>> proj;
   at::Tensor dm, dh_out;
   if (w_hr) {
     proj.emplace(*w_hr, B);                      // dh_t (B x P) @ W_hr (P x H)
-    dm = at::empty({B, H}, dy.options());
-    dh_out = at::empty({T_, B, P}, dy.options());
+    dm = fresh({B, H}, dy.options());
+    dh_out = fresh({T_, B, P}, dy.options());
   }
   const T* gp = gates.data_ptr<T>();
   const T* cp = cs.data_ptr<T>();
@@ -582,11 +593,11 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& x, const at::Tensor& 
                                          const at::Tensor& h0, const int64_t* L, bool reverse, bool workspace) {
   const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2) / 3;
   const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
-  auto y = at::empty({T_, B, H}, x.options());
-  auto acts = at::empty({workspace ? T_ : 1, B, 4 * H}, x.options());  // one slot for inference
+  auto y = fresh({T_, B, H}, x.options());
+  auto acts = fresh({workspace ? T_ : 1, B, 4 * H}, x.options());  // one slot for inference
   auto h = h0.clone();
-  auto hnew = at::empty({B, H}, x.options());
-  auto gh = at::empty({B, 3 * H}, x.options());
+  auto hnew = fresh({B, H}, x.options());
+  auto gh = fresh({B, 3 * H}, x.options());
   StepGemm<T> rec(w_hh.t(), B);  // (H x 3H)
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
@@ -629,11 +640,11 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& dy, const at::Tensor
                                           const int64_t* L, bool reverse) {
   const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
   auto hprev = h_prev_of(y, h0, lengths, reverse).contiguous();
-  auto dx = at::empty({T_, B, 3 * H}, dy.options());
-  auto dgh = at::empty({T_, B, 3 * H}, dy.options());
+  auto dx = fresh({T_, B, 3 * H}, dy.options());
+  auto dgh = fresh({T_, B, 3 * H}, dy.options());
   auto dh = dh_n.clone();
-  auto dht = at::empty({B, H}, dy.options());
-  auto dnew = at::empty({B, H}, dy.options());
+  auto dht = fresh({B, H}, dy.options());
+  auto dnew = fresh({B, H}, dy.options());
   StepGemm<T> rec(w_hh, B);  // dgh (B x 3H) @ W_hh (3H x H)
   const T* ap = acts.data_ptr<T>();
   const T* hpp = hprev.data_ptr<T>();
@@ -685,10 +696,10 @@ std::vector<at::Tensor> rnn_forward_impl(const at::Tensor& x, const at::Tensor& 
                                          const int64_t* L, bool reverse, bool relu) {
   const int64_t T_ = x.size(0), B = x.size(1), H = x.size(2);
   const int64_t sx0 = x.stride(0), sx1 = x.stride(1);
-  auto y = at::empty({T_, B, H}, x.options());
+  auto y = fresh({T_, B, H}, x.options());
   auto h = h0.clone();
-  auto a = at::empty({B, H}, x.options());
-  auto hnew = at::empty({B, H}, x.options());
+  auto a = fresh({B, H}, x.options());
+  auto hnew = fresh({B, H}, x.options());
   StepGemm<T> rec(w_hh.t(), B);  // (H x H)
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
@@ -732,10 +743,10 @@ std::vector<at::Tensor> rnn_backward_impl(const at::Tensor& dy, const at::Tensor
                                           const c10::optional<at::Tensor>& lengths, const int64_t* L,
                                           bool reverse, bool relu) {
   const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2);
-  auto dx = at::empty({T_, B, H}, dy.options());
+  auto dx = fresh({T_, B, H}, dy.options());
   auto dh = dh_n.clone();
-  auto dht = at::empty({B, H}, dy.options());
-  auto dnew = at::empty({B, H}, dy.options());
+  auto dht = fresh({B, H}, dy.options());
+  auto dnew = fresh({B, H}, dy.options());
   StepGemm<T> rec(w_hh, B);  // da (B x H) @ W_hh (H x H)
   const T* yp = y.data_ptr<T>();
   const T* dyp = dy.data_ptr<T>();
@@ -791,5 +802,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "GRU recurrence backward");
   m.def("rnn_forward", &rnn_forward, "Elman RNN recurrence forward");
   m.def("rnn_backward", &rnn_backward, "Elman RNN recurrence backward");
+  m.def("set_poison", [](bool on) { g_poison = on; }, "NaN-fill every buffer the kernels write (tests)");
   m.def("uses_blas", &use_blas, "whether a (M x K) @ (K x N) step product goes to BLAS");
 }

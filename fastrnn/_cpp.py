@@ -4,7 +4,12 @@ float32 and float64 CPU tensors. Signatures as in :mod:`fastrnn.reference`, plus
 ``workspace=False`` on the LSTM/GRU forwards: no backward will follow, so the per-step
 gates/cell states are not kept (empty tensors are returned in their place).
 """
+import os
+
 from . import _C
+
+# Tests set FASTRNN_POISON=1: every buffer the kernels write then starts NaN-filled.
+_C.set_poison(os.environ.get("FASTRNN_POISON", "0") == "1")
 
 WORKSPACE_OPTIONAL = True
 
