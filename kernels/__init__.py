@@ -1,8 +1,20 @@
 """Triton kernels of fastrnn (installed as ``fastrnn.kernels``): the ``"triton"`` backend.
 
 One module per cell (lstm.py, gru.py, rnn.py), each with its cell math in one
-``@triton.jit`` helper shared by its forward and backward kernels. The entry points below
-have the signatures of :mod:`fastrnn.reference`'s ``*_recurrence_forward/backward``.
+``@triton.jit`` helper shared by all of its kernels. The entry points below have the
+signatures of :mod:`fastrnn.reference`'s ``*_recurrence_forward/backward``.
+
+Two kernel shapes per op, chosen by ``_common.kernel_shape`` from the weight size:
+
+* sequence kernel: one launch for the whole sequence; each program owns 16 batch rows and
+  the whole hidden width and keeps the W_hh (and W_hr) tiles, h and c on chip for all T
+  steps, with no inter-program synchronisation. Used while the padded fp32 weight tiles
+  fit ``RESIDENT_BYTES`` (64 KiB: LSTM H=P<=64, GRU H<=64, RNN H<=128).
+* step kernels: one launch per time step over batch x hidden tiles, h @ W_hh^T fused with
+  the cell and the state update; the backward's dh_{t-1} = dgates @ W_hh is the shared
+  ``carry_dh`` step. Used for larger weights, which no single program can hold.
+
+``FASTRNN_TRITON_KERNEL=sequence|step`` forces one shape (tests run both).
 
 fp32 precision policy (as nn.LSTM on cuDNN): the recurrent products use TF32 when
 ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default) and IEEE fp32 when it is not;

@@ -1,4 +1,5 @@
-"""Helpers shared by the cell modules: activations, the row-block matmul, block sizes."""
+"""Helpers shared by the cell modules: activations, tiles, the row-block matmul, the choice
+between the two kernel shapes, and the backward step that carries dh."""
 import os
 
 import torch
@@ -14,6 +15,41 @@ def alloc(*shape, device, dtype):
     return torch.empty(*shape, device=device, dtype=dtype)
 
 
+BLOCK_B = 16  # batch rows per program: the smallest M a tensor-core dot accepts
+
+# The sequence kernel keeps every W_hh (and W_hr) tile on chip for the whole sequence. Up to
+# this many bytes of fp32 weights per program it is chosen; above, the step kernels run.
+# 64 KiB is a quarter of an SM's register file (and under its shared memory) on H100/H200:
+# room for the weights plus the state and gate tiles of 16 rows. An estimate from the
+# register budget, not yet a measurement on a GPU.
+RESIDENT_BYTES = 64 * 1024
+
+
+def pow2_block(n: int, lo: int = 16, hi: int = 64) -> int:
+    """A power-of-two tile edge for n, within [lo, hi] (tl.dot needs edges >= 16 on GPUs)."""
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def kernel_shape(n_gates: int, H: int, P: int, proj: bool) -> str:
+    """"sequence" (one launch, weights on chip) when the padded weight tiles fit
+    RESIDENT_BYTES, else "step" (one launch per step, weights streamed from L2).
+    FASTRNN_TRITON_KERNEL=sequence|step forces one (tests, benchmarks)."""
+    forced = os.environ.get("FASTRNN_TRITON_KERNEL", "auto")
+    if forced in ("sequence", "step"):
+        return forced
+    if forced != "auto":
+        raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, sequence or step, got {forced!r}")
+    bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
+    return "sequence" if (n_gates + proj) * bh * bp * 4 <= RESIDENT_BYTES else "step"
+
+
+def warps_for(n_gates: int, H: int, P: int, proj: bool) -> int:
+    """Warps of a sequence-kernel program: more threads share the register-held tiles when
+    they are large."""
+    bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
+    return 8 if (n_gates + proj) * bh * bp * 4 > RESIDENT_BYTES // 2 else 4
+
+
 @triton.jit
 def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
@@ -23,6 +59,30 @@ def sigmoid(x):
 def tanh(x):
     # tanh through sigmoid: one exp, available on every Triton version and in the interpreter
     return 2.0 * sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def load_tile(ptr, stride_k, stride_n, K, N, BK: tl.constexpr, BN: tl.constexpr):
+    """(BK, BN) fp32 tile with [k, n] = ptr[k*stride_k + n*stride_n], zero outside K x N.
+    The zero padding keeps padded state columns out of every real column."""
+    kk = tl.arange(0, BK)
+    nn = tl.arange(0, BN)
+    m = (kk < K)[:, None] & (nn < N)[None, :]
+    return tl.load(ptr + kk[:, None] * stride_k + nn[None, :] * stride_n, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_rows(ptr, stride, rows, row_mask, cols, N):
+    """(BB, BN) fp32: ptr[rows, cols] of a matrix with row stride ``stride``, zero outside."""
+    m = row_mask[:, None] & (cols < N)[None, :]
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_rows(ptr, stride, rows, row_mask, cols, N, value):
+    """ptr[rows, cols] = value (cast to the pointer's dtype), inside the matrix only."""
+    m = row_mask[:, None] & (cols < N)[None, :]
+    tl.store(ptr + rows[:, None] * stride + cols[None, :], value.to(ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -63,19 +123,52 @@ def active_rows(t, rows, row_mask, len_ptr, HAS_LENGTHS: tl.constexpr):
     return act
 
 
-@triton.jit
-def copy_rows(dst_ptr, src_ptr, rows, row_mask, N, BN: tl.constexpr):
-    """dst[rows, 0:N] = src[rows, 0:N] as fp32 (both row-major with row length N)."""
-    for n0 in range(0, N, BN):
-        nn = n0 + tl.arange(0, BN)
-        m = row_mask[:, None] & (nn < N)[None, :]
-        v = tl.load(src_ptr + rows[:, None] * N + nn[None, :], mask=m, other=0.0)
-        tl.store(dst_ptr + rows[:, None] * N + nn[None, :], v.to(tl.float32), mask=m)
+@triton.jit(do_not_specialize=["t"])
+def carry_dh_step_kernel(
+    dg_ptr, G,              # dgates of step t (B, G) fp32, contiguous
+    w_ptr,                  # w_hh (G, N) contiguous: dh_{t-1} = dgates_t @ W_hh
+    direct_ptr,             # (B, N) fp32 term added to the product (GRU: dh*z), when HAS_DIRECT
+    dh_ptr,                 # (B, N) fp32 carried gradient, updated in place
+    len_ptr, t, B, N,
+    HAS_DIRECT: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Backward step kernel, shared by every cell: rows active at step t take
+    dh = dgates_t @ W_hh (+ direct); the others keep the gradient they carry. Each program
+    reads and writes only its own (rows, cols) tile of dh, so the update is in place."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    rmask = rows < B
+    act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
+    if HAS_DIRECT:
+        acc = load_rows(direct_ptr, N, rows, rmask, cols, N)
+    else:
+        acc = tl.zeros((BB, BN), tl.float32)
+    acc = matmul_rows(acc, dg_ptr, G, rows, rmask, G, w_ptr, N, 1, cols, cols < N, BK, PRECISION)
+    old = load_rows(dh_ptr, N, rows, rmask, cols, N)
+    store_rows(dh_ptr, N, rows, rmask, cols, N, tl.where(act[:, None], acc, old))
 
 
-def pow2_block(n: int, lo: int = 16, hi: int = 64) -> int:
-    """A power-of-two tile edge for n, within [lo, hi] (tl.dot needs edges >= 16 on GPUs)."""
-    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+def step_grid(B, N, BN):
+    return (triton.cdiv(B, BLOCK_B), triton.cdiv(N, BN))
 
 
-BLOCK_B = 16  # batch rows per program: the smallest M a tensor-core dot accepts
+def carry_dh(dg_t, w_hh, dh, direct, lengths, t, precision):
+    """Launch carry_dh_step_kernel for step t (see there)."""
+    B, N = dh.shape
+    G = dg_t.shape[-1]
+    BN = pow2_block(N)
+    carry_dh_step_kernel[step_grid(B, N, BN)](
+        dg_t, G, w_hh, direct if direct is not None else dh, dh,
+        lengths if lengths is not None else dh, t, B, N,
+        HAS_DIRECT=direct is not None, HAS_LENGTHS=lengths is not None,
+        BB=BLOCK_B, BN=BN, BK=32, PRECISION=precision)
+
+
+def time_steps(T, reverse):
+    """(s, t, prev) in processing order: prev is the previous step's time index, -1 at s = 0."""
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    prev = -1
+    for s, t in enumerate(order):
+        yield s, t, prev
+        prev = t

@@ -1,13 +1,19 @@
 """GRU recurrence in Triton (torch.nn's GRU: b_hn inside the reset product).
 
-Same structure as lstm.py: one program per BLOCK_B batch rows over the whole hidden width
-and all time steps; h double-buffered in fp32; a barrier between steps.
+Same two shapes as lstm.py: the sequence kernel keeps the three W_hh gate tiles and h on
+chip for all T steps; the step kernels launch once per step over batch x hidden tiles, and
+the backward carries dh with the shared ``carry_dh`` step (dh_{t-1} = dh*z + dgh @ W_hh).
+
+Backward of one step (h_t = (1-z)*n + z*h_{t-1}, n = tanh(x_n + r*(gh_n + b_hn))):
+    dan = dh*(1-z)*(1-n^2),  dar = dan*(gh_n + b_hn)*r(1-r),  daz = dh*(h_{t-1} - n)*z(1-z)
+    d(gh) = [dar, daz, dan*r],  dh_{t-1} = dh*z + d(gh) @ W_hh
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import BLOCK_B, alloc, active_rows, copy_rows, matmul_rows, pow2_block, sigmoid, step_index, tanh
+from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
+                      pow2_block, sigmoid, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -30,7 +36,55 @@ def _gru_cell_backward(r, z, n, hn, h_prev, dh):
 
 
 @triton.jit
-def gru_fwd_kernel(
+def _gru_step_math(x_ptr, sxb, acts_ptr, rows, rmask, jj, H, a2, ghr, ghz, ghn, b_hn, h_prev):
+    """Cell of one step from x_proj[t] rows and the three recurrent products; writes the
+    workspace row block acts[t] (r, z, n, hn; zero when inactive) and returns h_t."""
+    r, z, n, hn, h = _gru_cell(load_rows(x_ptr, sxb, rows, rmask, jj, H),
+                               load_rows(x_ptr + H, sxb, rows, rmask, jj, H),
+                               load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H),
+                               ghr, ghz, ghn, b_hn, h_prev)
+    store_rows(acts_ptr, 4 * H, rows, rmask, jj, H, tl.where(a2, r, 0.0))
+    store_rows(acts_ptr + H, 4 * H, rows, rmask, jj, H, tl.where(a2, z, 0.0))
+    store_rows(acts_ptr + 2 * H, 4 * H, rows, rmask, jj, H, tl.where(a2, n, 0.0))
+    store_rows(acts_ptr + 3 * H, 4 * H, rows, rmask, jj, H, tl.where(a2, hn, 0.0))
+    return h
+
+
+@triton.jit
+def _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr, dgh_ptr):
+    """Cell backward of one step: writes dx[t] and dgh[t] row blocks (zero when inactive)
+    and returns (dar, daz, dan*r, dh*z) for the dh carry."""
+    dar, daz, dan, dgn, dd = _gru_cell_backward(
+        load_rows(acts_ptr, 4 * H, rows, rmask, jj, H), load_rows(acts_ptr + H, 4 * H, rows, rmask, jj, H),
+        load_rows(acts_ptr + 2 * H, 4 * H, rows, rmask, jj, H), load_rows(acts_ptr + 3 * H, 4 * H, rows, rmask, jj, H),
+        load_rows(hprev_ptr, H, rows, rmask, jj, H), dh)
+    dar = tl.where(a2, dar, 0.0)
+    daz = tl.where(a2, daz, 0.0)
+    dgn = tl.where(a2, dgn, 0.0)
+    store_rows(dx_ptr, 3 * H, rows, rmask, jj, H, dar)
+    store_rows(dx_ptr + H, 3 * H, rows, rmask, jj, H, daz)
+    store_rows(dx_ptr + 2 * H, 3 * H, rows, rmask, jj, H, tl.where(a2, dan, 0.0))
+    store_rows(dgh_ptr, 3 * H, rows, rmask, jj, H, dar)
+    store_rows(dgh_ptr + H, 3 * H, rows, rmask, jj, H, daz)
+    store_rows(dgh_ptr + 2 * H, 3 * H, rows, rmask, jj, H, dgn)
+    return dar, daz, dgn, dd
+
+
+@triton.jit
+def _b_hn(bhn_ptr, jj, H, HAS_BHN: tl.constexpr, BH: tl.constexpr):
+    """(1, BH) fp32: b_hn over the columns jj, or zeros without bias."""
+    if HAS_BHN:
+        b = tl.load(bhn_ptr + jj, mask=jj < H, other=0.0).to(tl.float32)[None, :]
+    else:
+        b = tl.zeros((1, BH), tl.float32)
+    return b
+
+
+# ---------------------------------------------------------------------------------------
+# Sequence kernels: W_hh and h on chip for the whole sequence
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def gru_fwd_seq_kernel(
     x_ptr, sxt, sxb,        # x_proj (T, B, 3H); strides of t and b, last dim contiguous
     w_ptr,                  # w_hh (3H, H) contiguous
     bhn_ptr,                # b_hn (H,), when HAS_BHN
@@ -38,128 +92,144 @@ def gru_fwd_kernel(
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     y_ptr,                  # out (T, B, H), input dtype
     acts_ptr,               # out workspace (T, B, 4H) fp32: r, z, n, hn
-    hbuf_ptr,               # scratch (2, B, H) fp32
+    hn_ptr,                 # out (B, H) fp32: final state
     T, B, H,
     REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     rmask = rows < B
-    copy_rows(hbuf_ptr, h0_ptr, rows, rmask, H, BH)
-    tl.debug_barrier()
+    jj = tl.arange(0, BH)
+    w_r = load_tile(w_ptr, 1, H, H, H, BH, BH)  # [k, j] = W_hh[n*H + j, k]
+    w_z = load_tile(w_ptr + H * H, 1, H, H, H, BH, BH)
+    w_n = load_tile(w_ptr + 2 * H * H, 1, H, H, H, BH, BH)
+    b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
+    h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
-        act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
-        hcur = hbuf_ptr + (s % 2) * B * H
-        hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            jm = jj < H
-            m2 = rmask[:, None] & jm[None, :]
-            a2 = act[:, None] & jm[None, :]
-            xrow = x_ptr + t * sxt + rows[:, None] * sxb + jj[None, :]
-            zero = tl.zeros((BB, BH), tl.float32)
-            ghr = matmul_rows(zero, hcur, H, rows, rmask, H, w_ptr, 1, H, jj, jm, BK, PRECISION)
-            ghz = matmul_rows(zero, hcur, H, rows, rmask, H, w_ptr + H * H, 1, H, jj, jm, BK, PRECISION)
-            ghn = matmul_rows(zero, hcur, H, rows, rmask, H, w_ptr + 2 * H * H, 1, H, jj, jm, BK, PRECISION)
-            if HAS_BHN:
-                b_hn = tl.load(bhn_ptr + jj, mask=jm, other=0.0).to(tl.float32)[None, :]
-            else:
-                b_hn = tl.zeros((1, BH), tl.float32)
-            off = rows[:, None] * H + jj[None, :]
-            h_prev = tl.load(hcur + off, mask=m2, other=0.0)
-            r, z, n, hn, h = _gru_cell(tl.load(xrow, mask=m2, other=0.0).to(tl.float32),
-                                       tl.load(xrow + H, mask=m2, other=0.0).to(tl.float32),
-                                       tl.load(xrow + 2 * H, mask=m2, other=0.0).to(tl.float32),
-                                       ghr, ghz, ghn, b_hn, h_prev)
-            abase = acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + jj[None, :]
-            tl.store(abase, tl.where(a2, r, 0.0), mask=m2)
-            tl.store(abase + H, tl.where(a2, z, 0.0), mask=m2)
-            tl.store(abase + 2 * H, tl.where(a2, n, 0.0), mask=m2)
-            tl.store(abase + 3 * H, tl.where(a2, hn, 0.0), mask=m2)
-            tl.store(hnxt + off, tl.where(a2, h, h_prev), mask=m2)
-            tl.store(y_ptr + t * B * H + off, tl.where(a2, h, 0.0).to(y_ptr.dtype.element_ty), mask=m2)
-        tl.debug_barrier()
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        h_new = _gru_step_math(x_ptr + t * sxt, sxb, acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2,
+                               tl.dot(h, w_r, input_precision=PRECISION), tl.dot(h, w_z, input_precision=PRECISION),
+                               tl.dot(h, w_n, input_precision=PRECISION), b_hn, h)
+        h = tl.where(a2, h_new, h)
+        store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
+    store_rows(hn_ptr, H, rows, rmask, jj, H, h)
 
 
 @triton.jit
-def gru_bwd_kernel(
+def gru_bwd_seq_kernel(
     dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
     w_ptr,                  # w_hh (3H, H) contiguous
     acts_ptr,               # forward workspace (T, B, 4H) fp32
     hprev_ptr,              # (T, B, H) fp32: the state each step started from
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     dx_ptr, dgh_ptr,        # out (T, B, 3H) fp32: d x_proj, d(h_prev @ W_hh^T)
-    dhbuf_ptr,              # scratch (2, B, H) fp32
-    dd_ptr,                 # scratch (B, H) fp32: dh*z of the current step
+    dh0_ptr,                # out (B, H) fp32
     T, B, H,
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     rmask = rows < B
-    copy_rows(dhbuf_ptr, dhn_ptr, rows, rmask, H, BH)
-    tl.debug_barrier()
+    jj = tl.arange(0, BH)
+    w_r = load_tile(w_ptr, H, 1, H, H, BH, BH)  # [j, k] = W_hh[n*H + j, k]
+    w_z = load_tile(w_ptr + H * H, H, 1, H, H, BH, BH)
+    w_n = load_tile(w_ptr + 2 * H * H, H, 1, H, H, BH, BH)
+    dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(T - 1 - s, T, REVERSE)
-        act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
-        dhcur = dhbuf_ptr + (s % 2) * B * H
-        dhnxt = dhbuf_ptr + ((s + 1) % 2) * B * H
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            m2 = rmask[:, None] & (jj < H)[None, :]
-            a2 = act[:, None] & (jj < H)[None, :]
-            off = rows[:, None] * H + jj[None, :]
-            dh = tl.load(dhcur + off, mask=m2, other=0.0) + tl.load(dy_ptr + t * B * H + off, mask=m2, other=0.0).to(tl.float32)
-            abase = acts_ptr + t * B * 4 * H + rows[:, None] * 4 * H + jj[None, :]
-            dar, daz, dan, dhn, dd = _gru_cell_backward(
-                tl.load(abase, mask=m2, other=0.0), tl.load(abase + H, mask=m2, other=0.0),
-                tl.load(abase + 2 * H, mask=m2, other=0.0), tl.load(abase + 3 * H, mask=m2, other=0.0),
-                tl.load(hprev_ptr + t * B * H + off, mask=m2, other=0.0), dh)
-            xb = dx_ptr + t * B * 3 * H + rows[:, None] * 3 * H + jj[None, :]
-            gb = dgh_ptr + t * B * 3 * H + rows[:, None] * 3 * H + jj[None, :]
-            tl.store(xb, tl.where(a2, dar, 0.0), mask=m2)
-            tl.store(xb + H, tl.where(a2, daz, 0.0), mask=m2)
-            tl.store(xb + 2 * H, tl.where(a2, dan, 0.0), mask=m2)
-            tl.store(gb, tl.where(a2, dar, 0.0), mask=m2)
-            tl.store(gb + H, tl.where(a2, daz, 0.0), mask=m2)
-            tl.store(gb + 2 * H, tl.where(a2, dhn, 0.0), mask=m2)
-            tl.store(dd_ptr + off, dd, mask=m2)
-        tl.debug_barrier()
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            m2 = rmask[:, None] & (jj < H)[None, :]
-            off = rows[:, None] * H + jj[None, :]
-            # dh_{t-1} = dh*z + dgh @ W_hh: W_hh[k, j] at k*H + j
-            acc = tl.load(dd_ptr + off, mask=m2, other=0.0)
-            acc = matmul_rows(acc, dgh_ptr + t * B * 3 * H, 3 * H, rows, rmask, 3 * H, w_ptr, H, 1, jj, jj < H,
-                              BK, PRECISION)
-            dh_old = tl.load(dhcur + off, mask=m2, other=0.0)
-            tl.store(dhnxt + off, tl.where(act[:, None], acc, dh_old), mask=m2)
-        tl.debug_barrier()
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
+        dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
+                                               jj, H, a2, dx_ptr + t * B * 3 * H, dgh_ptr + t * B * 3 * H)
+        dh_prev = (dd + tl.dot(dar, w_r, input_precision=PRECISION) + tl.dot(daz, w_z, input_precision=PRECISION)
+                   + tl.dot(dgn, w_n, input_precision=PRECISION))
+        dh = tl.where(a2, dh_prev, dh)
+    store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
 
-def _blocks(H):
-    return dict(BB=BLOCK_B, BH=pow2_block(H), BK=32)
+# ---------------------------------------------------------------------------------------
+# Step kernels: one launch per time step, grid (batch blocks, hidden tiles)
+# ---------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["t"])
+def gru_fwd_step_kernel(
+    x_ptr, sxb,             # x_proj[t] (B, 3H), row stride sxb, last dim contiguous
+    w_ptr, bhn_ptr,         # w_hh (3H, H) contiguous; b_hn (H,) when HAS_BHN
+    hprev_ptr,              # h_{t-1} (B, H) fp32
+    len_ptr, t,
+    acts_ptr,               # out acts[t] (B, 4H) fp32
+    hnxt_ptr, y_ptr,        # out h_t (B, H) fp32, y[t] (B, H)
+    B, H,
+    HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    jj = tl.program_id(1) * BH + tl.arange(0, BH)
+    rmask = rows < B
+    jm = jj < H
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    zero = tl.zeros((BB, BH), tl.float32)
+    ghr = matmul_rows(zero, hprev_ptr, H, rows, rmask, H, w_ptr, 1, H, jj, jm, BK, PRECISION)
+    ghz = matmul_rows(zero, hprev_ptr, H, rows, rmask, H, w_ptr + H * H, 1, H, jj, jm, BK, PRECISION)
+    ghn = matmul_rows(zero, hprev_ptr, H, rows, rmask, H, w_ptr + 2 * H * H, 1, H, jj, jm, BK, PRECISION)
+    h_prev = load_rows(hprev_ptr, H, rows, rmask, jj, H)
+    h = _gru_step_math(x_ptr, sxb, acts_ptr, rows, rmask, jj, H, a2, ghr, ghz, ghn,
+                       _b_hn(bhn_ptr, jj, H, HAS_BHN, BH), h_prev)
+    store_rows(hnxt_ptr, H, rows, rmask, jj, H, tl.where(a2, h, h_prev))
+    store_rows(y_ptr, H, rows, rmask, jj, H, tl.where(a2, h, 0.0))
 
 
+@triton.jit(do_not_specialize=["t"])
+def gru_bwd_step_kernel(
+    dh_ptr, dy_ptr,         # carried dh (B, H) fp32; dy[t] (B, H)
+    acts_ptr, hprev_ptr,    # acts[t] (B, 4H), h_prev[t] (B, H); fp32
+    len_ptr, t,
+    dx_ptr, dgh_ptr,        # out dx[t], dgh[t] (B, 3H) fp32
+    dd_ptr,                 # out (B, H) fp32: dh*z, the direct part of dh_{t-1}
+    B, H,
+    HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    jj = tl.program_id(1) * BH + tl.arange(0, BH)
+    rmask = rows < B
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    dh = load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H)
+    _, _, _, dd = _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr, dgh_ptr)
+    store_rows(dd_ptr, H, rows, rmask, jj, H, dd)
+
+
+# ---------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------
 def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     T, B, G = x_proj.shape
     H = G // 3
     if x_proj.stride(2) != 1:
         x_proj = x_proj.contiguous()
-    dev, f32 = x_proj.device, torch.float32
-    y = alloc(T, B, H, device=dev, dtype=x_proj.dtype)
+    dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
+    y = alloc(T, B, H, device=dev, dtype=dtype)
     acts = alloc(T, B, 4 * H, device=dev, dtype=f32)
+    if B == 0:
+        return y, h0.clone(), acts
+    w_hh = w_hh.contiguous()
+    bhn = b_hn.contiguous() if b_hn is not None else acts
+    lens = lengths if lengths is not None else acts
+    flags = dict(HAS_BHN=b_hn is not None, HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    if kernel_shape(3, H, H, False) == "sequence":
+        h_n = alloc(B, H, device=dev, dtype=f32)
+        gru_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
+            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, bhn, h0.contiguous(), lens, y, acts, h_n,
+            T, B, H, REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30),
+            num_warps=warps_for(3, H, H, False))
+        return y, h_n.to(dtype), acts
+    BH = pow2_block(H)
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
-    if B > 0:
-        gru_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh.contiguous(),
-            b_hn.contiguous() if b_hn is not None else hbuf, h0.contiguous(),
-            lengths if lengths is not None else hbuf, y, acts, hbuf, T, B, H,
-            REVERSE=reverse, HAS_BHN=b_hn is not None, HAS_LENGTHS=lengths is not None,
-            PRECISION=precision, **_blocks(H))
-    return y, hbuf[T % 2].to(x_proj.dtype), acts
+    hbuf[0].copy_(h0)
+    for s, t, _ in time_steps(T, reverse):
+        gru_fwd_step_kernel[step_grid(B, H, BH)](
+            x_proj[t], x_proj.stride(1), w_hh, bhn, hbuf[s % 2], lens, t, acts[t], hbuf[(s + 1) % 2], y[t],
+            B, H, **flags, BB=BLOCK_B, BH=BH, BK=32)
+    return y, hbuf[T % 2].to(dtype), acts
 
 
 def backward(dy, dh_n, w_hh, b_hn, h0, y, acts, lengths, reverse, precision, h_prev_of):
@@ -169,13 +239,25 @@ def backward(dy, dh_n, w_hh, b_hn, h0, y, acts, lengths, reverse, precision, h_p
     hp = h_prev_of(y, h0, lengths, reverse).to(f32).contiguous()
     dx = alloc(T, B, 3 * H, device=dev, dtype=f32)
     dgh = alloc(T, B, 3 * H, device=dev, dtype=f32)
-    dhbuf = alloc(2, B, H, device=dev, dtype=f32)
-    dd = alloc(B, H, device=dev, dtype=f32)
-    if B > 0:
-        gru_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-            dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), acts, hp,
-            lengths if lengths is not None else dx, dx, dgh, dhbuf, dd, T, B, H,
-            REVERSE=reverse, HAS_LENGTHS=lengths is not None, PRECISION=precision, **_blocks(H))
+    dy, w_hh = dy.contiguous(), w_hh.contiguous()
+    lens = lengths if lengths is not None else dx
+    if B == 0:
+        dh = dh_n.to(f32)
+    elif kernel_shape(3, H, H, False) == "sequence":
+        dh = alloc(B, H, device=dev, dtype=f32)
+        gru_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
+            dy, dh_n.contiguous(), w_hh, acts, hp, lens, dx, dgh, dh, T, B, H,
+            REVERSE=reverse, HAS_LENGTHS=lengths is not None, PRECISION=precision,
+            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(3, H, H, False))
+    else:
+        BH = pow2_block(H)
+        dh = dh_n.to(f32, copy=True).contiguous()
+        dd = alloc(B, H, device=dev, dtype=f32)
+        for _, t, _ in reversed(list(time_steps(T, reverse))):
+            gru_bwd_step_kernel[step_grid(B, H, BH)](
+                dh, dy[t], acts[t], hp[t], lens, t, dx[t], dgh[t], dd, B, H,
+                HAS_LENGTHS=lengths is not None, BB=BLOCK_B, BH=BH)
+            carry_dh(dgh[t], w_hh, dh, dd, lengths, t, precision)
     dw_hh = (dgh.reshape(T * B, 3 * H).t() @ hp.reshape(T * B, H)).to(dtype)
     db_hn = dgh[..., 2 * H:].sum((0, 1)).to(dtype) if b_hn is not None else None
-    return dx.to(dtype), dw_hh, db_hn, dhbuf[T % 2].to(dtype)
+    return dx.to(dtype), dw_hh, db_hn, dh.to(dtype)

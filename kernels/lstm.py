@@ -1,16 +1,26 @@
-"""LSTM recurrence in Triton: the sequence kernels (forward, backward) and their launchers.
+"""LSTM recurrence in Triton (proj_size included): two kernel shapes, forward and backward.
 
-One program owns BLOCK_B batch rows and the whole hidden width, and runs every time step:
-gates = x_proj[t] + h_{t-1} @ W_hh^T (fp32, K-chunked), the cell (``_lstm_cell``), and the
-state update. h is double-buffered in an fp32 workspace so a step reads the whole previous
-state while writing the new one; a barrier separates steps.
+* Sequence kernel (one launch): a program owns BLOCK_B batch rows and the whole hidden
+  width, loads the W_hh gate tiles (and W_hr) once, and keeps them, h and c on chip for all
+  T steps. No inter-program synchronisation. Chosen when the tiles fit (``kernel_shape``).
+* Step kernels (one launch per step): programs tile batch x hidden; each streams its W_hh
+  columns, fuses h_{t-1} @ W_hh^T with the cell and the state update. With a projection a
+  second launch computes h_t = m_t @ W_hr^T. Backward: the cell step, then the shared
+  ``carry_dh`` step for dh_{t-1} = dgates_t @ W_hh.
+
+The cell math is ``_lstm_cell`` / ``_lstm_cell_backward``, used by both shapes.
+
+Backward of one step (m_t = o*tanh(c_t), h_t = m_t or m_t @ W_hr^T):
+    dm = dh_t (or dh_t @ W_hr);  dc_t += dm*o*(1 - tanh(c_t)^2)
+    di = dc_t*g*i(1-i), df = dc_t*c_{t-1}*f(1-f), dg = dc_t*i*(1-g^2), do = dm*tanh(c_t)*o(1-o)
+    dc_{t-1} = dc_t*f,  dh_{t-1} = [di df dg do] @ W_hh
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, alloc, active_rows, copy_rows, matmul_rows, pow2_block, sigmoid, step_index,
-                      tanh)
+from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
+                      pow2_block, sigmoid, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -27,7 +37,7 @@ def _lstm_cell(xi, xf, xg, xo, c_prev):
 @triton.jit
 def _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc):
     """dm: gradient reaching m_t; dc: reaching c_t from later steps.
-    dc_t = dc + dm*o*(1-tanh(c)^2); returns d(pre-activations) and dc_{t-1} = dc_t*f."""
+    Returns d(pre-activations) and dc_{t-1}."""
     tc = tanh(c)
     dct = dc + dm * o * (1.0 - tc * tc)
     return (dct * g * i * (1.0 - i), dct * c_prev * f * (1.0 - f), dct * i * (1.0 - g * g),
@@ -35,16 +45,19 @@ def _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc):
 
 
 @triton.jit
-def _c_prev(cs_ptr, c0_ptr, s, prev, T, B, H, off, m2):
-    """c_{t-1}: c0 at the first step processed (s == 0), else the carried c of step prev."""
-    prev_ok = tl.minimum(tl.maximum(prev, 0), T - 1)
-    from_cs = tl.load(cs_ptr + prev_ok * B * H + off, mask=m2, other=0.0)
-    from_c0 = tl.load(c0_ptr + off, mask=m2, other=0.0).to(tl.float32)
-    return tl.where(s > 0, from_cs, from_c0)
+def _store_gates(ptr, rows, rmask, jj, H, a2, i, f, g, o):
+    """Four (BB, BH) gate tiles into a (B, 4H) row block; zero where the step is inactive."""
+    store_rows(ptr, 4 * H, rows, rmask, jj, H, tl.where(a2, i, 0.0))
+    store_rows(ptr + H, 4 * H, rows, rmask, jj, H, tl.where(a2, f, 0.0))
+    store_rows(ptr + 2 * H, 4 * H, rows, rmask, jj, H, tl.where(a2, g, 0.0))
+    store_rows(ptr + 3 * H, 4 * H, rows, rmask, jj, H, tl.where(a2, o, 0.0))
 
 
+# ---------------------------------------------------------------------------------------
+# Sequence kernels: weights, h and c on chip for the whole sequence
+# ---------------------------------------------------------------------------------------
 @triton.jit
-def lstm_fwd_kernel(
+def lstm_fwd_seq_kernel(
     x_ptr, sxt, sxb,        # x_proj (T, B, 4H); strides of t and b, last dim contiguous
     w_ptr,                  # w_hh (4H, P) contiguous
     wr_ptr,                 # w_hr (P, H) contiguous, when HAS_PROJ
@@ -52,69 +65,48 @@ def lstm_fwd_kernel(
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     y_ptr,                  # out (T, B, P), input dtype
     gates_ptr, cs_ptr,      # out workspace (T, B, 4H) activated gates, (T, B, H) carried c; fp32
-    hbuf_ptr,               # scratch (2, B, P) fp32: carried h, double-buffered
-    mbuf_ptr,               # scratch (B, H) fp32: m_t before the projection, when HAS_PROJ
+    hn_ptr, cn_ptr,         # out (B, P), (B, H) fp32: final state
     T, B, H, P,
     REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     rmask = rows < B
-    copy_rows(hbuf_ptr, h0_ptr, rows, rmask, P, BP)
-    tl.debug_barrier()
+    jj = tl.arange(0, BH)
+    pp = tl.arange(0, BP)
+    # W_hh^T per gate, [k, j] = W_hh[n*H + j, k]; loaded once for all T steps
+    w_i = load_tile(w_ptr, 1, P, P, H, BP, BH)
+    w_f = load_tile(w_ptr + H * P, 1, P, P, H, BP, BH)
+    w_g = load_tile(w_ptr + 2 * H * P, 1, P, P, H, BP, BH)
+    w_o = load_tile(w_ptr + 3 * H * P, 1, P, P, H, BP, BH)
+    if HAS_PROJ:
+        w_r = load_tile(wr_ptr, 1, H, H, P, BH, BP)  # [j, p] = W_hr[p, j]
+    h = load_rows(h0_ptr, P, rows, rmask, pp, P)
+    c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
-        prev = step_index(s - 1, T, REVERSE)
-        act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
-        hcur = hbuf_ptr + (s % 2) * B * P
-        hnxt = hbuf_ptr + ((s + 1) % 2) * B * P
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            m2 = rmask[:, None] & (jj < H)[None, :]
-            a2 = act[:, None] & (jj < H)[None, :]
-            xrow = x_ptr + t * sxt + rows[:, None] * sxb + jj[None, :]
-            acc_i = tl.load(xrow, mask=m2, other=0.0).to(tl.float32)
-            acc_f = tl.load(xrow + H, mask=m2, other=0.0).to(tl.float32)
-            acc_g = tl.load(xrow + 2 * H, mask=m2, other=0.0).to(tl.float32)
-            acc_o = tl.load(xrow + 3 * H, mask=m2, other=0.0).to(tl.float32)
-            # gate n of row-block: W_hh[n*H + j, k] -> W^T[k, j] at k*1 + j*P
-            acc_i = matmul_rows(acc_i, hcur, P, rows, rmask, P, w_ptr, 1, P, jj, jj < H, BK, PRECISION)
-            acc_f = matmul_rows(acc_f, hcur, P, rows, rmask, P, w_ptr + H * P, 1, P, jj, jj < H, BK, PRECISION)
-            acc_g = matmul_rows(acc_g, hcur, P, rows, rmask, P, w_ptr + 2 * H * P, 1, P, jj, jj < H, BK, PRECISION)
-            acc_o = matmul_rows(acc_o, hcur, P, rows, rmask, P, w_ptr + 3 * H * P, 1, P, jj, jj < H, BK, PRECISION)
-            off = rows[:, None] * H + jj[None, :]
-            c_prev = _c_prev(cs_ptr, c0_ptr, s, prev, T, B, H, off, m2)
-            i, f, g, o, c, m = _lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev)
-            gbase = gates_ptr + t * B * 4 * H + rows[:, None] * 4 * H + jj[None, :]
-            tl.store(gbase, tl.where(a2, i, 0.0), mask=m2)
-            tl.store(gbase + H, tl.where(a2, f, 0.0), mask=m2)
-            tl.store(gbase + 2 * H, tl.where(a2, g, 0.0), mask=m2)
-            tl.store(gbase + 3 * H, tl.where(a2, o, 0.0), mask=m2)
-            tl.store(cs_ptr + t * B * H + off, tl.where(a2, c, c_prev), mask=m2)
-            if HAS_PROJ:
-                tl.store(mbuf_ptr + off, m, mask=m2)
-            else:
-                h_prev = tl.load(hcur + off, mask=m2, other=0.0)
-                tl.store(hnxt + off, tl.where(a2, m, h_prev), mask=m2)
-                tl.store(y_ptr + t * B * P + off, tl.where(a2, m, 0.0).to(y_ptr.dtype.element_ty), mask=m2)
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        xt = x_ptr + t * sxt
+        xi = load_rows(xt, sxb, rows, rmask, jj, H) + tl.dot(h, w_i, input_precision=PRECISION)
+        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + tl.dot(h, w_f, input_precision=PRECISION)
+        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_g, input_precision=PRECISION)
+        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_o, input_precision=PRECISION)
+        i, f, g, o, c_new, m = _lstm_cell(xi, xf, xg, xo, c)
+        _store_gates(gates_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, i, f, g, o)
+        c = tl.where(a2, c_new, c)
+        store_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H, c)
         if HAS_PROJ:
-            tl.debug_barrier()
-            for p0 in range(0, P, BP):
-                pp = p0 + tl.arange(0, BP)
-                m2 = rmask[:, None] & (pp < P)[None, :]
-                a2 = act[:, None] & (pp < P)[None, :]
-                # h = m @ W_hr^T: W_hr[p, k] -> W^T[k, p] at k*1 + p*H
-                acc = tl.zeros((BB, BP), tl.float32)
-                acc = matmul_rows(acc, mbuf_ptr, H, rows, rmask, H, wr_ptr, 1, H, pp, pp < P, BK, PRECISION)
-                off = rows[:, None] * P + pp[None, :]
-                h_prev = tl.load(hcur + off, mask=m2, other=0.0)
-                tl.store(hnxt + off, tl.where(a2, acc, h_prev), mask=m2)
-                tl.store(y_ptr + t * B * P + off, tl.where(a2, acc, 0.0).to(y_ptr.dtype.element_ty), mask=m2)
-        tl.debug_barrier()
+            h_new = tl.dot(m, w_r, input_precision=PRECISION)
+        else:
+            h_new = m
+        h = tl.where(a2, h_new, h)
+        store_rows(y_ptr + t * B * P, P, rows, rmask, pp, P, tl.where(a2, h_new, 0.0))
+    store_rows(hn_ptr, P, rows, rmask, pp, P, h)
+    store_rows(cn_ptr, H, rows, rmask, jj, H, c)
 
 
 @triton.jit
-def lstm_bwd_kernel(
+def lstm_bwd_seq_kernel(
     dy_ptr,                 # (T, B, P) gradient of y, contiguous
     dhn_ptr, dcn_ptr,       # (B, P), (B, H) gradients of h_n, c_n
     w_ptr, wr_ptr,          # w_hh (4H, P), w_hr (P, H), contiguous
@@ -123,124 +115,259 @@ def lstm_bwd_kernel(
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     dg_ptr,                 # out (T, B, 4H) fp32: dgates = d x_proj
     dhout_ptr,              # out (T, B, P) fp32: gradient reaching h_t at active steps (HAS_PROJ)
-    dhbuf_ptr, dcbuf_ptr,   # scratch (2, B, P), (2, B, H) fp32, double-buffered dh, dc
-    dtbuf_ptr,              # scratch (B, P) fp32: dh + dy[t] of the current step
+    dh0_ptr, dc0_ptr,       # out (B, P), (B, H) fp32
     T, B, H, P,
     REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     rmask = rows < B
-    copy_rows(dhbuf_ptr, dhn_ptr, rows, rmask, P, BP)
-    copy_rows(dcbuf_ptr, dcn_ptr, rows, rmask, H, BH)
-    tl.debug_barrier()
+    jj = tl.arange(0, BH)
+    pp = tl.arange(0, BP)
+    # W_hh per gate, [j, k] = W_hh[n*H + j, k]: dh_{t-1} = sum_n dgate_n @ W_n
+    w_i = load_tile(w_ptr, P, 1, H, P, BH, BP)
+    w_f = load_tile(w_ptr + H * P, P, 1, H, P, BH, BP)
+    w_g = load_tile(w_ptr + 2 * H * P, P, 1, H, P, BH, BP)
+    w_o = load_tile(w_ptr + 3 * H * P, P, 1, H, P, BH, BP)
+    if HAS_PROJ:
+        w_r = load_tile(wr_ptr, H, 1, P, H, BP, BH)  # [p, j] = W_hr[p, j]
+    dh = load_rows(dhn_ptr, P, rows, rmask, pp, P)
+    dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
+    m2 = rmask[:, None] & (jj < H)[None, :]
     for s in range(0, T):
         fs = T - 1 - s  # the forward step being undone
         t = step_index(fs, T, REVERSE)
-        prev = step_index(fs - 1, T, REVERSE)
-        act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
-        dhcur = dhbuf_ptr + (s % 2) * B * P
-        dhnxt = dhbuf_ptr + ((s + 1) % 2) * B * P
-        dccur = dcbuf_ptr + (s % 2) * B * H
-        dcnxt = dcbuf_ptr + ((s + 1) % 2) * B * H
-        for p0 in range(0, P, BP):
-            pp = p0 + tl.arange(0, BP)
-            m2 = rmask[:, None] & (pp < P)[None, :]
-            off = rows[:, None] * P + pp[None, :]
-            dt = tl.load(dhcur + off, mask=m2, other=0.0) + tl.load(dy_ptr + t * B * P + off, mask=m2, other=0.0).to(tl.float32)
-            tl.store(dtbuf_ptr + off, dt, mask=m2)
-            if HAS_PROJ:
-                tl.store(dhout_ptr + t * B * P + off, tl.where(act[:, None], dt, 0.0), mask=m2)
-        tl.debug_barrier()
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            m2 = rmask[:, None] & (jj < H)[None, :]
-            a2 = act[:, None] & (jj < H)[None, :]
-            off = rows[:, None] * H + jj[None, :]
-            if HAS_PROJ:
-                # dm = dt @ W_hr: W_hr[p, j] at p*H + j
-                dm = tl.zeros((BB, BH), tl.float32)
-                dm = matmul_rows(dm, dtbuf_ptr, P, rows, rmask, P, wr_ptr, H, 1, jj, jj < H, BK, PRECISION)
-            else:
-                dm = tl.load(dtbuf_ptr + off, mask=m2, other=0.0)
-            gbase = gates_ptr + t * B * 4 * H + rows[:, None] * 4 * H + jj[None, :]
-            i = tl.load(gbase, mask=m2, other=0.0)
-            f = tl.load(gbase + H, mask=m2, other=0.0)
-            g = tl.load(gbase + 2 * H, mask=m2, other=0.0)
-            o = tl.load(gbase + 3 * H, mask=m2, other=0.0)
-            c = tl.load(cs_ptr + t * B * H + off, mask=m2, other=0.0)
-            c_prev = _c_prev(cs_ptr, c0_ptr, fs, prev, T, B, H, off, m2)
-            dc = tl.load(dccur + off, mask=m2, other=0.0)
-            di, df, dg, do, dc_prev = _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc)
-            dbase = dg_ptr + t * B * 4 * H + rows[:, None] * 4 * H + jj[None, :]
-            tl.store(dbase, tl.where(a2, di, 0.0), mask=m2)
-            tl.store(dbase + H, tl.where(a2, df, 0.0), mask=m2)
-            tl.store(dbase + 2 * H, tl.where(a2, dg, 0.0), mask=m2)
-            tl.store(dbase + 3 * H, tl.where(a2, do, 0.0), mask=m2)
-            tl.store(dcnxt + off, tl.where(a2, dc_prev, dc), mask=m2)
-        tl.debug_barrier()
-        for p0 in range(0, P, BP):
-            pp = p0 + tl.arange(0, BP)
-            m2 = rmask[:, None] & (pp < P)[None, :]
-            off = rows[:, None] * P + pp[None, :]
-            # dh_{t-1} = dgates @ W_hh: W_hh[k, p] at k*P + p
-            acc = tl.zeros((BB, BP), tl.float32)
-            acc = matmul_rows(acc, dg_ptr + t * B * 4 * H, 4 * H, rows, rmask, 4 * H, w_ptr, P, 1, pp, pp < P,
-                              BK, PRECISION)
-            dh_old = tl.load(dhcur + off, mask=m2, other=0.0)
-            tl.store(dhnxt + off, tl.where(act[:, None], acc, dh_old), mask=m2)
-        tl.debug_barrier()
+        prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # clamped; unused at fs=0
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        dt = dh + load_rows(dy_ptr + t * B * P, P, rows, rmask, pp, P)
+        if HAS_PROJ:
+            store_rows(dhout_ptr + t * B * P, P, rows, rmask, pp, P, tl.where(a2, dt, 0.0))
+            dm = tl.dot(dt, w_r, input_precision=PRECISION)
+        else:
+            dm = dt
+        gt = gates_ptr + t * B * 4 * H
+        i = load_rows(gt, 4 * H, rows, rmask, jj, H)
+        f = load_rows(gt + H, 4 * H, rows, rmask, jj, H)
+        g = load_rows(gt + 2 * H, 4 * H, rows, rmask, jj, H)
+        o = load_rows(gt + 3 * H, 4 * H, rows, rmask, jj, H)
+        c = load_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H)
+        # c_{t-1}: the carried c of the previous step, or c0 at the first (masked loads, so
+        # no scalar-condition select)
+        off = rows[:, None] * H + jj[None, :]
+        first = tl.full((1, BH), fs, tl.int32) == 0
+        c_prev = (tl.load(cs_ptr + prev * B * H + off, mask=m2 & ~first, other=0.0)
+                  + tl.load(c0_ptr + off, mask=m2 & first, other=0.0).to(tl.float32))
+        di, df, dg, do, dc_prev = _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc)
+        di = tl.where(a2, di, 0.0)
+        df = tl.where(a2, df, 0.0)
+        dg = tl.where(a2, dg, 0.0)
+        do = tl.where(a2, do, 0.0)
+        _store_gates(dg_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, di, df, dg, do)
+        dc = tl.where(a2, dc_prev, dc)
+        dh_prev = (tl.dot(di, w_i, input_precision=PRECISION) + tl.dot(df, w_f, input_precision=PRECISION)
+                   + tl.dot(dg, w_g, input_precision=PRECISION) + tl.dot(do, w_o, input_precision=PRECISION))
+        dh = tl.where(a2, dh_prev, dh)
+    store_rows(dh0_ptr, P, rows, rmask, pp, P, dh)
+    store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
 
 
-def _blocks(H, P):
-    return dict(BB=BLOCK_B, BH=pow2_block(H), BP=pow2_block(P), BK=32)
+# ---------------------------------------------------------------------------------------
+# Step kernels: one launch per time step, grid (batch blocks, hidden tiles)
+# ---------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["t"])
+def lstm_fwd_step_kernel(
+    x_ptr, sxb,             # x_proj[t] (B, 4H), row stride sxb, last dim contiguous
+    w_ptr,                  # w_hh (4H, P) contiguous
+    hprev_ptr, cprev_ptr,   # h_{t-1} (B, P) fp32; c_{t-1} (B, H) (c0 or cs[prev])
+    len_ptr, t,             # lengths (B,) int64 when HAS_LENGTHS; the time index
+    gates_ptr, c_ptr,       # out gates[t] (B, 4H), cs[t] (B, H); fp32
+    m_ptr,                  # out (B, H) fp32: m_t, when HAS_PROJ (lstm_proj_step_kernel follows)
+    hnxt_ptr, y_ptr,        # out h_t (B, P) fp32 and y[t] (B, P), when not HAS_PROJ
+    B, H, P,
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    jj = tl.program_id(1) * BH + tl.arange(0, BH)
+    rmask = rows < B
+    jm = jj < H
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    # gate n: W_hh[n*H + j, k] -> W^T[k, j] at k*1 + j*P
+    xi = matmul_rows(load_rows(x_ptr, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
+                     w_ptr, 1, P, jj, jm, BK, PRECISION)
+    xf = matmul_rows(load_rows(x_ptr + H, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
+                     w_ptr + H * P, 1, P, jj, jm, BK, PRECISION)
+    xg = matmul_rows(load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
+                     w_ptr + 2 * H * P, 1, P, jj, jm, BK, PRECISION)
+    xo = matmul_rows(load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
+                     w_ptr + 3 * H * P, 1, P, jj, jm, BK, PRECISION)
+    c_prev = load_rows(cprev_ptr, H, rows, rmask, jj, H)
+    i, f, g, o, c, m = _lstm_cell(xi, xf, xg, xo, c_prev)
+    _store_gates(gates_ptr, rows, rmask, jj, H, a2, i, f, g, o)
+    store_rows(c_ptr, H, rows, rmask, jj, H, tl.where(a2, c, c_prev))
+    if HAS_PROJ:
+        store_rows(m_ptr, H, rows, rmask, jj, H, m)
+    else:
+        h_prev = load_rows(hprev_ptr, P, rows, rmask, jj, P)
+        store_rows(hnxt_ptr, P, rows, rmask, jj, P, tl.where(a2, m, h_prev))
+        store_rows(y_ptr, P, rows, rmask, jj, P, tl.where(a2, m, 0.0))
 
 
+@triton.jit(do_not_specialize=["t"])
+def lstm_proj_step_kernel(
+    m_ptr,                  # m_t (B, H) fp32
+    wr_ptr,                 # w_hr (P, H) contiguous
+    hprev_ptr, len_ptr, t,  # h_{t-1} (B, P) fp32; lengths; the time index
+    hnxt_ptr, y_ptr,        # out h_t (B, P) fp32, y[t] (B, P)
+    B, H, P,
+    HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    pp = tl.program_id(1) * BP + tl.arange(0, BP)
+    rmask = rows < B
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    # h = m @ W_hr^T: W_hr[p, k] -> W^T[k, p] at k*1 + p*H
+    h = matmul_rows(tl.zeros((BB, BP), tl.float32), m_ptr, H, rows, rmask, H, wr_ptr, 1, H, pp, pp < P,
+                    BK, PRECISION)
+    h_prev = load_rows(hprev_ptr, P, rows, rmask, pp, P)
+    store_rows(hnxt_ptr, P, rows, rmask, pp, P, tl.where(a2, h, h_prev))
+    store_rows(y_ptr, P, rows, rmask, pp, P, tl.where(a2, h, 0.0))
+
+
+@triton.jit(do_not_specialize=["t"])
+def lstm_dt_step_kernel(
+    dh_ptr, dy_ptr,         # carried dh (B, P) fp32; dy[t] (B, P)
+    len_ptr, t,
+    dt_ptr, dhout_ptr,      # out (B, P) fp32: dh + dy[t]; dhout[t] = that at active rows, else 0
+    B, P,
+    HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    pp = tl.program_id(1) * BP + tl.arange(0, BP)
+    rmask = rows < B
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    dt = load_rows(dh_ptr, P, rows, rmask, pp, P) + load_rows(dy_ptr, P, rows, rmask, pp, P)
+    store_rows(dt_ptr, P, rows, rmask, pp, P, dt)
+    store_rows(dhout_ptr, P, rows, rmask, pp, P, tl.where(a2, dt, 0.0))
+
+
+@triton.jit(do_not_specialize=["t"])
+def lstm_bwd_step_kernel(
+    dh_ptr, dy_ptr,         # carried dh (B, P) fp32 and dy[t] (B, P), read when not HAS_PROJ
+    dt_ptr, wr_ptr,         # dh + dy[t] (B, P) fp32 and w_hr (P, H), when HAS_PROJ
+    gates_ptr, c_ptr,       # gates[t] (B, 4H), cs[t] (B, H); fp32
+    cprev_ptr,              # c_{t-1} (B, H): c0 or cs[prev]
+    dc_ptr,                 # carried dc (B, H) fp32, updated in place (own tile only)
+    len_ptr, t,
+    dg_ptr,                 # out dgates[t] (B, 4H) fp32
+    B, H, P,
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    jj = tl.program_id(1) * BH + tl.arange(0, BH)
+    rmask = rows < B
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    if HAS_PROJ:
+        # dm = dt @ W_hr: W_hr[p, j] at p*H + j
+        dm = matmul_rows(tl.zeros((BB, BH), tl.float32), dt_ptr, P, rows, rmask, P, wr_ptr, H, 1, jj, jj < H,
+                         BK, PRECISION)
+    else:
+        dm = load_rows(dh_ptr, P, rows, rmask, jj, P) + load_rows(dy_ptr, P, rows, rmask, jj, P)
+    i = load_rows(gates_ptr, 4 * H, rows, rmask, jj, H)
+    f = load_rows(gates_ptr + H, 4 * H, rows, rmask, jj, H)
+    g = load_rows(gates_ptr + 2 * H, 4 * H, rows, rmask, jj, H)
+    o = load_rows(gates_ptr + 3 * H, 4 * H, rows, rmask, jj, H)
+    dc = load_rows(dc_ptr, H, rows, rmask, jj, H)
+    di, df, dg, do, dc_prev = _lstm_cell_backward(
+        i, f, g, o, load_rows(c_ptr, H, rows, rmask, jj, H), load_rows(cprev_ptr, H, rows, rmask, jj, H), dm, dc)
+    _store_gates(dg_ptr, rows, rmask, jj, H, a2, di, df, dg, do)
+    store_rows(dc_ptr, H, rows, rmask, jj, H, tl.where(a2, dc_prev, dc))
+
+
+# ---------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------
 def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     T, B, G = x_proj.shape
     H, P = G // 4, w_hh.shape[1]
+    proj = w_hr is not None
     if x_proj.stride(2) != 1:
         x_proj = x_proj.contiguous()
-    dev, f32 = x_proj.device, torch.float32
-    y = alloc(T, B, P, device=dev, dtype=x_proj.dtype)
+    dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
+    y = alloc(T, B, P, device=dev, dtype=dtype)
     gates = alloc(T, B, G, device=dev, dtype=f32)
     cs = alloc(T, B, H, device=dev, dtype=f32)
+    w_hh, c0 = w_hh.contiguous(), c0.contiguous()
+    w_hr = w_hr.contiguous() if proj else w_hh  # any valid pointer when unused
+    lens = lengths if lengths is not None else cs
+    flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    if B == 0:
+        return y, h0.clone(), c0.clone(), gates, cs
+    if kernel_shape(4, H, P, proj) == "sequence":
+        h_n = alloc(B, P, device=dev, dtype=f32)
+        c_n = alloc(B, H, device=dev, dtype=f32)
+        lstm_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
+            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, w_hr, h0.contiguous(), c0, lens,
+            y, gates, cs, h_n, c_n, T, B, H, P, REVERSE=reverse, **flags,
+            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
+            num_warps=warps_for(4, H, P, proj))
+        return y, h_n.to(dtype), c_n.to(dtype), gates, cs
+    BH, BP = pow2_block(H), pow2_block(P)
     hbuf = alloc(2, B, P, device=dev, dtype=f32)
-    mbuf = alloc(B, H, device=dev, dtype=f32) if w_hr is not None else hbuf
-    w_hh = w_hh.contiguous()
-    w_hr_c = w_hr.contiguous() if w_hr is not None else w_hh
-    if B > 0:
-        lstm_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, w_hr_c, h0.contiguous(), c0.contiguous(),
-            lengths if lengths is not None else hbuf, y, gates, cs, hbuf, mbuf, T, B, H, P,
-            REVERSE=reverse, HAS_PROJ=w_hr is not None, HAS_LENGTHS=lengths is not None,
-            PRECISION=precision, **_blocks(H, P))
+    hbuf[0].copy_(h0)
+    mbuf = alloc(B, H, device=dev, dtype=f32) if proj else hbuf
+    for s, t, prev in time_steps(T, reverse):
+        hprev, hnxt = hbuf[s % 2], hbuf[(s + 1) % 2]
+        lstm_fwd_step_kernel[step_grid(B, H, BH)](
+            x_proj[t], x_proj.stride(1), w_hh, hprev, c0 if prev < 0 else cs[prev], lens, t,
+            gates[t], cs[t], mbuf, hnxt, y[t], B, H, P, **flags, BB=BLOCK_B, BH=BH, BK=32)
+        if proj:
+            lstm_proj_step_kernel[step_grid(B, P, BP)](
+                mbuf, w_hr, hprev, lens, t, hnxt, y[t], B, H, P, HAS_LENGTHS=lengths is not None,
+                BB=BLOCK_B, BP=BP, BK=32, PRECISION=precision)
     last = 0 if reverse else T - 1
-    h_n = hbuf[T % 2].to(x_proj.dtype)
-    return y, h_n, cs[last].to(x_proj.dtype, copy=True), gates, cs  # c_n must not alias cs
+    return y, hbuf[T % 2].to(dtype), cs[last].to(dtype, copy=True), gates, cs  # c_n must not alias cs
 
 
 def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse, precision, h_prev_of):
     T, B, G = gates.shape
     H, P = G // 4, w_hh.shape[1]
+    proj = w_hr is not None
     dev, f32, dtype = dy.device, torch.float32, dy.dtype
     dg = alloc(T, B, G, device=dev, dtype=f32)
-    dhout = alloc(T, B, P, device=dev, dtype=f32) if w_hr is not None else dg
-    dhbuf = alloc(2, B, P, device=dev, dtype=f32)
-    dcbuf = alloc(2, B, H, device=dev, dtype=f32)
-    dtbuf = alloc(B, P, device=dev, dtype=f32)
-    w_hh = w_hh.contiguous()
-    w_hr_c = w_hr.contiguous() if w_hr is not None else w_hh
-    if B > 0:
-        lstm_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-            dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr_c, c0.contiguous(), gates, cs,
-            lengths if lengths is not None else dg, dg, dhout, dhbuf, dcbuf, dtbuf, T, B, H, P,
-            REVERSE=reverse, HAS_PROJ=w_hr is not None, HAS_LENGTHS=lengths is not None,
-            PRECISION=precision, **_blocks(H, P))
+    dhout = alloc(T, B, P, device=dev, dtype=f32) if proj else dg
+    dy, w_hh, c0 = dy.contiguous(), w_hh.contiguous(), c0.contiguous()
+    w_hr_c = w_hr.contiguous() if proj else w_hh
+    lens = lengths if lengths is not None else dg
+    flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    if B == 0:
+        dh, dc = dh_n.to(f32), dc_n.to(f32)
+    elif kernel_shape(4, H, P, proj) == "sequence":
+        dh = alloc(B, P, device=dev, dtype=f32)
+        dc = alloc(B, H, device=dev, dtype=f32)
+        lstm_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
+            dy, dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr_c, c0, gates, cs, lens, dg, dhout, dh, dc,
+            T, B, H, P, REVERSE=reverse, **flags,
+            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
+            num_warps=warps_for(4, H, P, proj))
+    else:
+        BH, BP = pow2_block(H), pow2_block(P)
+        dh = dh_n.to(f32, copy=True).contiguous()
+        dc = dc_n.to(f32, copy=True).contiguous()
+        dt = alloc(B, P, device=dev, dtype=f32) if proj else dh
+        for s, t, prev in reversed(list(time_steps(T, reverse))):
+            if proj:
+                lstm_dt_step_kernel[step_grid(B, P, BP)](
+                    dh, dy[t], lens, t, dt, dhout[t], B, P, HAS_LENGTHS=lengths is not None, BB=BLOCK_B, BP=BP)
+            lstm_bwd_step_kernel[step_grid(B, H, BH)](
+                dh, dy[t], dt, w_hr_c, gates[t], cs[t], c0 if prev < 0 else cs[prev], dc, lens, t, dg[t],
+                B, H, P, **flags, BB=BLOCK_B, BH=BH, BK=32)
+            carry_dh(dg[t], w_hh, dh, None, lengths, t, precision)
     hp = h_prev_of(y, h0, lengths, reverse).to(f32)
     dw_hh = (dg.reshape(T * B, G).t() @ hp.reshape(T * B, P)).to(dtype)
     dw_hr = None
-    if w_hr is not None:
+    if proj:
         pre = gates[..., 3 * H:] * torch.tanh(cs)
         dw_hr = (dhout.reshape(T * B, P).t() @ pre.reshape(T * B, H)).to(dtype)
-    return dg.to(dtype), dw_hh, dw_hr, dhbuf[T % 2].to(dtype), dcbuf[T % 2].to(dtype)
+    return dg.to(dtype), dw_hh, dw_hr, dh.to(dtype), dc.to(dtype)

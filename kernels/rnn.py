@@ -1,9 +1,14 @@
-"""Elman RNN (tanh / relu) recurrence in Triton; same structure as lstm.py."""
+"""Elman RNN (tanh / relu) recurrence in Triton; the same two shapes as lstm.py.
+
+Backward of one step (h_t = act(a_t), a_t = x_proj[t] + h_{t-1} @ W_hh^T):
+    da = dh * act'(a_t)  (1 - h_t^2 for tanh, [h_t > 0] for relu),  dh_{t-1} = da @ W_hh
+"""
 import torch
 import triton
 import triton.language as tl
 
-from ._common import BLOCK_B, alloc, active_rows, copy_rows, matmul_rows, pow2_block, step_index, tanh
+from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
+                      pow2_block, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -26,112 +31,146 @@ def _rnn_cell_backward(h, dh, RELU: tl.constexpr):
 
 
 @triton.jit
-def rnn_fwd_kernel(
+def rnn_fwd_seq_kernel(
     x_ptr, sxt, sxb,        # x_proj (T, B, H); strides of t and b, last dim contiguous
     w_ptr,                  # w_hh (H, H) contiguous
     h0_ptr, len_ptr,        # (B, H); lengths (B,) int64 when HAS_LENGTHS
     y_ptr,                  # out (T, B, H), input dtype
-    hbuf_ptr,               # scratch (2, B, H) fp32
+    hn_ptr,                 # out (B, H) fp32: final state
     T, B, H,
     REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     rmask = rows < B
-    copy_rows(hbuf_ptr, h0_ptr, rows, rmask, H, BH)
-    tl.debug_barrier()
+    jj = tl.arange(0, BH)
+    w = load_tile(w_ptr, 1, H, H, H, BH, BH)  # [k, j] = W_hh[j, k], on chip for all T steps
+    h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
-        act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
-        hcur = hbuf_ptr + (s % 2) * B * H
-        hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            m2 = rmask[:, None] & (jj < H)[None, :]
-            a2 = act[:, None] & (jj < H)[None, :]
-            off = rows[:, None] * H + jj[None, :]
-            acc = tl.load(x_ptr + t * sxt + rows[:, None] * sxb + jj[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc = matmul_rows(acc, hcur, H, rows, rmask, H, w_ptr, 1, H, jj, jj < H, BK, PRECISION)
-            h = _rnn_cell(acc, RELU)
-            h_prev = tl.load(hcur + off, mask=m2, other=0.0)
-            tl.store(hnxt + off, tl.where(a2, h, h_prev), mask=m2)
-            tl.store(y_ptr + t * B * H + off, tl.where(a2, h, 0.0).to(y_ptr.dtype.element_ty), mask=m2)
-        tl.debug_barrier()
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        h_new = _rnn_cell(load_rows(x_ptr + t * sxt, sxb, rows, rmask, jj, H)
+                          + tl.dot(h, w, input_precision=PRECISION), RELU)
+        h = tl.where(a2, h_new, h)
+        store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
+    store_rows(hn_ptr, H, rows, rmask, jj, H, h)
 
 
 @triton.jit
-def rnn_bwd_kernel(
+def rnn_bwd_seq_kernel(
     dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
     w_ptr,                  # w_hh (H, H) contiguous
     y_ptr,                  # (T, B, H): the forward's outputs h_t
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     da_ptr,                 # out (T, B, H) fp32: d x_proj
-    dhbuf_ptr,              # scratch (2, B, H) fp32
+    dh0_ptr,                # out (B, H) fp32
     T, B, H,
     REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)
     rmask = rows < B
-    copy_rows(dhbuf_ptr, dhn_ptr, rows, rmask, H, BH)
-    tl.debug_barrier()
+    jj = tl.arange(0, BH)
+    w = load_tile(w_ptr, H, 1, H, H, BH, BH)  # [j, k] = W_hh[j, k]
+    dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(T - 1 - s, T, REVERSE)
-        act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
-        dhcur = dhbuf_ptr + (s % 2) * B * H
-        dhnxt = dhbuf_ptr + ((s + 1) % 2) * B * H
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            m2 = rmask[:, None] & (jj < H)[None, :]
-            off = rows[:, None] * H + jj[None, :]
-            dh = tl.load(dhcur + off, mask=m2, other=0.0) + tl.load(dy_ptr + t * B * H + off, mask=m2, other=0.0).to(tl.float32)
-            h = tl.load(y_ptr + t * B * H + off, mask=m2, other=0.0).to(tl.float32)
-            da = _rnn_cell_backward(h, dh, RELU)
-            tl.store(da_ptr + t * B * H + off, tl.where(act[:, None], da, 0.0), mask=m2)
-        tl.debug_barrier()
-        for j0 in range(0, H, BH):
-            jj = j0 + tl.arange(0, BH)
-            m2 = rmask[:, None] & (jj < H)[None, :]
-            off = rows[:, None] * H + jj[None, :]
-            # dh_{t-1} = da @ W_hh: W_hh[k, j] at k*H + j
-            acc = tl.zeros((BB, BH), tl.float32)
-            acc = matmul_rows(acc, da_ptr + t * B * H, H, rows, rmask, H, w_ptr, H, 1, jj, jj < H, BK, PRECISION)
-            dh_old = tl.load(dhcur + off, mask=m2, other=0.0)
-            tl.store(dhnxt + off, tl.where(act[:, None], acc, dh_old), mask=m2)
-        tl.debug_barrier()
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        da = _rnn_cell_backward(load_rows(y_ptr + t * B * H, H, rows, rmask, jj, H),
+                                dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H), RELU)
+        da = tl.where(a2, da, 0.0)
+        store_rows(da_ptr + t * B * H, H, rows, rmask, jj, H, da)
+        dh = tl.where(a2, tl.dot(da, w, input_precision=PRECISION), dh)
+    store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
 
-def _blocks(H):
-    return dict(BB=BLOCK_B, BH=pow2_block(H), BK=32)
+@triton.jit(do_not_specialize=["t"])
+def rnn_fwd_step_kernel(
+    x_ptr, sxb,             # x_proj[t] (B, H), row stride sxb
+    w_ptr,                  # w_hh (H, H) contiguous
+    hprev_ptr, len_ptr, t,  # h_{t-1} (B, H) fp32; lengths; the time index
+    hnxt_ptr, y_ptr,        # out h_t (B, H) fp32, y[t] (B, H)
+    B, H,
+    RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    jj = tl.program_id(1) * BH + tl.arange(0, BH)
+    rmask = rows < B
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    acc = matmul_rows(load_rows(x_ptr, sxb, rows, rmask, jj, H), hprev_ptr, H, rows, rmask, H,
+                      w_ptr, 1, H, jj, jj < H, BK, PRECISION)
+    h = _rnn_cell(acc, RELU)
+    store_rows(hnxt_ptr, H, rows, rmask, jj, H, tl.where(a2, h, load_rows(hprev_ptr, H, rows, rmask, jj, H)))
+    store_rows(y_ptr, H, rows, rmask, jj, H, tl.where(a2, h, 0.0))
+
+
+@triton.jit(do_not_specialize=["t"])
+def rnn_bwd_step_kernel(
+    dh_ptr, dy_ptr, y_ptr,  # carried dh (B, H) fp32; dy[t], y[t] (B, H)
+    len_ptr, t,
+    da_ptr,                 # out da[t] (B, H) fp32
+    B, H,
+    RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+):
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    jj = tl.program_id(1) * BH + tl.arange(0, BH)
+    rmask = rows < B
+    a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    da = _rnn_cell_backward(load_rows(y_ptr, H, rows, rmask, jj, H),
+                            load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H), RELU)
+    store_rows(da_ptr, H, rows, rmask, jj, H, tl.where(a2, da, 0.0))
 
 
 def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     T, B, H = x_proj.shape
     if x_proj.stride(2) != 1:
         x_proj = x_proj.contiguous()
-    dev, f32 = x_proj.device, torch.float32
-    y = alloc(T, B, H, device=dev, dtype=x_proj.dtype)
+    dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
+    y = alloc(T, B, H, device=dev, dtype=dtype)
+    if B == 0:
+        return y, h0.clone()
+    w_hh = w_hh.contiguous()
+    lens = lengths if lengths is not None else y
+    flags = dict(RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    if kernel_shape(1, H, H, False) == "sequence":
+        h_n = alloc(B, H, device=dev, dtype=f32)
+        rnn_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
+            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, h0.contiguous(), lens, y, h_n, T, B, H,
+            REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False))
+        return y, h_n.to(dtype)
+    BH = pow2_block(H)
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
-    if B > 0:
-        rnn_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh.contiguous(), h0.contiguous(),
-            lengths if lengths is not None else hbuf, y, hbuf, T, B, H,
-            REVERSE=reverse, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None,
-            PRECISION=precision, **_blocks(H))
-    return y, hbuf[T % 2].to(x_proj.dtype)
+    hbuf[0].copy_(h0)
+    for s, t, _ in time_steps(T, reverse):
+        rnn_fwd_step_kernel[step_grid(B, H, BH)](
+            x_proj[t], x_proj.stride(1), w_hh, hbuf[s % 2], lens, t, hbuf[(s + 1) % 2], y[t], B, H,
+            **flags, BB=BLOCK_B, BH=BH, BK=32)
+    return y, hbuf[T % 2].to(dtype)
 
 
 def backward(dy, dh_n, w_hh, h0, y, lengths, reverse, nonlinearity, precision, h_prev_of):
     T, B, H = y.shape
     dev, f32, dtype = dy.device, torch.float32, dy.dtype
     da = alloc(T, B, H, device=dev, dtype=f32)
-    dhbuf = alloc(2, B, H, device=dev, dtype=f32)
-    if B > 0:
-        rnn_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
-            dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous(),
-            lengths if lengths is not None else da, da, dhbuf, T, B, H,
-            REVERSE=reverse, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None,
-            PRECISION=precision, **_blocks(H))
+    dy, w_hh, y = dy.contiguous(), w_hh.contiguous(), y.contiguous()
+    lens = lengths if lengths is not None else da
+    relu = nonlinearity == "relu"
+    if B == 0:
+        dh = dh_n.to(f32)
+    elif kernel_shape(1, H, H, False) == "sequence":
+        dh = alloc(B, H, device=dev, dtype=f32)
+        rnn_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
+            dy, dh_n.contiguous(), w_hh, y, lens, da, dh, T, B, H,
+            REVERSE=reverse, RELU=relu, HAS_LENGTHS=lengths is not None, PRECISION=precision,
+            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False))
+    else:
+        BH = pow2_block(H)
+        dh = dh_n.to(f32, copy=True).contiguous()
+        for _, t, _ in reversed(list(time_steps(T, reverse))):
+            rnn_bwd_step_kernel[step_grid(B, H, BH)](
+                dh, dy[t], y[t], lens, t, da[t], B, H, RELU=relu, HAS_LENGTHS=lengths is not None, BB=BLOCK_B, BH=BH)
+            carry_dh(da[t], w_hh, dh, None, lengths, t, precision)
     hp = h_prev_of(y, h0, lengths, reverse).to(f32)
     dw_hh = (da.reshape(T * B, H).t() @ hp.reshape(T * B, H)).to(dtype)
-    return da.to(dtype), dw_hh, dhbuf[T % 2].to(dtype)
+    return da.to(dtype), dw_hh, dh.to(dtype)

@@ -1,7 +1,8 @@
-"""Triton backend. CPU lane: TRITON_INTERPRET=1 on small shapes (every cell, forward and
-backward, packed, bidirectional, projection), against the float64 reference at the fp32
-bound, with every kernel output and workspace NaN-poisoned. GPU lane (CUDA only): odd sizes,
-long sequences, fp16/bf16 against the fp32 reference, and the TF32 policy."""
+"""Triton backend. CPU lane: TRITON_INTERPRET=1 on small shapes (every cell, both kernel
+shapes, forward and backward, packed, bidirectional, projection), against the float64
+reference at the fp32 bound, with every kernel output and workspace NaN-poisoned. GPU lane
+(CUDA only): odd sizes, long sequences, fp16/bf16 against the fp32 reference, the TF32
+policy, again for both kernel shapes."""
 import os
 
 import pytest
@@ -19,9 +20,19 @@ pytestmark = pytest.mark.skipif(fastrnn.available_backends()["triton"] != "avail
 DEV = "cuda" if CUDA and not INTERP else "cpu"
 
 
+SHAPES = ["sequence", "step"]
+
+
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setenv("FASTRNN_POISON", "1")
+
+
+@pytest.fixture(params=SHAPES)
+def shape(request, monkeypatch):
+    """Run the test with the sequence kernel (weights on chip) and with the step kernels."""
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", request.param)
+    return request.param
 
 
 def _model(family, kw, dtype=torch.float32, **more):
@@ -30,7 +41,7 @@ def _model(family, kw, dtype=torch.float32, **more):
 
 @pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
 @pytest.mark.parametrize("kind", ["padded", "packed"])
-def test_interpreter_parity_vs_reference(cid, family, kw, kind):
+def test_interpreter_parity_vs_reference(cid, family, kw, kind, shape):
     m = _model(family, kw, num_layers=2, bidirectional=True)
     x = torch.randn(5, 3, 5, device=DEV)
     h0 = torch.randn(4, 3, m.proj_size or 6, device=DEV)
@@ -42,19 +53,46 @@ def test_interpreter_parity_vs_reference(cid, family, kw, kind):
 
 
 @pytest.mark.parametrize("cid,family,kw", CELLS[:3], ids=[c[0] for c in CELLS[:3]])
-def test_multiple_hidden_chunks_and_batch_blocks(cid, family, kw):
-    """hidden > one tile (BH = 64) and batch > one program (BLOCK_B = 16)."""
+def test_multiple_hidden_chunks_and_batch_blocks(cid, family, kw, shape):
+    """hidden > one step-kernel tile (BH = 64; the sequence kernel takes it whole in a
+    128-wide tile) and batch > one program (BLOCK_B = 16)."""
     m = TWIN[family][0](3, 70, backend="triton", **kw).to(DEV)
     x = torch.randn(3, 18, 3, device=DEV)
     report = testing.compare(m, testing.oracle(m), x, sync_weights=False)
     assert report.passed, f"\n{report}"
 
 
+def test_gru_without_bias(shape):
+    m = fastrnn.GRU(5, 6, bias=False, backend="triton").to(DEV)
+    x = pack_padded_sequence(torch.randn(4, 3, 5, device=DEV), torch.tensor([4, 1, 3]), enforce_sorted=False)
+    report = testing.compare(m, testing.oracle(m), x, sync_weights=False)
+    assert report.passed, f"\n{report}"
+
+
+def test_kernel_shape_rule(monkeypatch):
+    """The sequence kernel while the padded fp32 weight tiles fit RESIDENT_BYTES (64 KiB),
+    the step kernels beyond; FASTRNN_TRITON_KERNEL overrides, and a bad value is an error."""
+    from fastrnn.kernels._common import kernel_shape
+
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    assert kernel_shape(4, 64, 64, False) == "sequence"      # 4 x 64 x 64 x 4 B = 64 KiB
+    assert kernel_shape(4, 65, 65, False) == "step"          # pads to 128
+    assert kernel_shape(4, 64, 32, True) == "sequence"       # (4 + 1) x 64 x 32 x 4 B
+    assert kernel_shape(3, 64, 64, False) == "sequence"
+    assert kernel_shape(1, 128, 128, False) == "sequence"
+    assert kernel_shape(1, 256, 256, False) == "step"
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "step")
+    assert kernel_shape(1, 8, 8, False) == "step"
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    with pytest.raises(ValueError, match="FASTRNN_TRITON_KERNEL"):
+        kernel_shape(1, 8, 8, False)
+
+
 @pytest.mark.skipif(not CUDA or INTERP, reason="needs a CUDA device")
 class TestGPU:
     @pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-    def test_half_precision_vs_fp32_reference(self, cid, family, kw, dtype):
+    def test_half_precision_vs_fp32_reference(self, cid, family, kw, dtype, shape):
         m = TWIN[family][0](64, 200, num_layers=2, bidirectional=True, backend="triton", **kw).cuda().to(dtype)
         x = torch.randn(63, 3, 64, device="cuda")
         ref = testing.oracle(m, torch.float32)
@@ -63,7 +101,7 @@ class TestGPU:
 
     @pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
     @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
-    def test_fp32_odd_sizes_vs_torch_nn(self, cid, family, kw, tf32, monkeypatch):
+    def test_fp32_odd_sizes_vs_torch_nn(self, cid, family, kw, tf32, monkeypatch, shape):
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
         m = TWIN[family][0](64, 200, num_layers=2, bidirectional=True, backend="triton", **kw).cuda()
         n = TWIN[family][1](64, 200, num_layers=2, bidirectional=True, **kw).cuda()
@@ -72,6 +110,7 @@ class TestGPU:
         assert report.passed, f"\n{report}"
 
     def test_long_sequence(self):
+        """T = 100k on the sequence kernel (auto picks it at H=32)."""
         m = fastrnn.LSTM(16, 32, backend="triton").cuda()
         x = torch.randn(100_000, 2, 16, device="cuda")
         out, _ = m(x)
