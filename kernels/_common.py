@@ -30,15 +30,23 @@ def pow2_block(n: int, lo: int = 16, hi: int = 64) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
+SHAPES = ("sequence", "step", "persistent")
+
+
 def kernel_shape(n_gates: int, H: int, P: int, proj: bool) -> str:
     """"sequence" (one launch, weights on chip) when the padded weight tiles fit
     RESIDENT_BYTES, else "step" (one launch per step, weights streamed from L2).
-    FASTRNN_TRITON_KERNEL=sequence|step forces one (tests, benchmarks)."""
+    FASTRNN_TRITON_KERNEL=sequence|step|persistent forces one (tests, benchmarks).
+
+    "persistent" (programs tile batch x hidden, each keeps its weight slice on chip, a grid
+    barrier per step; LSTM without projection so far) is never chosen automatically yet:
+    it has run only under the interpreter, and the sizes where it beats the step kernels
+    must be measured on a GPU before a rule here picks it."""
     forced = os.environ.get("FASTRNN_TRITON_KERNEL", "auto")
-    if forced in ("sequence", "step"):
+    if forced in SHAPES:
         return forced
     if forced != "auto":
-        raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, sequence or step, got {forced!r}")
+        raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, {', '.join(SHAPES)}, got {forced!r}")
     bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
     return "sequence" if (n_gates + proj) * bh * bp * 4 <= RESIDENT_BYTES else "step"
 
@@ -147,6 +155,31 @@ def carry_dh_step_kernel(
     acc = matmul_rows(acc, dg_ptr, G, rows, rmask, G, w_ptr, N, 1, cols, cols < N, BK, PRECISION)
     old = load_rows(dh_ptr, N, rows, rmask, cols, N)
     store_rows(dh_ptr, N, rows, rmask, cols, N, tl.where(act[:, None], acc, old))
+
+
+@triton.jit
+def grid_barrier(count_ptr, target):
+    """Wait until every program sharing ``count_ptr`` has arrived ``target`` times in total.
+
+    Each program arrives once per step (release: its stores are visible before the count
+    moves) and spins on an acquire read. Only correct when all those programs are resident
+    at once: the launcher checks the grid against the device before it launches.
+    """
+    tl.debug_barrier()  # every thread of this program has issued its stores
+    tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
+    while tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu") < target:
+        pass
+    tl.debug_barrier()
+
+
+def persistent_grid_ok(n_b, n_h, device) -> bool:
+    """Whether a persistent grid (n_b batch blocks x n_h hidden tiles) can run without
+    deadlock: every program resident at once, at one program per SM (each holds a large
+    weight slice). Under the interpreter programs run one after another, so only one
+    program along the hidden axis can work."""
+    if device.type != "cuda":
+        return n_h == 1
+    return n_b * n_h <= torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def step_grid(B, N, BN):

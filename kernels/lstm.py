@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
-                      pow2_block, sigmoid, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+from ._common import (BLOCK_B, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows, load_tile,
+                      matmul_rows, persistent_grid_ok, pow2_block, sigmoid, step_grid, step_index, store_rows, tanh,
+                      time_steps, warps_for)
 
 
 @triton.jit
@@ -286,6 +287,139 @@ def lstm_bwd_step_kernel(
 
 
 # ---------------------------------------------------------------------------------------
+# Persistent kernels (no projection): programs tile batch x hidden, each keeps its W_hh
+# slice on chip for all T steps; a grid barrier per step among the programs of a batch
+# block separates the steps. Forward: h_t is exchanged through a double-buffered global
+# array, so one barrier per step suffices. Backward: each program writes its dgates
+# columns, waits, then computes its own columns of dh_{t-1} = dgates_t @ W_hh.
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def lstm_fwd_persistent_kernel(
+    x_ptr, sxt, sxb,        # x_proj (T, B, 4H); strides of t and b, last dim contiguous
+    w_ptr,                  # w_hh (4H, H) contiguous
+    c0_ptr, len_ptr,        # (B, H); lengths (B,) int64 when HAS_LENGTHS
+    y_ptr,                  # out (T, B, H), input dtype
+    gates_ptr, cs_ptr,      # out workspace (T, B, 4H), (T, B, H); fp32
+    hbuf_ptr,               # (2, B, H) fp32: h exchanged between programs; [0] holds h0
+    cn_ptr,                 # out (B, H) fp32
+    count_ptr,              # (n_b,) int32 zeros: barrier counter of each batch block
+    T, B, H,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    n_h = tl.num_programs(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    rmask = rows < B
+    j0 = tl.program_id(1) * BH
+    jj = j0 + tl.arange(0, BH)
+    kk = tl.arange(0, BK)
+    hmask = rmask[:, None] & (kk < H)[None, :]
+    own = rmask[:, None] & (jj < H)[None, :]
+    # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
+    w_i = load_tile(w_ptr + j0 * H, 1, H, H, H - j0, BK, BH)
+    w_f = load_tile(w_ptr + (H + j0) * H, 1, H, H, H - j0, BK, BH)
+    w_g = load_tile(w_ptr + (2 * H + j0) * H, 1, H, H, H - j0, BK, BH)
+    w_o = load_tile(w_ptr + (3 * H + j0) * H, 1, H, H, H - j0, BK, BH)
+    c = load_rows(c0_ptr, H, rows, rmask, jj, H)
+    for s in range(0, T):
+        t = step_index(s, T, REVERSE)
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        hcur = hbuf_ptr + (s % 2) * B * H
+        hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
+        # .cg: read past L1, which is not coherent with the other programs' stores
+        h = tl.load(hcur + rows[:, None] * H + kk[None, :], mask=hmask, other=0.0, cache_modifier=".cg")
+        xt = x_ptr + t * sxt
+        xi = load_rows(xt, sxb, rows, rmask, jj, H) + tl.dot(h, w_i, input_precision=PRECISION)
+        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + tl.dot(h, w_f, input_precision=PRECISION)
+        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_g, input_precision=PRECISION)
+        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_o, input_precision=PRECISION)
+        i, f, g, o, c_new, m = _lstm_cell(xi, xf, xg, xo, c)
+        _store_gates(gates_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, i, f, g, o)
+        c = tl.where(a2, c_new, c)
+        store_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H, c)
+        h_prev = tl.load(hcur + rows[:, None] * H + jj[None, :], mask=own, other=0.0, cache_modifier=".cg")
+        store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
+        store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
+        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+    store_rows(cn_ptr, H, rows, rmask, jj, H, c)
+
+
+@triton.jit
+def lstm_bwd_persistent_kernel(
+    dy_ptr,                 # (T, B, H) gradient of y, contiguous
+    dhn_ptr, dcn_ptr,       # (B, H), (B, H)
+    w_ptr,                  # w_hh (4H, H) contiguous
+    c0_ptr,                 # (B, H)
+    gates_ptr, cs_ptr,      # forward workspace, fp32
+    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
+    dg_ptr,                 # out (T, B, 4H) fp32, also how programs exchange dgates
+    dh0_ptr, dc0_ptr,       # out (B, H) fp32
+    count_ptr,              # (n_b,) int32 zeros
+    T, B, H,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    n_h = tl.num_programs(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    rmask = rows < B
+    j0 = tl.program_id(1) * BH
+    jj = j0 + tl.arange(0, BH)
+    kk = tl.arange(0, BK)
+    gmask = rmask[:, None] & (kk < H)[None, :]
+    own = rmask[:, None] & (jj < H)[None, :]
+    # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
+    w_i = load_tile(w_ptr + j0, H, 1, H, H - j0, BK, BH)
+    w_f = load_tile(w_ptr + H * H + j0, H, 1, H, H - j0, BK, BH)
+    w_g = load_tile(w_ptr + 2 * H * H + j0, H, 1, H, H - j0, BK, BH)
+    w_o = load_tile(w_ptr + 3 * H * H + j0, H, 1, H, H - j0, BK, BH)
+    dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
+    dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
+    off = rows[:, None] * H + jj[None, :]
+    for s in range(0, T):
+        fs = T - 1 - s
+        t = step_index(fs, T, REVERSE)
+        prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # unused at fs=0
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        dm = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
+        gt = gates_ptr + t * B * 4 * H
+        first = tl.full((1, BH), fs, tl.int32) == 0
+        c_prev = (tl.load(cs_ptr + prev * B * H + off, mask=own & ~first, other=0.0)
+                  + tl.load(c0_ptr + off, mask=own & first, other=0.0).to(tl.float32))
+        di, df, dg, do, dc_prev = _lstm_cell_backward(
+            load_rows(gt, 4 * H, rows, rmask, jj, H), load_rows(gt + H, 4 * H, rows, rmask, jj, H),
+            load_rows(gt + 2 * H, 4 * H, rows, rmask, jj, H), load_rows(gt + 3 * H, 4 * H, rows, rmask, jj, H),
+            load_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H), c_prev, dm, dc)
+        dgt = dg_ptr + t * B * 4 * H
+        _store_gates(dgt, rows, rmask, jj, H, a2, di, df, dg, do)
+        dc = tl.where(a2, dc_prev, dc)
+        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+        # every program's dgates columns of step t are written: dh_{t-1} for own columns
+        gp = dgt + rows[:, None] * 4 * H + kk[None, :]
+        dh_prev = (tl.dot(tl.load(gp, mask=gmask, other=0.0, cache_modifier=".cg"), w_i, input_precision=PRECISION)
+                   + tl.dot(tl.load(gp + H, mask=gmask, other=0.0, cache_modifier=".cg"), w_f,
+                            input_precision=PRECISION)
+                   + tl.dot(tl.load(gp + 2 * H, mask=gmask, other=0.0, cache_modifier=".cg"), w_g,
+                            input_precision=PRECISION)
+                   + tl.dot(tl.load(gp + 3 * H, mask=gmask, other=0.0, cache_modifier=".cg"), w_o,
+                            input_precision=PRECISION))
+        dh = tl.where(a2, dh_prev, dh)
+    store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
+    store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
+
+
+def _persistent_grid(B, H, proj, device):
+    """(n_b, n_h, BH) for the persistent kernels, or None where they cannot run: with a
+    projection (not written yet) or when the grid could not be resident at once."""
+    if proj:
+        return None
+    BH = pow2_block(H)
+    n_b, n_h = triton.cdiv(B, BLOCK_B), triton.cdiv(H, BH)
+    return (n_b, n_h, BH) if persistent_grid_ok(n_b, n_h, device) else None
+
+
+# ---------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------
 def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
@@ -304,7 +438,19 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
     if B == 0:
         return y, h0.clone(), c0.clone(), gates, cs
-    if kernel_shape(4, H, P, proj) == "sequence":
+    shape = kernel_shape(4, H, P, proj)
+    grid = _persistent_grid(B, H, proj, dev) if shape == "persistent" else None
+    if grid is not None:
+        n_b, n_h, BH = grid
+        hbuf = alloc(2, B, H, device=dev, dtype=f32)
+        hbuf[0].copy_(h0)
+        c_n = alloc(B, H, device=dev, dtype=f32)
+        lstm_fwd_persistent_kernel[(n_b, n_h)](
+            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, c0, lens, y, gates, cs, hbuf, c_n,
+            torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse,
+            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30))
+        return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
+    if shape == "sequence":
         h_n = alloc(B, P, device=dev, dtype=f32)
         c_n = alloc(B, H, device=dev, dtype=f32)
         lstm_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
@@ -341,9 +487,19 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
     w_hr_c = w_hr.contiguous() if proj else w_hh
     lens = lengths if lengths is not None else dg
     flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    shape = kernel_shape(4, H, P, proj) if B > 0 else "none"
+    grid = _persistent_grid(B, H, proj, dev) if shape == "persistent" else None
     if B == 0:
         dh, dc = dh_n.to(f32), dc_n.to(f32)
-    elif kernel_shape(4, H, P, proj) == "sequence":
+    elif grid is not None:
+        n_b, n_h, BH = grid
+        dh = alloc(B, H, device=dev, dtype=f32)
+        dc = alloc(B, H, device=dev, dtype=f32)
+        lstm_bwd_persistent_kernel[(n_b, n_h)](
+            dy, dh_n.contiguous(), dc_n.contiguous(), w_hh, c0, gates, cs, lens, dg, dh, dc,
+            torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse,
+            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30))
+    elif shape == "sequence":
         dh = alloc(B, P, device=dev, dtype=f32)
         dc = alloc(B, H, device=dev, dtype=f32)
         lstm_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](

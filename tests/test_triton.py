@@ -20,7 +20,9 @@ pytestmark = pytest.mark.skipif(fastrnn.available_backends()["triton"] != "avail
 DEV = "cuda" if CUDA and not INTERP else "cpu"
 
 
-SHAPES = ["sequence", "step"]
+# On a GPU the persistent kernels run too, with several programs along the hidden axis
+# (the CPU lane tests them in test_persistent_lstm_vs_reference).
+SHAPES = ["sequence", "step"] + (["persistent"] if DEV == "cuda" else [])
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +71,31 @@ def test_gru_without_bias(shape):
     assert report.passed, f"\n{report}"
 
 
+@pytest.mark.parametrize("kind", ["padded", "packed"])
+def test_persistent_lstm_vs_reference(kind, monkeypatch):
+    """The persistent kernels (LSTM, no projection) with two batch blocks. Under the
+    interpreter programs run one after another, so only one program along the hidden axis
+    (H <= 64) can pass the grid barrier; a GPU runs the multi-program grid (TestGPU)."""
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    m = fastrnn.LSTM(5, 20, num_layers=2, bidirectional=True, backend="triton").to(DEV)
+    x = torch.randn(6, 18, 5, device=DEV)
+    if kind == "packed":
+        x = pack_padded_sequence(x, torch.randint(1, 7, (18,)), enforce_sorted=False)
+    report = testing.compare(m, testing.oracle(m), x, sync_weights=False)
+    assert report.passed, f"\n{report}"
+
+
+def test_persistent_grid_must_be_resident():
+    from fastrnn.kernels._common import persistent_grid_ok
+
+    cpu = torch.device("cpu")
+    assert persistent_grid_ok(4, 1, cpu) and not persistent_grid_ok(1, 2, cpu)
+    if CUDA:
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        gpu = torch.device("cuda")
+        assert persistent_grid_ok(1, sms, gpu) and not persistent_grid_ok(2, sms, gpu)
+
+
 def test_kernel_shape_rule(monkeypatch):
     """The sequence kernel while the padded fp32 weight tiles fit RESIDENT_BYTES (64 KiB),
     the step kernels beyond; FASTRNN_TRITON_KERNEL overrides, and a bad value is an error."""
@@ -84,6 +111,8 @@ def test_kernel_shape_rule(monkeypatch):
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "step")
     assert kernel_shape(1, 8, 8, False) == "step"
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    assert kernel_shape(4, 1024, 1024, False) == "persistent"
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "resident")
     with pytest.raises(ValueError, match="FASTRNN_TRITON_KERNEL"):
         kernel_shape(1, 8, 8, False)
 
