@@ -1,6 +1,7 @@
 """``python -m bench``: fastrnn against its peers on the best device present.
 
     python -m bench [--device cpu|cuda] [--cells lstm,gru,rnn] [--modes fwd,fwdbwd] [--quick] [--out DIR]
+    python -m bench --suite gpu_goals          # the persistent-kernel goal grid (GPU)
 
 Prints a table, writes DIR/results.json (header: device, versions, commit, date; one row
 per config and provider: median and 20/80% quantiles, tokens/s, speedup over torch.nn, peak
@@ -18,7 +19,7 @@ import time
 import torch
 
 from . import plots
-from .configs import configs, shape_key
+from .configs import configs, gpu_goal_configs, shape_key
 from .providers import providers
 from .runner import header, measure
 
@@ -35,16 +36,20 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a small sweep (under two minutes on a 2-core CPU)")
     p.add_argument("--out", default=None, help="output folder (default bench/results/<device>)")
     p.add_argument("--min-run-time", type=float, default=None, help="CPU seconds per measurement")
+    p.add_argument("--suite", choices=["default", "gpu_goals"], default="default")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     cells = [c for c in a.cells.split(",") if c]
     modes = [m for m in a.modes.split(",") if m]
     hdr = header(device)
-    out = a.out or os.path.join(os.path.dirname(__file__), "results",
-                                re.sub(r"[^A-Za-z0-9.-]+", "-", f"{device.type}-{hdr['device_name']}").strip("-"))
+    folder = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{device.type}-{hdr['device_name']}").strip("-")
+    if a.suite != "default":
+        folder += f"-{a.suite}"
+    out = a.out or os.path.join(os.path.dirname(__file__), "results", folder)
     os.makedirs(out, exist_ok=True)
     min_run = a.min_run_time or (0.05 if a.quick else 0.1)
-    todo = [(cfg, prov) for cfg in configs(device.type, cells, modes, a.quick) for prov in providers(cfg.cell, device)]
+    suite = gpu_goal_configs(cells, modes) if a.suite == "gpu_goals" else configs(device.type, cells, modes, a.quick)
+    todo = [(cfg, prov) for cfg in suite for prov in providers(cfg.cell, device, a.suite)]
     print(f"{hdr['device_name']} | torch {hdr['torch']} | triton {hdr['triton']} | {len(todo)} measurements -> {out}")
     rows, done, t0 = [], {}, time.time()
     for k, (cfg, prov) in enumerate(todo, 1):
@@ -54,21 +59,29 @@ def main(argv=None) -> int:
             done[key] = measure(cfg, prov, device, min_run)
         rows.append({**done[key], "sweep": cfg.sweep})
     print(file=sys.stderr)
-    base = {(r["cell"], r["mode"], r["T"], r["B"], r["I"], r["H"], r["sweep"]): r["median_s"]
-            for r in rows if r["provider"] == "torch.nn"}
+    def peer_key(r):
+        return (r["cell"], r["mode"], r["T"], r["B"], r["I"], r["H"], r["sweep"], r["dtype"])
+
+    base = {peer_key(r): r["median_s"] for r in rows if r["provider"] == "torch.nn"}
     for r in rows:
-        t = base.get((r["cell"], r["mode"], r["T"], r["B"], r["I"], r["H"], r["sweep"]))
+        t = base.get(peer_key(r))
         r["speedup_vs_torch_nn"] = t / r["median_s"] if t else None
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"header": hdr, "rows": rows}, f, indent=1)
     print(f"{'config':<44} {'provider':<16} {'median ms':>10} {'p20-p80 ms':>17} {'Mtok/s':>8} {'vs nn':>7} {'peak':>8}")
     for r in rows:
-        label = f"{r['cell']} {r['mode']} T={r['T']} B={r['B']} H={r['H']} ({r['sweep']})"
+        dt = "" if r["dtype"] == "float32" else f" {r['dtype']}"
+        label = f"{r['cell']} {r['mode']}{dt} T={r['T']} B={r['B']} H={r['H']} ({r['sweep']})"
         print(f"{label:<44} {r['provider']:<16} {r['median_s']*1e3:>10.3f} "
               f"{r['p20_s']*1e3:>8.3f}-{r['p80_s']*1e3:<8.3f} {r['tokens_per_s']/1e6:>8.3f} "
               f"{(r['speedup_vs_torch_nn'] or 0):>6.2f}x {_fmt_bytes(r['peak_bytes']):>8}")
-    for path in plots.plot(os.path.join(out, "results.json"), out):
-        print("wrote", path)
+    if a.suite == "default":
+        for path in plots.plot(os.path.join(out, "results.json"), out):
+            print("wrote", path)
+    else:
+        from . import gpu_goals
+
+        gpu_goals.report(rows)
     print("wrote", os.path.join(out, "results.json"), f"({time.time() - t0:.0f}s)")
     return 0
 

@@ -1,5 +1,6 @@
 """Benchmark configurations: a sweep over hidden size and batch at fixed T, a sweep over
-sequence length, and two named anchors from the literature."""
+sequence length, and two named anchors from the literature (suite "default"); and the GPU
+goal grid of the persistent-kernel work (suite "gpu_goals", see bench/gpu_goals.py)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -13,10 +14,12 @@ class Config:
     I: int
     H: int
     mode: str          # "fwd" (no_grad) or "fwdbwd"
-    sweep: str         # "hidden", "seq" or an anchor name
+    sweep: str         # "hidden", "seq", an anchor name or "goal"
+    dtype: str = "float32"
 
     def label(self) -> str:
-        return f"{self.cell} {self.mode} T={self.T} B={self.B} I={self.I} H={self.H}"
+        dt = "" if self.dtype == "float32" else f" {self.dtype}"
+        return f"{self.cell} {self.mode}{dt} T={self.T} B={self.B} I={self.I} H={self.H}"
 
     def asdict(self):
         return asdict(self)
@@ -49,7 +52,27 @@ def configs(device: str, cells, modes, quick: bool) -> list[Config]:
     return out
 
 
+def gpu_goal_configs(cells, modes) -> list[Config]:
+    """The persistent-kernel goal grid: LSTM bf16/fp32 forward and forward+backward over
+    B {1, 16, 64} x H {256, 512, 1024} x T {100, 1024} (I = H), GRU forward+backward on the
+    same grid, and fp16 LSTM at FlashRNN's anchor (B=16, T=1024, H=768), cuDNN's persistent
+    best case. The per-step latency goal (B=16, H=512, forward) is read from the T=100 and
+    T=1024 rows of the grid."""
+    out = []
+    for cell in cells:
+        for mode in modes:
+            if cell == "gru" and mode == "fwd":
+                continue
+            for dtype in ("bfloat16", "float32"):
+                out += [Config(cell, T, B, H, H, mode, "goal", dtype)
+                        for B in (1, 16, 64) for H in (256, 512, 1024) for T in (100, 1024)]
+            if cell == "lstm":
+                a = ANCHORS["flashrnn"]
+                out.append(Config(cell, a["T"], a["B"], a["I"], a["H"], mode, "flashrnn", "float16"))
+    return out
+
+
 def shape_key(cfg: Config) -> tuple:
     """Configs with equal keys are the same measurement (an anchor may lie on a sweep)."""
-    return (cfg.cell, cfg.mode, cfg.T, cfg.B, cfg.I, cfg.H)
+    return (cfg.cell, cfg.mode, cfg.T, cfg.B, cfg.I, cfg.H, cfg.dtype)
 

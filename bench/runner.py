@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 
@@ -12,7 +13,7 @@ import torch.utils.benchmark as tb
 import fastrnn
 
 from .configs import Config
-from .providers import NN, build
+from .providers import NN, build, kernel_shape_of
 
 
 def device_name(device: torch.device) -> str:
@@ -49,21 +50,36 @@ def header(device: torch.device) -> dict:
 def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
     """The callable to time, on fresh random inputs (never zeros) and shared weights."""
     torch.manual_seed(seed)
-    ref = NN[cfg.cell](cfg.I, cfg.H).to(device)
+    dtype = getattr(torch, cfg.dtype)
+    ref = NN[cfg.cell](cfg.I, cfg.H).to(device, dtype)
     model = build(provider, cfg.cell, ref)
-    x = torch.randn(cfg.T, cfg.B, cfg.I, device=device)
-    g = torch.randn(cfg.T, cfg.B, cfg.H, device=device)
+    x = torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype)
+    g = torch.randn(cfg.T, cfg.B, cfg.H, device=device, dtype=dtype)
     if cfg.mode == "fwd":
-        def fn():
+        def run():
             with torch.no_grad():
                 model(x)
     else:
         params = list(model.parameters())
 
-        def fn():
+        def run():
             for p in params:
                 p.grad = None
             model(x)[0].backward(g)
+    shape = kernel_shape_of(provider)
+    if shape is None:
+        return run
+
+    def fn():  # the Triton kernel shape is read per call from the environment
+        old = os.environ.get("FASTRNN_TRITON_KERNEL")
+        os.environ["FASTRNN_TRITON_KERNEL"] = shape
+        try:
+            run()
+        finally:
+            if old is None:
+                del os.environ["FASTRNN_TRITON_KERNEL"]
+            else:
+                os.environ["FASTRNN_TRITON_KERNEL"] = old
     return fn
 
 

@@ -409,12 +409,21 @@ def lstm_bwd_persistent_kernel(
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
 
 
+# Weight bytes a persistent program may hold: about half an H100/H200 SM's shared memory
+# (228 KiB), where Triton can stage a loop-invariant dot operand. A starting point for
+# the GPU measurements, not a measured optimum.
+PERSISTENT_BYTES = 128 * 1024
+
+
 def _persistent_grid(B, H, proj, device):
     """(n_b, n_h, BH) for the persistent kernels, or None where they cannot run: with a
     projection (not written yet) or when the grid could not be resident at once."""
     if proj:
         return None
-    BH = pow2_block(H)
+    # columns per program: the widest tile whose four fp32 gate slices (4 x H x BH) stay
+    # within PERSISTENT_BYTES, at least 16 (tl.dot's smallest edge), at most 64
+    BK = pow2_block(H, hi=1 << 30)
+    BH = max(16, min(64, 1 << max(0, (PERSISTENT_BYTES // (4 * BK * 4)).bit_length() - 1)))
     n_b, n_h = triton.cdiv(B, BLOCK_B), triton.cdiv(H, BH)
     return (n_b, n_h, BH) if persistent_grid_ok(n_b, n_h, device) else None
 
