@@ -152,3 +152,24 @@ def test_modules_take_the_eager_route():
             seen.add(f)
             stack.extend(g for g, _ in f.next_functions)
     assert any(type(f).__name__ == "GRURecurrenceBackward" for f in seen)
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
+def test_gradient_through_some_outputs_only(family, used):
+    """A loss on only some outputs (the others get no gradient, which the eager route does
+    not materialise as zeros) gives torch.nn's gradients."""
+    if used == "c_n" and family != "lstm":
+        pytest.skip("only the LSTM has a cell state")
+    from helpers import make_pair
+
+    ours, theirs = make_pair(family, 3, 5, torch.float64, num_layers=2)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device=DEVICE)
+    for m in (ours, theirs):
+        out, hx = m(x)
+        pick = {"output": out, "h_n": hx[0] if family == "lstm" else hx, "c_n": hx[1] if family == "lstm" else None}
+        pick[used].pow(2).sum().backward()
+    from fastrnn import testing
+
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert testing.rel_rms(p.grad, q.grad) <= testing.bound(torch.float64), name
