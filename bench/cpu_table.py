@@ -1,8 +1,9 @@
 """``python -m bench.cpu_table``: the C++ backend's speed goals, measured against torch.nn.
 
 Each row times torch.nn and fastrnn (cpp) in the same run on the same inputs with
-torch.utils.benchmark.Timer (warm-up, then the best of three blocked_autorange medians) and prints
-t(torch.nn) / t(fastrnn). Forward is under no_grad; forward+backward backpropagates a
+torch.utils.benchmark.Timer: after warm-up, the two alternate for ``--rounds`` rounds of one
+blocked_autorange median each, and the row gives the median of the per-round ratios
+t(torch.nn) / t(fastrnn) with their range. Forward is under no_grad; forward+backward backpropagates a
 random upstream gradient through the output. ``--json PATH`` keeps the raw numbers.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -35,16 +37,11 @@ ROWS = [
 ]
 
 
-def _median(fn, min_run_time, repeats=3):
-    """Median of a blocked_autorange, best of ``repeats``: this shared 2-core machine shows
-    bursts of interference that a single median does not absorb."""
-    fn()
-    fn()
-    timer = tb.Timer("fn()", globals={"fn": fn})
-    return min(timer.blocked_autorange(min_run_time=min_run_time).median for _ in range(repeats))
+def _median(fn, min_run_time):
+    return tb.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
-def measure(row, backend, min_run_time):
+def measure(row, backend, min_run_time, rounds):
     name, cell, (T, B, I, H), mode, goal, packed = row
     torch.manual_seed(0)
     ours_cls, nn_cls = FAST[cell], NN[cell]
@@ -70,16 +67,29 @@ def measure(row, backend, min_run_time):
                 (out.data if packed else out).backward(g)
         return f
 
-    t_nn = _median(run(theirs), min_run_time)
-    t_ours = _median(run(ours), min_run_time)
+    f_nn, f_ours = run(theirs), run(ours)
+    for f in (f_nn, f_ours, f_nn, f_ours):  # warm-up
+        f()
+    # torch.nn and fastrnn alternate, round after round: this shared 2-core machine drifts
+    # by tens of percent within minutes, and a ratio of two neighbouring medians cancels
+    # most of that; the table gives the median ratio over the rounds and its range.
+    t_nn, t_ours = [], []
+    for _ in range(rounds):
+        t_nn.append(_median(f_nn, min_run_time))
+        t_ours.append(_median(f_ours, min_run_time))
+    ratios = sorted(a / b for a, b in zip(t_nn, t_ours))
     return {"name": name, "cell": cell, "T": T, "B": B, "input": I, "hidden": H, "mode": mode,
-            "packed": packed, "goal": goal, "torch_nn_s": t_nn, "fastrnn_s": t_ours, "speedup": t_nn / t_ours}
+            "packed": packed, "goal": goal, "torch_nn_s": statistics.median(t_nn),
+            "fastrnn_s": statistics.median(t_ours), "speedup": statistics.median(ratios),
+            "speedup_min": ratios[0], "speedup_max": ratios[-1], "rounds": rounds,
+            "torch_nn_rounds_s": t_nn, "fastrnn_rounds_s": t_ours}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.cpu_table")
     p.add_argument("--backend", default="cpp")
-    p.add_argument("--min-run-time", type=float, default=1.0)
+    p.add_argument("--min-run-time", type=float, default=0.3)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     try:
@@ -87,17 +97,19 @@ def main(argv=None):
     except OSError:
         commit = ""
     header = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "backend": a.backend, "commit": commit,
+              "torch": torch.__version__, "backend": a.backend, "commit": commit, "rounds": a.rounds,
+              "min_run_time_s": a.min_run_time,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(f"torch {header['torch']}, {header['threads']} threads, fastrnn backend {a.backend}")
-    print(f"{'case':<34} {'torch.nn ms':>12} {'fastrnn ms':>11} {'speedup':>8} {'goal':>6}")
+    print(f"{'case':<34} {'torch.nn ms':>12} {'fastrnn ms':>11} {'speedup':>8} {'(range)':>13} {'goal':>6}")
     rows = []
     for row in ROWS:
-        r = measure(row, a.backend, a.min_run_time)
+        r = measure(row, a.backend, a.min_run_time, a.rounds)
         rows.append(r)
         ok = "ok" if r["speedup"] >= r["goal"] else "MISS"
         print(f"{r['name']:<34} {r['torch_nn_s']*1e3:>12.3f} {r['fastrnn_s']*1e3:>11.3f} "
-              f"{r['speedup']:>7.2f}x {r['goal']:>5.1f}x {ok}", flush=True)
+              f"{r['speedup']:>7.2f}x  ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}x) {r['goal']:>5.1f}x {ok}",
+              flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
