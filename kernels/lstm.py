@@ -413,6 +413,10 @@ def lstm_bwd_persistent_kernel(
 # (228 KiB), where Triton can stage a loop-invariant dot operand. A starting point for
 # the GPU measurements, not a measured optimum.
 PERSISTENT_BYTES = 128 * 1024
+# Compiled for sm_90 (python -m bench.triton_resources): with 4 warps the forward spills at
+# H=256 (255 registers + 32 B stack); with 8 it does not (249). At H=512 it spills with
+# either (864 B stack with 8 warps): the next thing to fix there.
+PERSISTENT_WARPS = 8
 
 
 def _persistent_grid(B, H, proj, device):
@@ -424,6 +428,8 @@ def _persistent_grid(B, H, proj, device):
     # within PERSISTENT_BYTES, at least 16 (tl.dot's smallest edge), at most 64
     BK = pow2_block(H, hi=1 << 30)
     BH = max(16, min(64, 1 << max(0, (PERSISTENT_BYTES // (4 * BK * 4)).bit_length() - 1)))
+    if 4 * BK * BH * 4 > PERSISTENT_BYTES:  # H > 512: even 16 columns exceed an SM (328 KB at H=1024)
+        return None
     n_b, n_h = triton.cdiv(B, BLOCK_B), triton.cdiv(H, BH)
     return (n_b, n_h, BH) if persistent_grid_ok(n_b, n_h, device) else None
 
@@ -457,7 +463,8 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
         lstm_fwd_persistent_kernel[(n_b, n_h)](
             x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, c0, lens, y, gates, cs, hbuf, c_n,
             torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse,
-            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30))
+            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30),
+            num_warps=PERSISTENT_WARPS)
         return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
     if shape == "sequence":
         h_n = alloc(B, P, device=dev, dtype=f32)
@@ -507,7 +514,8 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
         lstm_bwd_persistent_kernel[(n_b, n_h)](
             dy, dh_n.contiguous(), dc_n.contiguous(), w_hh, c0, gates, cs, lens, dg, dh, dc,
             torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse,
-            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30))
+            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30),
+            num_warps=PERSISTENT_WARPS)
     elif shape == "sequence":
         dh = alloc(B, P, device=dev, dtype=f32)
         dc = alloc(B, H, device=dev, dtype=f32)

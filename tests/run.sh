@@ -14,3 +14,5 @@ else
 fi
 echo "== lane: triton backend through the interpreter (tests/test_triton.py, tests/test_beyond.py)"
 TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest tests/test_triton.py tests/test_beyond.py -q "$@"
+echo "== lane: triton kernels compiled for sm_90 without a GPU (tests/test_triton_compile.py)"
+FASTRNN_BACKEND=triton "$PY" -m pytest tests/test_triton_compile.py -q "$@"
