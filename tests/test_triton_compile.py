@@ -10,9 +10,12 @@ import os
 import pytest
 import torch
 
+from conftest import BACKEND
+
 triton = pytest.importorskip("triton")
 
 pytestmark = [
+    pytest.mark.skipif(BACKEND != "triton", reason="runs in the triton compile lane (tests/run.sh)"),
     pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU lane compiles the kernels for the real device"),
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1", reason="needs compiled, not interpreted, kernels"),
 ]
