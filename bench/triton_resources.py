@@ -61,11 +61,14 @@ def configs(H: int) -> list[tuple]:
         (f"rnn_fwd_step H={H}", R.rnn_fwd_step_kernel, {**common, "RELU": False, "BH": BH, **step}, 4),
         (f"rnn_bwd_step H={H}", R.rnn_bwd_step_kernel, {**common, "RELU": True, "BH": BH}, 4),
     ]
-    bh_p = max(16, min(64, 1 << max(0, (L.PERSISTENT_BYTES // (4 * full * 4)).bit_length() - 1)))
-    for name, k in [("lstm_fwd_persistent", L.lstm_fwd_persistent_kernel),
-                    ("lstm_bwd_persistent", L.lstm_bwd_persistent_kernel)]:
-        out.append((f"{name} H={H}", k, {**common, "REVERSE": False, "BH": bh_p, "BK": full, "PRECISION": "tf32"},
-                    L.PERSISTENT_WARPS))
+    for name, k, gates, extra in [("lstm_fwd_persistent", L.lstm_fwd_persistent_kernel, 4, {}),
+                                  ("lstm_bwd_persistent", L.lstm_bwd_persistent_kernel, 4, {}),
+                                  ("gru_fwd_persistent", G.gru_fwd_persistent_kernel, 3, {"HAS_BHN": True}),
+                                  ("gru_bwd_persistent", G.gru_bwd_persistent_kernel, 3, {})]:
+        BHp = C.persistent_tile(H, gates)
+        if BHp is not None:  # where the launcher would run it
+            out.append((f"{name} H={H}", k, {**common, **extra, "REVERSE": False, "BH": BHp, "BK": full,
+                                              "PRECISION": "tf32"}, C.PERSISTENT_WARPS))
     return out
 
 

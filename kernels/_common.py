@@ -39,7 +39,7 @@ def kernel_shape(n_gates: int, H: int, P: int, proj: bool) -> str:
     FASTRNN_TRITON_KERNEL=sequence|step|persistent forces one (tests, benchmarks).
 
     "persistent" (programs tile batch x hidden, each keeps its weight slice on chip, a grid
-    barrier per step; LSTM without projection so far) is never chosen automatically yet:
+    barrier per step; LSTM without projection and GRU) is never chosen automatically yet:
     it has run only under the interpreter, and the sizes where it beats the step kernels
     must be measured on a GPU before a rule here picks it."""
     forced = os.environ.get("FASTRNN_TRITON_KERNEL", "auto")
@@ -170,6 +170,34 @@ def grid_barrier(count_ptr, target):
     while tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu") < target:
         pass
     tl.debug_barrier()
+
+
+# Weight bytes a persistent program may hold: about half an H100/H200 SM's shared memory
+# (228 KiB), where Triton stages the loop-invariant dot operands (python -m
+# bench.triton_resources). A starting point for the GPU measurements, not a measured optimum.
+PERSISTENT_BYTES = 128 * 1024
+# Compiled for sm_90: with 4 warps the LSTM forward spills at H=256 (255 registers + 32 B
+# stack); with 8 it does not (249). At H=512 it spills with either (864 B stack with 8).
+PERSISTENT_WARPS = 8
+
+
+def persistent_tile(H, n_gates):
+    """Columns per persistent program: the widest power-of-two tile, at most 64, whose
+    n_gates fp32 weight slices (n_gates x H x BH) fit PERSISTENT_BYTES; None where not even
+    16 columns (tl.dot's smallest edge) fit (H > 512 for the LSTM: 328 KB at H=1024)."""
+    BK = pow2_block(H, hi=1 << 30)
+    BH = max(16, min(64, 1 << max(0, (PERSISTENT_BYTES // (n_gates * BK * 4)).bit_length() - 1)))
+    return BH if n_gates * BK * BH * 4 <= PERSISTENT_BYTES else None
+
+
+def persistent_grid(B, H, n_gates, device):
+    """(n_b, n_h, BH) for a persistent kernel over B rows and H units, or None where it
+    cannot run: no tile fits (persistent_tile) or the grid could not be resident at once."""
+    BH = persistent_tile(H, n_gates)
+    if BH is None:
+        return None
+    n_b, n_h = triton.cdiv(B, BLOCK_B), triton.cdiv(H, BH)
+    return (n_b, n_h, BH) if persistent_grid_ok(n_b, n_h, device) else None
 
 
 def persistent_grid_ok(n_b, n_h, device) -> bool:

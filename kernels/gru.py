@@ -1,8 +1,9 @@
 """GRU recurrence in Triton (torch.nn's GRU: b_hn inside the reset product).
 
-Same two shapes as lstm.py: the sequence kernel keeps the three W_hh gate tiles and h on
-chip for all T steps; the step kernels launch once per step over batch x hidden tiles, and
-the backward carries dh with the shared ``carry_dh`` step (dh_{t-1} = dh*z + dgh @ W_hh).
+Same shapes as lstm.py: the sequence kernel keeps the three W_hh gate tiles and h on chip
+for all T steps; the step kernels launch once per step over batch x hidden tiles, and the
+backward carries dh with the shared ``carry_dh`` step (dh_{t-1} = dh*z + dgh @ W_hh); the
+persistent kernels (opt-in) tile batch x hidden with a grid barrier per step.
 
 Backward of one step (h_t = (1-z)*n + z*h_{t-1}, n = tanh(x_n + r*(gh_n + b_hn))):
     dan = dh*(1-z)*(1-n^2),  dar = dan*(gh_n + b_hn)*r(1-r),  daz = dh*(h_{t-1} - n)*z(1-z)
@@ -12,8 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
-                      pow2_block, sigmoid, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
+                      load_tile, matmul_rows, persistent_grid, pow2_block, sigmoid, step_grid, step_index, store_rows,
+                      tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -199,6 +201,99 @@ def gru_bwd_step_kernel(
 
 
 # ---------------------------------------------------------------------------------------
+# Persistent kernels: programs tile batch x hidden and keep their three W_hh slices on chip
+# for all T steps; one grid barrier per step among the programs of a batch block (as in
+# lstm.py: h exchanged through a double-buffered global array forward, dgh backward).
+# ---------------------------------------------------------------------------------------
+@triton.jit
+def gru_fwd_persistent_kernel(
+    x_ptr, sxt, sxb,        # x_proj (T, B, 3H); strides of t and b, last dim contiguous
+    w_ptr, bhn_ptr,         # w_hh (3H, H) contiguous; b_hn (H,) when HAS_BHN
+    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
+    y_ptr,                  # out (T, B, H), input dtype
+    acts_ptr,               # out workspace (T, B, 4H) fp32
+    hbuf_ptr,               # (2, B, H) fp32: h exchanged between programs; [0] holds h0
+    count_ptr,              # (n_b,) int32 zeros: barrier counter of each batch block
+    T, B, H,
+    REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    n_h = tl.num_programs(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    rmask = rows < B
+    j0 = tl.program_id(1) * BH
+    jj = j0 + tl.arange(0, BH)
+    kk = tl.arange(0, BK)
+    hmask = rmask[:, None] & (kk < H)[None, :]
+    own = rmask[:, None] & (jj < H)[None, :]
+    # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
+    w_r = load_tile(w_ptr + j0 * H, 1, H, H, H - j0, BK, BH)
+    w_z = load_tile(w_ptr + (H + j0) * H, 1, H, H, H - j0, BK, BH)
+    w_n = load_tile(w_ptr + (2 * H + j0) * H, 1, H, H, H - j0, BK, BH)
+    b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
+    for s in range(0, T):
+        t = step_index(s, T, REVERSE)
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        hcur = hbuf_ptr + (s % 2) * B * H
+        # .cg: read past L1, which is not coherent with the other programs' stores
+        h = tl.load(hcur + rows[:, None] * H + kk[None, :], mask=hmask, other=0.0, cache_modifier=".cg")
+        h_prev = tl.load(hcur + rows[:, None] * H + jj[None, :], mask=own, other=0.0, cache_modifier=".cg")
+        h_new = _gru_step_math(x_ptr + t * sxt, sxb, acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2,
+                               tl.dot(h, w_r, input_precision=PRECISION), tl.dot(h, w_z, input_precision=PRECISION),
+                               tl.dot(h, w_n, input_precision=PRECISION), b_hn, h_prev)
+        store_rows(hbuf_ptr + ((s + 1) % 2) * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
+        store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
+        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+
+
+@triton.jit
+def gru_bwd_persistent_kernel(
+    dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
+    w_ptr,                  # w_hh (3H, H) contiguous
+    acts_ptr, hprev_ptr,    # forward workspace (T, B, 4H), states each step started from (T, B, H); fp32
+    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
+    dx_ptr, dgh_ptr,        # out (T, B, 3H) fp32; dgh is also how programs exchange the step's gradient
+    dh0_ptr,                # out (B, H) fp32
+    count_ptr,              # (n_b,) int32 zeros
+    T, B, H,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    n_h = tl.num_programs(1)
+    rows = pid_b * BB + tl.arange(0, BB)
+    rmask = rows < B
+    j0 = tl.program_id(1) * BH
+    jj = j0 + tl.arange(0, BH)
+    kk = tl.arange(0, BK)
+    gmask = rmask[:, None] & (kk < H)[None, :]
+    # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
+    w_r = load_tile(w_ptr + j0, H, 1, H, H - j0, BK, BH)
+    w_z = load_tile(w_ptr + H * H + j0, H, 1, H, H - j0, BK, BH)
+    w_n = load_tile(w_ptr + 2 * H * H + j0, H, 1, H, H - j0, BK, BH)
+    dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
+    for s in range(0, T):
+        t = step_index(T - 1 - s, T, REVERSE)
+        a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
+        dgt = dgh_ptr + t * B * 3 * H
+        _, _, _, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask, jj, H,
+                                         a2, dx_ptr + t * B * 3 * H, dgt)
+        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+        # every program's dgh columns of step t are written: dh_{t-1} for own columns
+        gp = dgt + rows[:, None] * 3 * H + kk[None, :]
+        dh_prev = (dd + tl.dot(tl.load(gp, mask=gmask, other=0.0, cache_modifier=".cg"), w_r,
+                               input_precision=PRECISION)
+                   + tl.dot(tl.load(gp + H, mask=gmask, other=0.0, cache_modifier=".cg"), w_z,
+                            input_precision=PRECISION)
+                   + tl.dot(tl.load(gp + 2 * H, mask=gmask, other=0.0, cache_modifier=".cg"), w_n,
+                            input_precision=PRECISION))
+        dh = tl.where(a2, dh_prev, dh)
+    store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
+
+
+# ---------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------
 def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
@@ -215,7 +310,18 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     bhn = b_hn.contiguous() if b_hn is not None else acts
     lens = lengths if lengths is not None else acts
     flags = dict(HAS_BHN=b_hn is not None, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    if kernel_shape(3, H, H, False) == "sequence":
+    shape = kernel_shape(3, H, H, False)
+    grid = persistent_grid(B, H, 3, dev) if shape == "persistent" else None
+    if grid is not None:
+        n_b, n_h, BH = grid
+        hbuf = alloc(2, B, H, device=dev, dtype=f32)
+        hbuf[0].copy_(h0)
+        gru_fwd_persistent_kernel[(n_b, n_h)](
+            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, bhn, lens, y, acts, hbuf,
+            torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse, **flags,
+            BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS)
+        return y, hbuf[T % 2].to(dtype), acts
+    if shape == "sequence":
         h_n = alloc(B, H, device=dev, dtype=f32)
         gru_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
             x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, bhn, h0.contiguous(), lens, y, acts, h_n,
@@ -241,9 +347,18 @@ def backward(dy, dh_n, w_hh, b_hn, h0, y, acts, lengths, reverse, precision, h_p
     dgh = alloc(T, B, 3 * H, device=dev, dtype=f32)
     dy, w_hh = dy.contiguous(), w_hh.contiguous()
     lens = lengths if lengths is not None else dx
+    shape = kernel_shape(3, H, H, False) if B > 0 else "none"
+    grid = persistent_grid(B, H, 3, dev) if shape == "persistent" else None
     if B == 0:
         dh = dh_n.to(f32)
-    elif kernel_shape(3, H, H, False) == "sequence":
+    elif grid is not None:
+        n_b, n_h, BH = grid
+        dh = alloc(B, H, device=dev, dtype=f32)
+        gru_bwd_persistent_kernel[(n_b, n_h)](
+            dy, dh_n.contiguous(), w_hh, acts, hp, lens, dx, dgh, dh, torch.zeros(n_b, device=dev, dtype=torch.int32),
+            T, B, H, REVERSE=reverse, HAS_LENGTHS=lengths is not None, PRECISION=precision,
+            BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS)
+    elif shape == "sequence":
         dh = alloc(B, H, device=dev, dtype=f32)
         gru_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
             dy, dh_n.contiguous(), w_hh, acts, hp, lens, dx, dgh, dh, T, B, H,

@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows, load_tile,
-                      matmul_rows, persistent_grid_ok, pow2_block, sigmoid, step_grid, step_index, store_rows, tanh,
-                      time_steps, warps_for)
+from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
+                      load_tile, matmul_rows, persistent_grid, pow2_block, sigmoid, step_grid, step_index, store_rows,
+                      tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -409,31 +409,6 @@ def lstm_bwd_persistent_kernel(
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
 
 
-# Weight bytes a persistent program may hold: about half an H100/H200 SM's shared memory
-# (228 KiB), where Triton can stage a loop-invariant dot operand. A starting point for
-# the GPU measurements, not a measured optimum.
-PERSISTENT_BYTES = 128 * 1024
-# Compiled for sm_90 (python -m bench.triton_resources): with 4 warps the forward spills at
-# H=256 (255 registers + 32 B stack); with 8 it does not (249). At H=512 it spills with
-# either (864 B stack with 8 warps): the next thing to fix there.
-PERSISTENT_WARPS = 8
-
-
-def _persistent_grid(B, H, proj, device):
-    """(n_b, n_h, BH) for the persistent kernels, or None where they cannot run: with a
-    projection (not written yet) or when the grid could not be resident at once."""
-    if proj:
-        return None
-    # columns per program: the widest tile whose four fp32 gate slices (4 x H x BH) stay
-    # within PERSISTENT_BYTES, at least 16 (tl.dot's smallest edge), at most 64
-    BK = pow2_block(H, hi=1 << 30)
-    BH = max(16, min(64, 1 << max(0, (PERSISTENT_BYTES // (4 * BK * 4)).bit_length() - 1)))
-    if 4 * BK * BH * 4 > PERSISTENT_BYTES:  # H > 512: even 16 columns exceed an SM (328 KB at H=1024)
-        return None
-    n_b, n_h = triton.cdiv(B, BLOCK_B), triton.cdiv(H, BH)
-    return (n_b, n_h, BH) if persistent_grid_ok(n_b, n_h, device) else None
-
-
 # ---------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------
@@ -454,7 +429,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     if B == 0:
         return y, h0.clone(), c0.clone(), gates, cs
     shape = kernel_shape(4, H, P, proj)
-    grid = _persistent_grid(B, H, proj, dev) if shape == "persistent" else None
+    grid = persistent_grid(B, H, 4, dev) if shape == "persistent" and not proj else None
     if grid is not None:
         n_b, n_h, BH = grid
         hbuf = alloc(2, B, H, device=dev, dtype=f32)
@@ -504,7 +479,7 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
     lens = lengths if lengths is not None else dg
     flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
     shape = kernel_shape(4, H, P, proj) if B > 0 else "none"
-    grid = _persistent_grid(B, H, proj, dev) if shape == "persistent" else None
+    grid = persistent_grid(B, H, 4, dev) if shape == "persistent" and not proj else None
     if B == 0:
         dh, dc = dh_n.to(f32), dc_n.to(f32)
     elif grid is not None:

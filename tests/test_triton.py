@@ -71,13 +71,15 @@ def test_gru_without_bias(shape):
     assert report.passed, f"\n{report}"
 
 
+@pytest.mark.parametrize("family,kw", [("lstm", {}), ("gru", {}), ("gru", {"bias": False})],
+                         ids=["lstm", "gru", "gru_nobias"])
 @pytest.mark.parametrize("kind", ["padded", "packed"])
-def test_persistent_lstm_vs_reference(kind, monkeypatch):
-    """The persistent kernels (LSTM, no projection) with two batch blocks. Under the
-    interpreter programs run one after another, so only one program along the hidden axis
-    (H <= 64) can pass the grid barrier; a GPU runs the multi-program grid (TestGPU)."""
+def test_persistent_vs_reference(family, kw, kind, monkeypatch):
+    """The persistent kernels (LSTM without projection, GRU) with two batch blocks. Under
+    the interpreter programs run one after another, so only one program along the hidden
+    axis (H <= 64) can pass the grid barrier; a GPU runs the multi-program grid (TestGPU)."""
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
-    m = fastrnn.LSTM(5, 20, num_layers=2, bidirectional=True, backend="triton").to(DEV)
+    m = TWIN[family][0](5, 20, num_layers=2, bidirectional=True, backend="triton", **kw).to(DEV)
     x = torch.randn(6, 18, 5, device=DEV)
     if kind == "packed":
         x = pack_padded_sequence(x, torch.randint(1, 7, (18,)), enforce_sorted=False)
