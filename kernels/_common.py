@@ -87,6 +87,23 @@ def load_rows(ptr, stride, rows, row_mask, cols, N):
 
 
 @triton.jit
+def load_rows_l2(ptr, stride, rows, row_mask, cols, N):
+    """load_rows past L1 (.cg): for state that other programs of a persistent grid wrote
+    (L1 is not coherent with their stores)."""
+    m = row_mask[:, None] & (cols < N)[None, :]
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=m, other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
+def program_tile(B, BB: tl.constexpr, BN: tl.constexpr):
+    """This program's BB batch rows (program axis 0), their mask, and its BN columns
+    (program axis 1)."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    return rows, rows < B, cols
+
+
+@triton.jit
 def store_rows(ptr, stride, rows, row_mask, cols, N, value):
     """ptr[rows, cols] = value (cast to the pointer's dtype), inside the matrix only."""
     m = row_mask[:, None] & (cols < N)[None, :]
@@ -144,9 +161,7 @@ def carry_dh_step_kernel(
     """Backward step kernel, shared by every cell: rows active at step t take
     dh = dgates_t @ W_hh (+ direct); the others keep the gradient they carry. Each program
     reads and writes only its own (rows, cols) tile of dh, so the update is in place."""
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    rmask = rows < B
+    rows, rmask, cols = program_tile(B, BB, BN)
     act = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)
     if HAS_DIRECT:
         acc = load_rows(direct_ptr, N, rows, rmask, cols, N)
@@ -158,16 +173,19 @@ def carry_dh_step_kernel(
 
 
 @triton.jit
-def grid_barrier(count_ptr, target):
-    """Wait until every program sharing ``count_ptr`` has arrived ``target`` times in total.
+def grid_barrier(count_ptr, s):
+    """End of step s for the programs of this batch block (program axis 0): wait until all
+    of them (program axis 1) have arrived, counted on count_ptr[batch block].
 
     Each program arrives once per step (release: its stores are visible before the count
     moves) and spins on an acquire read. Only correct when all those programs are resident
     at once: the launcher checks the grid against the device before it launches.
     """
+    counter = count_ptr + tl.program_id(0)
+    target = (s + 1) * tl.num_programs(1)
     tl.debug_barrier()  # every thread of this program has issued its stores
-    tl.atomic_add(count_ptr, 1, sem="release", scope="gpu")
-    while tl.atomic_add(count_ptr, 0, sem="acquire", scope="gpu") < target:
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    while tl.atomic_add(counter, 0, sem="acquire", scope="gpu") < target:
         pass
     tl.debug_barrier()
 

@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
-                      load_tile, matmul_rows, persistent_grid, pow2_block, sigmoid, step_grid, step_index, store_rows,
-                      tanh, time_steps, warps_for)
+                      load_rows_l2, load_tile, matmul_rows, persistent_grid, pow2_block, program_tile, sigmoid,
+                      step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -165,9 +165,7 @@ def gru_fwd_step_kernel(
     HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    jj = tl.program_id(1) * BH + tl.arange(0, BH)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     jm = jj < H
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     zero = tl.zeros((BB, BH), tl.float32)
@@ -191,9 +189,7 @@ def gru_bwd_step_kernel(
     B, H,
     HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    jj = tl.program_id(1) * BH + tl.arange(0, BH)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     dh = load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H)
     _, _, _, dd = _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr, dgh_ptr)
@@ -218,15 +214,9 @@ def gru_fwd_persistent_kernel(
     REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    n_h = tl.num_programs(1)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
-    jj = j0 + tl.arange(0, BH)
-    kk = tl.arange(0, BK)
-    hmask = rmask[:, None] & (kk < H)[None, :]
-    own = rmask[:, None] & (jj < H)[None, :]
+    kk = tl.arange(0, BK)  # the whole state row
     # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
     w_r = load_tile(w_ptr + j0 * H, 1, H, H, H - j0, BK, BH)
     w_z = load_tile(w_ptr + (H + j0) * H, 1, H, H, H - j0, BK, BH)
@@ -236,15 +226,14 @@ def gru_fwd_persistent_kernel(
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         hcur = hbuf_ptr + (s % 2) * B * H
-        # .cg: read past L1, which is not coherent with the other programs' stores
-        h = tl.load(hcur + rows[:, None] * H + kk[None, :], mask=hmask, other=0.0, cache_modifier=".cg")
-        h_prev = tl.load(hcur + rows[:, None] * H + jj[None, :], mask=own, other=0.0, cache_modifier=".cg")
+        h = load_rows_l2(hcur, H, rows, rmask, kk, H)
+        h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         h_new = _gru_step_math(x_ptr + t * sxt, sxb, acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2,
                                tl.dot(h, w_r, input_precision=PRECISION), tl.dot(h, w_z, input_precision=PRECISION),
                                tl.dot(h, w_n, input_precision=PRECISION), b_hn, h_prev)
         store_rows(hbuf_ptr + ((s + 1) % 2) * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
-        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+        grid_barrier(count_ptr, s)
 
 
 @triton.jit
@@ -260,14 +249,9 @@ def gru_bwd_persistent_kernel(
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    n_h = tl.num_programs(1)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
-    jj = j0 + tl.arange(0, BH)
-    kk = tl.arange(0, BK)
-    gmask = rmask[:, None] & (kk < H)[None, :]
+    kk = tl.arange(0, BK)  # the whole state row
     # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
     w_r = load_tile(w_ptr + j0, H, 1, H, H - j0, BK, BH)
     w_z = load_tile(w_ptr + H * H + j0, H, 1, H, H - j0, BK, BH)
@@ -280,15 +264,11 @@ def gru_bwd_persistent_kernel(
         dgt = dgh_ptr + t * B * 3 * H
         _, _, _, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask, jj, H,
                                          a2, dx_ptr + t * B * 3 * H, dgt)
-        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+        grid_barrier(count_ptr, s)
         # every program's dgh columns of step t are written: dh_{t-1} for own columns
-        gp = dgt + rows[:, None] * 3 * H + kk[None, :]
-        dh_prev = (dd + tl.dot(tl.load(gp, mask=gmask, other=0.0, cache_modifier=".cg"), w_r,
-                               input_precision=PRECISION)
-                   + tl.dot(tl.load(gp + H, mask=gmask, other=0.0, cache_modifier=".cg"), w_z,
-                            input_precision=PRECISION)
-                   + tl.dot(tl.load(gp + 2 * H, mask=gmask, other=0.0, cache_modifier=".cg"), w_n,
-                            input_precision=PRECISION))
+        dh_prev = (dd + tl.dot(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, input_precision=PRECISION)
+                   + tl.dot(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, input_precision=PRECISION)
+                   + tl.dot(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, input_precision=PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 

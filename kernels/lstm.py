@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
-                      load_tile, matmul_rows, persistent_grid, pow2_block, sigmoid, step_grid, step_index, store_rows,
-                      tanh, time_steps, warps_for)
+                      load_rows_l2, load_tile, matmul_rows, persistent_grid, pow2_block, program_tile, sigmoid,
+                      step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -188,9 +188,7 @@ def lstm_fwd_step_kernel(
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    jj = tl.program_id(1) * BH + tl.arange(0, BH)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     jm = jj < H
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     # gate n: W_hh[n*H + j, k] -> W^T[k, j] at k*1 + j*P
@@ -223,9 +221,7 @@ def lstm_proj_step_kernel(
     B, H, P,
     HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    pp = tl.program_id(1) * BP + tl.arange(0, BP)
-    rmask = rows < B
+    rows, rmask, pp = program_tile(B, BB, BP)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     # h = m @ W_hr^T: W_hr[p, k] -> W^T[k, p] at k*1 + p*H
     h = matmul_rows(tl.zeros((BB, BP), tl.float32), m_ptr, H, rows, rmask, H, wr_ptr, 1, H, pp, pp < P,
@@ -243,9 +239,7 @@ def lstm_dt_step_kernel(
     B, P,
     HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    pp = tl.program_id(1) * BP + tl.arange(0, BP)
-    rmask = rows < B
+    rows, rmask, pp = program_tile(B, BB, BP)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     dt = load_rows(dh_ptr, P, rows, rmask, pp, P) + load_rows(dy_ptr, P, rows, rmask, pp, P)
     store_rows(dt_ptr, P, rows, rmask, pp, P, dt)
@@ -265,9 +259,7 @@ def lstm_bwd_step_kernel(
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    jj = tl.program_id(1) * BH + tl.arange(0, BH)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     if HAS_PROJ:
         # dm = dt @ W_hr: W_hr[p, j] at p*H + j
@@ -307,15 +299,9 @@ def lstm_fwd_persistent_kernel(
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    n_h = tl.num_programs(1)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
-    jj = j0 + tl.arange(0, BH)
-    kk = tl.arange(0, BK)
-    hmask = rmask[:, None] & (kk < H)[None, :]
-    own = rmask[:, None] & (jj < H)[None, :]
+    kk = tl.arange(0, BK)  # the whole state row
     # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
     w_i = load_tile(w_ptr + j0 * H, 1, H, H, H - j0, BK, BH)
     w_f = load_tile(w_ptr + (H + j0) * H, 1, H, H, H - j0, BK, BH)
@@ -327,8 +313,7 @@ def lstm_fwd_persistent_kernel(
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         hcur = hbuf_ptr + (s % 2) * B * H
         hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
-        # .cg: read past L1, which is not coherent with the other programs' stores
-        h = tl.load(hcur + rows[:, None] * H + kk[None, :], mask=hmask, other=0.0, cache_modifier=".cg")
+        h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         xt = x_ptr + t * sxt
         xi = load_rows(xt, sxb, rows, rmask, jj, H) + tl.dot(h, w_i, input_precision=PRECISION)
         xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + tl.dot(h, w_f, input_precision=PRECISION)
@@ -338,10 +323,10 @@ def lstm_fwd_persistent_kernel(
         _store_gates(gates_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, i, f, g, o)
         c = tl.where(a2, c_new, c)
         store_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H, c)
-        h_prev = tl.load(hcur + rows[:, None] * H + jj[None, :], mask=own, other=0.0, cache_modifier=".cg")
+        h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
-        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+        grid_barrier(count_ptr, s)
     store_rows(cn_ptr, H, rows, rmask, jj, H, c)
 
 
@@ -360,14 +345,9 @@ def lstm_bwd_persistent_kernel(
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    n_h = tl.num_programs(1)
-    rows = pid_b * BB + tl.arange(0, BB)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
-    jj = j0 + tl.arange(0, BH)
-    kk = tl.arange(0, BK)
-    gmask = rmask[:, None] & (kk < H)[None, :]
+    kk = tl.arange(0, BK)  # the whole state row
     own = rmask[:, None] & (jj < H)[None, :]
     # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
     w_i = load_tile(w_ptr + j0, H, 1, H, H - j0, BK, BH)
@@ -394,16 +374,12 @@ def lstm_bwd_persistent_kernel(
         dgt = dg_ptr + t * B * 4 * H
         _store_gates(dgt, rows, rmask, jj, H, a2, di, df, dg, do)
         dc = tl.where(a2, dc_prev, dc)
-        grid_barrier(count_ptr + pid_b, (s + 1) * n_h)
+        grid_barrier(count_ptr, s)
         # every program's dgates columns of step t are written: dh_{t-1} for own columns
-        gp = dgt + rows[:, None] * 4 * H + kk[None, :]
-        dh_prev = (tl.dot(tl.load(gp, mask=gmask, other=0.0, cache_modifier=".cg"), w_i, input_precision=PRECISION)
-                   + tl.dot(tl.load(gp + H, mask=gmask, other=0.0, cache_modifier=".cg"), w_f,
-                            input_precision=PRECISION)
-                   + tl.dot(tl.load(gp + 2 * H, mask=gmask, other=0.0, cache_modifier=".cg"), w_g,
-                            input_precision=PRECISION)
-                   + tl.dot(tl.load(gp + 3 * H, mask=gmask, other=0.0, cache_modifier=".cg"), w_o,
-                            input_precision=PRECISION))
+        dh_prev = (tl.dot(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, input_precision=PRECISION)
+                   + tl.dot(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, input_precision=PRECISION)
+                   + tl.dot(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, input_precision=PRECISION)
+                   + tl.dot(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, input_precision=PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)

@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
-                      pow2_block, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+                      pow2_block, program_tile, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -94,9 +94,7 @@ def rnn_fwd_step_kernel(
     RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    jj = tl.program_id(1) * BH + tl.arange(0, BH)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     acc = matmul_rows(load_rows(x_ptr, sxb, rows, rmask, jj, H), hprev_ptr, H, rows, rmask, H,
                       w_ptr, 1, H, jj, jj < H, BK, PRECISION)
@@ -113,9 +111,7 @@ def rnn_bwd_step_kernel(
     B, H,
     RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    jj = tl.program_id(1) * BH + tl.arange(0, BH)
-    rmask = rows < B
+    rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     da = _rnn_cell_backward(load_rows(y_ptr, H, rows, rmask, jj, H),
                             load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H), RELU)
