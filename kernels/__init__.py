@@ -19,7 +19,9 @@ Two kernel shapes per op, chosen by ``_common.kernel_shape`` from the weight siz
 fp32 precision policy (as nn.LSTM on cuDNN): the recurrent products use TF32 when
 ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default) and IEEE fp32 when it is not;
 cuDNN's RNN follows the same flag (aten/src/ATen/native/cudnn/RNN.cpp sets the RNN
-descriptor's math type from it). fp16/bf16 inputs accumulate and keep state in fp32.
+descriptor's math type from it). fp16/bf16 inputs: the recurrent products take fp16/bf16
+operands (the fp32 state rounded to the weights' dtype) with fp32 accumulation, as cuDNN's
+RNNs do; state, cell math and workspaces stay fp32, outputs are in the input dtype.
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (IEEE).
 """
 import torch

@@ -18,7 +18,8 @@ def alloc(*shape, device, dtype):
 BLOCK_B = 16  # batch rows per program: the smallest M a tensor-core dot accepts
 
 # The sequence kernel keeps every W_hh (and W_hr) tile on chip for the whole sequence. Up to
-# this many bytes of fp32 weights per program it is chosen; above, the step kernels run.
+# this many bytes of weights per program (in their dtype: fp16/bf16 hold twice the
+# elements) it is chosen; above, the step kernels run.
 # 64 KiB is a quarter of an SM's register file (and under its shared memory) on H100/H200:
 # room for the weights plus the state and gate tiles of 16 rows. An estimate from the
 # register budget, not yet a measurement on a GPU.
@@ -33,9 +34,10 @@ def pow2_block(n: int, lo: int = 16, hi: int = 64) -> int:
 SHAPES = ("sequence", "step", "persistent")
 
 
-def kernel_shape(n_gates: int, H: int, P: int, proj: bool) -> str:
-    """"sequence" (one launch, weights on chip) when the padded weight tiles fit
-    RESIDENT_BYTES, else "step" (one launch per step, weights streamed from L2).
+def kernel_shape(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> str:
+    """"sequence" (one launch, weights on chip) when the padded weight tiles (``elem``
+    bytes an element: the weights' dtype) fit RESIDENT_BYTES, else "step" (one launch
+    per step, weights streamed from L2).
     FASTRNN_TRITON_KERNEL=sequence|step|persistent forces one (tests, benchmarks).
 
     "persistent" (programs tile batch x hidden, each keeps its weight slice on chip, a grid
@@ -48,14 +50,15 @@ def kernel_shape(n_gates: int, H: int, P: int, proj: bool) -> str:
     if forced != "auto":
         raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, {', '.join(SHAPES)}, got {forced!r}")
     bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
-    return "sequence" if (n_gates + proj) * bh * bp * 4 <= RESIDENT_BYTES else "step"
+    return "sequence" if (n_gates + proj) * bh * bp * elem <= RESIDENT_BYTES else "step"
 
 
-def warps_for(n_gates: int, H: int, P: int, proj: bool) -> int:
-    """Warps of a sequence-kernel program: more threads share the register-held tiles when
-    they are large."""
+def warps_for(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> int:
+    """Warps of a sequence-kernel program: 8 once the weight tiles pass a quarter of
+    RESIDENT_BYTES (compiled for sm_90, the bf16 LSTM at H=64 spilled with 4 warps and
+    not with 8; python -m bench.triton_resources), else 4."""
     bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
-    return 8 if (n_gates + proj) * bh * bp * 4 > RESIDENT_BYTES // 2 else 4
+    return 8 if (n_gates + proj) * bh * bp * elem > RESIDENT_BYTES // 4 else 4
 
 
 @triton.jit
@@ -71,12 +74,30 @@ def tanh(x):
 
 @triton.jit
 def load_tile(ptr, stride_k, stride_n, K, N, BK: tl.constexpr, BN: tl.constexpr):
-    """(BK, BN) fp32 tile with [k, n] = ptr[k*stride_k + n*stride_n], zero outside K x N.
-    The zero padding keeps padded state columns out of every real column."""
+    """(BK, BN) weight tile, in the weights' dtype, with [k, n] = ptr[k*stride_k + n*stride_n],
+    zero outside K x N. The zero padding keeps padded state columns out of every real one."""
     kk = tl.arange(0, BK)
     nn = tl.arange(0, BN)
     m = (kk < K)[:, None] & (nn < N)[None, :]
-    return tl.load(ptr + kk[:, None] * stride_k + nn[None, :] * stride_n, mask=m, other=0.0).to(tl.float32)
+    return tl.load(ptr + kk[:, None] * stride_k + nn[None, :] * stride_n, mask=m, other=0.0)
+
+
+# Triton's interpreter (3.9) multiplies bf16 dot operands as raw bit patterns; there the
+# rounded operands are multiplied in fp32 instead, which gives the numbers of a half-operand
+# product with fp32 accumulation.
+_EMULATE_HALF_DOT = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def mm(a, w, PRECISION: tl.constexpr):
+    """a @ w accumulated in fp32, with a (fp32 state or gradient) rounded to w's dtype: fp32
+    (IEEE or TF32, per PRECISION) for fp32 weights; fp16/bf16 operands on the tensor cores
+    for fp16/bf16 weights, as cuDNN's RNNs do, which halves the weight bytes held on chip."""
+    if _EMULATE_HALF_DOT:
+        out = tl.dot(a.to(w.dtype).to(tl.float32), w.to(tl.float32), input_precision=PRECISION)
+    else:
+        out = tl.dot(a.to(w.dtype), w, input_precision=PRECISION, out_dtype=tl.float32)
+    return out
 
 
 @triton.jit
@@ -115,7 +136,7 @@ def matmul_rows(acc, a_ptr, stride_a, rows, row_mask, K, w_ptr, stride_wk, strid
                 BK: tl.constexpr, PRECISION: tl.constexpr):
     """acc (BB, BN) += A[rows, 0:K] @ W[0:K, cols], with W[k, n] at w_ptr + k*stride_wk + n*stride_wn.
 
-    A and W are read in K-chunks of BK and multiplied in fp32 (IEEE or TF32, per PRECISION).
+    A and W are read in K-chunks of BK and multiplied as ``mm`` does.
     """
     for k0 in range(0, K, BK):
         kk = k0 + tl.arange(0, BK)
@@ -123,7 +144,7 @@ def matmul_rows(acc, a_ptr, stride_a, rows, row_mask, K, w_ptr, stride_wk, strid
         a = tl.load(a_ptr + rows[:, None] * stride_a + kk[None, :], mask=row_mask[:, None] & km[None, :], other=0.0)
         w = tl.load(w_ptr + kk[:, None] * stride_wk + cols[None, :] * stride_wn,
                     mask=km[:, None] & col_mask[None, :], other=0.0)
-        acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision=PRECISION)
+        acc += mm(a, w, PRECISION)
     return acc
 
 
@@ -199,19 +220,20 @@ PERSISTENT_BYTES = 128 * 1024
 PERSISTENT_WARPS = 8
 
 
-def persistent_tile(H, n_gates):
+def persistent_tile(H, n_gates, elem=4):
     """Columns per persistent program: the widest power-of-two tile, at most 64, whose
-    n_gates fp32 weight slices (n_gates x H x BH) fit PERSISTENT_BYTES; None where not even
-    16 columns (tl.dot's smallest edge) fit (H > 512 for the LSTM: 328 KB at H=1024)."""
+    n_gates weight slices (n_gates x H x BH, elem bytes each) fit PERSISTENT_BYTES; None
+    where not even 16 columns (tl.dot's smallest edge) fit (fp32 LSTM at H > 512: 328 KB
+    at H=1024)."""
     BK = pow2_block(H, hi=1 << 30)
-    BH = max(16, min(64, 1 << max(0, (PERSISTENT_BYTES // (n_gates * BK * 4)).bit_length() - 1)))
-    return BH if n_gates * BK * BH * 4 <= PERSISTENT_BYTES else None
+    BH = max(16, min(64, 1 << max(0, (PERSISTENT_BYTES // (n_gates * BK * elem)).bit_length() - 1)))
+    return BH if n_gates * BK * BH * elem <= PERSISTENT_BYTES else None
 
 
-def persistent_grid(B, H, n_gates, device):
+def persistent_grid(B, H, n_gates, device, elem=4):
     """(n_b, n_h, BH) for a persistent kernel over B rows and H units, or None where it
     cannot run: no tile fits (persistent_tile) or the grid could not be resident at once."""
-    BH = persistent_tile(H, n_gates)
+    BH = persistent_tile(H, n_gates, elem)
     if BH is None:
         return None
     n_b, n_h = triton.cdiv(B, BLOCK_B), triton.cdiv(H, BH)

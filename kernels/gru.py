@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
+from ._common import (BLOCK_B, PERSISTENT_WARPS, mm, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
                       load_rows_l2, load_tile, matmul_rows, persistent_grid, pow2_block, program_tile, sigmoid,
                       step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
@@ -111,8 +111,8 @@ def gru_fwd_seq_kernel(
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         h_new = _gru_step_math(x_ptr + t * sxt, sxb, acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2,
-                               tl.dot(h, w_r, input_precision=PRECISION), tl.dot(h, w_z, input_precision=PRECISION),
-                               tl.dot(h, w_n, input_precision=PRECISION), b_hn, h)
+                               mm(h, w_r, PRECISION), mm(h, w_z, PRECISION),
+                               mm(h, w_n, PRECISION), b_hn, h)
         h = tl.where(a2, h_new, h)
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
     store_rows(hn_ptr, H, rows, rmask, jj, H, h)
@@ -144,8 +144,8 @@ def gru_bwd_seq_kernel(
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
                                                jj, H, a2, dx_ptr + t * B * 3 * H, dgh_ptr + t * B * 3 * H)
-        dh_prev = (dd + tl.dot(dar, w_r, input_precision=PRECISION) + tl.dot(daz, w_z, input_precision=PRECISION)
-                   + tl.dot(dgn, w_n, input_precision=PRECISION))
+        dh_prev = (dd + mm(dar, w_r, PRECISION) + mm(daz, w_z, PRECISION)
+                   + mm(dgn, w_n, PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
@@ -229,8 +229,8 @@ def gru_fwd_persistent_kernel(
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         h_new = _gru_step_math(x_ptr + t * sxt, sxb, acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2,
-                               tl.dot(h, w_r, input_precision=PRECISION), tl.dot(h, w_z, input_precision=PRECISION),
-                               tl.dot(h, w_n, input_precision=PRECISION), b_hn, h_prev)
+                               mm(h, w_r, PRECISION), mm(h, w_z, PRECISION),
+                               mm(h, w_n, PRECISION), b_hn, h_prev)
         store_rows(hbuf_ptr + ((s + 1) % 2) * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
         grid_barrier(count_ptr, s)
@@ -266,9 +266,9 @@ def gru_bwd_persistent_kernel(
                                          a2, dx_ptr + t * B * 3 * H, dgt)
         grid_barrier(count_ptr, s)
         # every program's dgh columns of step t are written: dh_{t-1} for own columns
-        dh_prev = (dd + tl.dot(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, input_precision=PRECISION)
-                   + tl.dot(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, input_precision=PRECISION)
-                   + tl.dot(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, input_precision=PRECISION))
+        dh_prev = (dd + mm(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, PRECISION)
+                   + mm(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, PRECISION)
+                   + mm(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
@@ -290,8 +290,8 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     bhn = b_hn.contiguous() if b_hn is not None else acts
     lens = lengths if lengths is not None else acts
     flags = dict(HAS_BHN=b_hn is not None, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    shape = kernel_shape(3, H, H, False)
-    grid = persistent_grid(B, H, 3, dev) if shape == "persistent" else None
+    shape = kernel_shape(3, H, H, False, w_hh.element_size())
+    grid = persistent_grid(B, H, 3, dev, w_hh.element_size()) if shape == "persistent" else None
     if grid is not None:
         n_b, n_h, BH = grid
         hbuf = alloc(2, B, H, device=dev, dtype=f32)
@@ -306,7 +306,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
         gru_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
             x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, bhn, h0.contiguous(), lens, y, acts, h_n,
             T, B, H, REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30),
-            num_warps=warps_for(3, H, H, False))
+            num_warps=warps_for(3, H, H, False, w_hh.element_size()))
         return y, h_n.to(dtype), acts
     BH = pow2_block(H)
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
@@ -327,8 +327,8 @@ def backward(dy, dh_n, w_hh, b_hn, h0, y, acts, lengths, reverse, precision, h_p
     dgh = alloc(T, B, 3 * H, device=dev, dtype=f32)
     dy, w_hh = dy.contiguous(), w_hh.contiguous()
     lens = lengths if lengths is not None else dx
-    shape = kernel_shape(3, H, H, False) if B > 0 else "none"
-    grid = persistent_grid(B, H, 3, dev) if shape == "persistent" else None
+    shape = kernel_shape(3, H, H, False, w_hh.element_size()) if B > 0 else "none"
+    grid = persistent_grid(B, H, 3, dev, w_hh.element_size()) if shape == "persistent" else None
     if B == 0:
         dh = dh_n.to(f32)
     elif grid is not None:
@@ -343,7 +343,7 @@ def backward(dy, dh_n, w_hh, b_hn, h0, y, acts, lengths, reverse, precision, h_p
         gru_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
             dy, dh_n.contiguous(), w_hh, acts, hp, lens, dx, dgh, dh, T, B, H,
             REVERSE=reverse, HAS_LENGTHS=lengths is not None, PRECISION=precision,
-            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(3, H, H, False))
+            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(3, H, H, False, w_hh.element_size()))
     else:
         BH = pow2_block(H)
         dh = dh_n.to(f32, copy=True).contiguous()

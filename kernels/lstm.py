@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
+from ._common import (BLOCK_B, PERSISTENT_WARPS, mm, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
                       load_rows_l2, load_tile, matmul_rows, persistent_grid, pow2_block, program_tile, sigmoid,
                       step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
@@ -88,16 +88,16 @@ def lstm_fwd_seq_kernel(
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         xt = x_ptr + t * sxt
-        xi = load_rows(xt, sxb, rows, rmask, jj, H) + tl.dot(h, w_i, input_precision=PRECISION)
-        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + tl.dot(h, w_f, input_precision=PRECISION)
-        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_g, input_precision=PRECISION)
-        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_o, input_precision=PRECISION)
+        xi = load_rows(xt, sxb, rows, rmask, jj, H) + mm(h, w_i, PRECISION)
+        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + mm(h, w_f, PRECISION)
+        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + mm(h, w_g, PRECISION)
+        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + mm(h, w_o, PRECISION)
         i, f, g, o, c_new, m = _lstm_cell(xi, xf, xg, xo, c)
         _store_gates(gates_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, i, f, g, o)
         c = tl.where(a2, c_new, c)
         store_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H, c)
         if HAS_PROJ:
-            h_new = tl.dot(m, w_r, input_precision=PRECISION)
+            h_new = mm(m, w_r, PRECISION)
         else:
             h_new = m
         h = tl.where(a2, h_new, h)
@@ -143,7 +143,7 @@ def lstm_bwd_seq_kernel(
         dt = dh + load_rows(dy_ptr + t * B * P, P, rows, rmask, pp, P)
         if HAS_PROJ:
             store_rows(dhout_ptr + t * B * P, P, rows, rmask, pp, P, tl.where(a2, dt, 0.0))
-            dm = tl.dot(dt, w_r, input_precision=PRECISION)
+            dm = mm(dt, w_r, PRECISION)
         else:
             dm = dt
         gt = gates_ptr + t * B * 4 * H
@@ -165,8 +165,8 @@ def lstm_bwd_seq_kernel(
         do = tl.where(a2, do, 0.0)
         _store_gates(dg_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, di, df, dg, do)
         dc = tl.where(a2, dc_prev, dc)
-        dh_prev = (tl.dot(di, w_i, input_precision=PRECISION) + tl.dot(df, w_f, input_precision=PRECISION)
-                   + tl.dot(dg, w_g, input_precision=PRECISION) + tl.dot(do, w_o, input_precision=PRECISION))
+        dh_prev = (mm(di, w_i, PRECISION) + mm(df, w_f, PRECISION)
+                   + mm(dg, w_g, PRECISION) + mm(do, w_o, PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, P, rows, rmask, pp, P, dh)
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
@@ -315,10 +315,10 @@ def lstm_fwd_persistent_kernel(
         hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         xt = x_ptr + t * sxt
-        xi = load_rows(xt, sxb, rows, rmask, jj, H) + tl.dot(h, w_i, input_precision=PRECISION)
-        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + tl.dot(h, w_f, input_precision=PRECISION)
-        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_g, input_precision=PRECISION)
-        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + tl.dot(h, w_o, input_precision=PRECISION)
+        xi = load_rows(xt, sxb, rows, rmask, jj, H) + mm(h, w_i, PRECISION)
+        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + mm(h, w_f, PRECISION)
+        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + mm(h, w_g, PRECISION)
+        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + mm(h, w_o, PRECISION)
         i, f, g, o, c_new, m = _lstm_cell(xi, xf, xg, xo, c)
         _store_gates(gates_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, i, f, g, o)
         c = tl.where(a2, c_new, c)
@@ -376,10 +376,10 @@ def lstm_bwd_persistent_kernel(
         dc = tl.where(a2, dc_prev, dc)
         grid_barrier(count_ptr, s)
         # every program's dgates columns of step t are written: dh_{t-1} for own columns
-        dh_prev = (tl.dot(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, input_precision=PRECISION)
-                   + tl.dot(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, input_precision=PRECISION)
-                   + tl.dot(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, input_precision=PRECISION)
-                   + tl.dot(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, input_precision=PRECISION))
+        dh_prev = (mm(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, PRECISION)
+                   + mm(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, PRECISION)
+                   + mm(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, PRECISION)
+                   + mm(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
@@ -404,8 +404,8 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
     if B == 0:
         return y, h0.clone(), c0.clone(), gates, cs
-    shape = kernel_shape(4, H, P, proj)
-    grid = persistent_grid(B, H, 4, dev) if shape == "persistent" and not proj else None
+    shape = kernel_shape(4, H, P, proj, w_hh.element_size())
+    grid = persistent_grid(B, H, 4, dev, w_hh.element_size()) if shape == "persistent" and not proj else None
     if grid is not None:
         n_b, n_h, BH = grid
         hbuf = alloc(2, B, H, device=dev, dtype=f32)
@@ -424,7 +424,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
             x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, w_hr, h0.contiguous(), c0, lens,
             y, gates, cs, h_n, c_n, T, B, H, P, REVERSE=reverse, **flags,
             BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
-            num_warps=warps_for(4, H, P, proj))
+            num_warps=warps_for(4, H, P, proj, w_hh.element_size()))
         return y, h_n.to(dtype), c_n.to(dtype), gates, cs
     BH, BP = pow2_block(H), pow2_block(P)
     hbuf = alloc(2, B, P, device=dev, dtype=f32)
@@ -454,8 +454,8 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
     w_hr_c = w_hr.contiguous() if proj else w_hh
     lens = lengths if lengths is not None else dg
     flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    shape = kernel_shape(4, H, P, proj) if B > 0 else "none"
-    grid = persistent_grid(B, H, 4, dev) if shape == "persistent" and not proj else None
+    shape = kernel_shape(4, H, P, proj, w_hh.element_size()) if B > 0 else "none"
+    grid = persistent_grid(B, H, 4, dev, w_hh.element_size()) if shape == "persistent" and not proj else None
     if B == 0:
         dh, dc = dh_n.to(f32), dc_n.to(f32)
     elif grid is not None:
@@ -474,7 +474,7 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
             dy, dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr_c, c0, gates, cs, lens, dg, dhout, dh, dc,
             T, B, H, P, REVERSE=reverse, **flags,
             BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
-            num_warps=warps_for(4, H, P, proj))
+            num_warps=warps_for(4, H, P, proj, w_hh.element_size()))
     else:
         BH, BP = pow2_block(H), pow2_block(P)
         dh = dh_n.to(f32, copy=True).contiguous()

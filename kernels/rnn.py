@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
+from ._common import (BLOCK_B, mm, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
                       pow2_block, program_tile, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
@@ -50,7 +50,7 @@ def rnn_fwd_seq_kernel(
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         h_new = _rnn_cell(load_rows(x_ptr + t * sxt, sxb, rows, rmask, jj, H)
-                          + tl.dot(h, w, input_precision=PRECISION), RELU)
+                          + mm(h, w, PRECISION), RELU)
         h = tl.where(a2, h_new, h)
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
     store_rows(hn_ptr, H, rows, rmask, jj, H, h)
@@ -80,7 +80,7 @@ def rnn_bwd_seq_kernel(
                                 dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H), RELU)
         da = tl.where(a2, da, 0.0)
         store_rows(da_ptr + t * B * H, H, rows, rmask, jj, H, da)
-        dh = tl.where(a2, tl.dot(da, w, input_precision=PRECISION), dh)
+        dh = tl.where(a2, mm(da, w, PRECISION), dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
 
@@ -129,11 +129,11 @@ def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     w_hh = w_hh.contiguous()
     lens = lengths if lengths is not None else y
     flags = dict(RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    if kernel_shape(1, H, H, False) == "sequence":
+    if kernel_shape(1, H, H, False, w_hh.element_size()) == "sequence":
         h_n = alloc(B, H, device=dev, dtype=f32)
         rnn_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
             x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, h0.contiguous(), lens, y, h_n, T, B, H,
-            REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False))
+            REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False, w_hh.element_size()))
         return y, h_n.to(dtype)
     BH = pow2_block(H)
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
@@ -154,12 +154,12 @@ def backward(dy, dh_n, w_hh, h0, y, lengths, reverse, nonlinearity, precision, h
     relu = nonlinearity == "relu"
     if B == 0:
         dh = dh_n.to(f32)
-    elif kernel_shape(1, H, H, False) == "sequence":
+    elif kernel_shape(1, H, H, False, w_hh.element_size()) == "sequence":
         dh = alloc(B, H, device=dev, dtype=f32)
         rnn_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
             dy, dh_n.contiguous(), w_hh, y, lens, da, dh, T, B, H,
             REVERSE=reverse, RELU=relu, HAS_LENGTHS=lengths is not None, PRECISION=precision,
-            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False))
+            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False, w_hh.element_size()))
     else:
         BH = pow2_block(H)
         dh = dh_n.to(f32, copy=True).contiguous()

@@ -54,6 +54,18 @@ def test_interpreter_parity_vs_reference(cid, family, kw, kind, shape):
     assert report.passed, f"\n{report}"
 
 
+@pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_interpreter_half_precision_vs_fp32_reference(cid, family, kw, dtype, shape):
+    """fp16/bf16 weights and inputs: products with half operands and fp32 accumulation,
+    state and cell math in fp32, outputs in the input dtype; against the fp32 reference at
+    the half-precision bound."""
+    m = TWIN[family][0](5, 20, bidirectional=True, backend="triton", **kw).to(DEV, dtype)
+    x = pack_padded_sequence(torch.randn(6, 3, 5, device=DEV), torch.tensor([6, 2, 4]), enforce_sorted=False)
+    report = testing.compare(m, testing.oracle(m, torch.float32), x, sync_weights=False)
+    assert report.passed, f"\n{report}"
+
+
 @pytest.mark.parametrize("cid,family,kw", CELLS[:3], ids=[c[0] for c in CELLS[:3]])
 def test_multiple_hidden_chunks_and_batch_blocks(cid, family, kw, shape):
     """hidden > one step-kernel tile (BH = 64; the sequence kernel takes it whole in a

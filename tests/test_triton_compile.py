@@ -2,7 +2,7 @@
 
 The interpreter lane checks the numbers but accepts code the compiler rejects; this lane
 runs Triton's real compiler (with its bundled ptxas) on each kernel at the block sizes the
-launchers use for hidden 64 and 256. It runs without TRITON_INTERPRET (the kernels must be
+launchers use for hidden 64 and 256, for fp32 and bf16 inputs. It runs without TRITON_INTERPRET (the kernels must be
 JIT functions, not interpreted ones) and is skipped on a CUDA machine, where the GPU lane
 compiles and runs them."""
 import os
@@ -24,7 +24,7 @@ pytestmark = [
 def _cases():
     try:
         from bench.triton_resources import configs
-        return [c for H in (64, 256) for c in configs(H)]
+        return [c for dtype in ("fp32", "bf16") for H in (64, 256) for c in configs(H, dtype)]
     except ImportError as e:  # a Triton without GPUTarget / ASTSource
         pytest.skip(f"cannot compile ahead of time with this triton: {e}", allow_module_level=True)
 
@@ -32,9 +32,9 @@ def _cases():
 CASES = _cases()
 
 
-@pytest.mark.parametrize("name,kernel,constexprs,warps", CASES, ids=[c[0].replace(" ", "-") for c in CASES])
-def test_compiles_for_sm90(name, kernel, constexprs, warps):
+@pytest.mark.parametrize("name,kernel,constexprs,warps,dtype", CASES, ids=[c[0].replace(" ", "-") for c in CASES])
+def test_compiles_for_sm90(name, kernel, constexprs, warps, dtype):
     from bench.triton_resources import compile_for_hopper, resources
 
-    r = resources(compile_for_hopper(kernel, constexprs, warps))
+    r = resources(compile_for_hopper(kernel, constexprs, warps, dtype))
     assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r
