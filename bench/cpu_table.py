@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import torch.utils.benchmark as tb
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .providers import FAST, NN
+from .runner import device_name
 
 # (name, cell, (T, B, input, hidden), mode, goal, packed)
 ROWS = [
@@ -96,7 +96,7 @@ def main(argv=None):
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = ""
-    header = {"device": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    header = {"device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "backend": a.backend, "commit": commit, "rounds": a.rounds,
               "min_run_time_s": a.min_run_time,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -13,9 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, mm, active_rows, alloc, carry_dh, grid_barrier, kernel_shape, load_rows,
-                      load_rows_l2, load_tile, matmul_rows, persistent_grid, pow2_block, program_tile, sigmoid,
-                      step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape,
+                      load_rows, load_rows_l2, load_tile, matmul_rows, mm, persistent_grid, pow2_block,
+                      program_tile, sigmoid, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit

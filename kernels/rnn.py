@@ -7,8 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, mm, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
-                      pow2_block, program_tile, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
+                      mm, pow2_block, program_tile, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
 
 
 @triton.jit
@@ -133,7 +133,8 @@ def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
         h_n = alloc(B, H, device=dev, dtype=f32)
         rnn_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
             x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, h0.contiguous(), lens, y, h_n, T, B, H,
-            REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False, w_hh.element_size()))
+            REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30),
+            num_warps=warps_for(1, H, H, False, w_hh.element_size()))
         return y, h_n.to(dtype)
     BH = pow2_block(H)
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
