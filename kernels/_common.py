@@ -102,6 +102,20 @@ def mm(a, w, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def gate_tile_t(w_ptr, n, j0, H, K, BK: tl.constexpr, BN: tl.constexpr):
+    """(BK, BN) block of W^T for gate n: [k, j] = W[n*H + j0 + j, k], W row-major (G*H, K).
+    The operand of a forward product h @ W^T restricted to the gate's units j0, j0+1, ..."""
+    return load_tile(w_ptr + (n * H + j0) * K, 1, K, K, H - j0, BK, BN)
+
+
+@triton.jit
+def gate_tile(w_ptr, n, j0, H, N, BK: tl.constexpr, BN: tl.constexpr):
+    """(BK, BN) block of W for gate n: [k, j] = W[n*H + k, j0 + j], W row-major (G*H, N).
+    The operand of a backward product dgate_n @ W restricted to the columns j0, j0+1, ..."""
+    return load_tile(w_ptr + n * H * N + j0, N, 1, H, N - j0, BK, BN)
+
+
+@triton.jit
 def load_rows(ptr, stride, rows, row_mask, cols, N):
     """(BB, BN) fp32: ptr[rows, cols] of a matrix with row stride ``stride``, zero outside."""
     m = row_mask[:, None] & (cols < N)[None, :]

@@ -13,9 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape,
-                      load_rows, load_rows_l2, load_tile, matmul_rows, mm, persistent_grid, pow2_block,
-                      program_tile, sigmoid, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, gate_tile, gate_tile_t,
+                      grid_barrier, kernel_shape, load_rows, load_rows_l2, matmul_rows, mm, persistent_grid,
+                      pow2_block, program_tile, sigmoid, step_grid, step_index, store_rows, tanh, time_steps,
+                      warps_for)
 
 
 @triton.jit
@@ -99,12 +100,10 @@ def gru_fwd_seq_kernel(
     REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    rmask = rows < B
-    jj = tl.arange(0, BH)
-    w_r = load_tile(w_ptr, 1, H, H, H, BH, BH)  # [k, j] = W_hh[n*H + j, k]
-    w_z = load_tile(w_ptr + H * H, 1, H, H, H, BH, BH)
-    w_n = load_tile(w_ptr + 2 * H * H, 1, H, H, H, BH, BH)
+    rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
+    w_r = gate_tile_t(w_ptr, 0, 0, H, H, BH, BH)  # [k, j] = W_hh[n*H + j, k]
+    w_z = gate_tile_t(w_ptr, 1, 0, H, H, BH, BH)
+    w_n = gate_tile_t(w_ptr, 2, 0, H, H, BH, BH)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
@@ -131,12 +130,10 @@ def gru_bwd_seq_kernel(
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    rmask = rows < B
-    jj = tl.arange(0, BH)
-    w_r = load_tile(w_ptr, H, 1, H, H, BH, BH)  # [j, k] = W_hh[n*H + j, k]
-    w_z = load_tile(w_ptr + H * H, H, 1, H, H, BH, BH)
-    w_n = load_tile(w_ptr + 2 * H * H, H, 1, H, H, BH, BH)
+    rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
+    w_r = gate_tile(w_ptr, 0, 0, H, H, BH, BH)  # [j, k] = W_hh[n*H + j, k]
+    w_z = gate_tile(w_ptr, 1, 0, H, H, BH, BH)
+    w_n = gate_tile(w_ptr, 2, 0, H, H, BH, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(T - 1 - s, T, REVERSE)
@@ -218,9 +215,9 @@ def gru_fwd_persistent_kernel(
     j0 = tl.program_id(1) * BH
     kk = tl.arange(0, BK)  # the whole state row
     # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
-    w_r = load_tile(w_ptr + j0 * H, 1, H, H, H - j0, BK, BH)
-    w_z = load_tile(w_ptr + (H + j0) * H, 1, H, H, H - j0, BK, BH)
-    w_n = load_tile(w_ptr + (2 * H + j0) * H, 1, H, H, H - j0, BK, BH)
+    w_r = gate_tile_t(w_ptr, 0, j0, H, H, BK, BH)
+    w_z = gate_tile_t(w_ptr, 1, j0, H, H, BK, BH)
+    w_n = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
@@ -253,9 +250,9 @@ def gru_bwd_persistent_kernel(
     j0 = tl.program_id(1) * BH
     kk = tl.arange(0, BK)  # the whole state row
     # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
-    w_r = load_tile(w_ptr + j0, H, 1, H, H - j0, BK, BH)
-    w_z = load_tile(w_ptr + H * H + j0, H, 1, H, H - j0, BK, BH)
-    w_n = load_tile(w_ptr + 2 * H * H + j0, H, 1, H, H - j0, BK, BH)
+    w_r = gate_tile(w_ptr, 0, j0, H, H, BK, BH)
+    w_z = gate_tile(w_ptr, 1, j0, H, H, BK, BH)
+    w_n = gate_tile(w_ptr, 2, j0, H, H, BK, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(T - 1 - s, T, REVERSE)

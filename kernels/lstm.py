@@ -19,9 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, grid_barrier, kernel_shape,
-                      load_rows, load_rows_l2, load_tile, matmul_rows, mm, persistent_grid, pow2_block,
-                      program_tile, sigmoid, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, gate_tile, gate_tile_t,
+                      grid_barrier, kernel_shape, load_rows, load_rows_l2, matmul_rows, mm, persistent_grid,
+                      pow2_block, program_tile, sigmoid, step_grid, step_index, store_rows, tanh, time_steps,
+                      warps_for)
 
 
 @triton.jit
@@ -54,6 +55,21 @@ def _store_gates(ptr, rows, rmask, jj, H, a2, i, f, g, o):
     store_rows(ptr + 3 * H, 4 * H, rows, rmask, jj, H, tl.where(a2, o, 0.0))
 
 
+@triton.jit
+def _lstm_step(x_ptr, sxb, gates_ptr, cs_ptr, rows, rmask, jj, H, a2, ri, rf, rg, ro, c):
+    """One step on the units jj, given the recurrent products r* = h_{t-1} @ W_hh^T of each
+    gate: adds x_proj[t] (rows at x_ptr, stride sxb), applies the cell, writes the gates
+    (zero where inactive) and the carried c_t to gates[t] / cs[t]. Returns (c_t, m_t)."""
+    i, f, g, o, c_new, m = _lstm_cell(load_rows(x_ptr, sxb, rows, rmask, jj, H) + ri,
+                                      load_rows(x_ptr + H, sxb, rows, rmask, jj, H) + rf,
+                                      load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H) + rg,
+                                      load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H) + ro, c)
+    _store_gates(gates_ptr, rows, rmask, jj, H, a2, i, f, g, o)
+    c = tl.where(a2, c_new, c)
+    store_rows(cs_ptr, H, rows, rmask, jj, H, c)
+    return c, m
+
+
 # ---------------------------------------------------------------------------------------
 # Sequence kernels: weights, h and c on chip for the whole sequence
 # ---------------------------------------------------------------------------------------
@@ -71,31 +87,23 @@ def lstm_fwd_seq_kernel(
     REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    rmask = rows < B
-    jj = tl.arange(0, BH)
+    rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     pp = tl.arange(0, BP)
     # W_hh^T per gate, [k, j] = W_hh[n*H + j, k]; loaded once for all T steps
-    w_i = load_tile(w_ptr, 1, P, P, H, BP, BH)
-    w_f = load_tile(w_ptr + H * P, 1, P, P, H, BP, BH)
-    w_g = load_tile(w_ptr + 2 * H * P, 1, P, P, H, BP, BH)
-    w_o = load_tile(w_ptr + 3 * H * P, 1, P, P, H, BP, BH)
+    w_i = gate_tile_t(w_ptr, 0, 0, H, P, BP, BH)
+    w_f = gate_tile_t(w_ptr, 1, 0, H, P, BP, BH)
+    w_g = gate_tile_t(w_ptr, 2, 0, H, P, BP, BH)
+    w_o = gate_tile_t(w_ptr, 3, 0, H, P, BP, BH)
     if HAS_PROJ:
-        w_r = load_tile(wr_ptr, 1, H, H, P, BH, BP)  # [j, p] = W_hr[p, j]
+        w_r = gate_tile_t(wr_ptr, 0, 0, P, H, BH, BP)  # [j, p] = W_hr[p, j]
     h = load_rows(h0_ptr, P, rows, rmask, pp, P)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        xt = x_ptr + t * sxt
-        xi = load_rows(xt, sxb, rows, rmask, jj, H) + mm(h, w_i, PRECISION)
-        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + mm(h, w_f, PRECISION)
-        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + mm(h, w_g, PRECISION)
-        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + mm(h, w_o, PRECISION)
-        i, f, g, o, c_new, m = _lstm_cell(xi, xf, xg, xo, c)
-        _store_gates(gates_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, i, f, g, o)
-        c = tl.where(a2, c_new, c)
-        store_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H, c)
+        c, m = _lstm_step(x_ptr + t * sxt, sxb, gates_ptr + t * B * 4 * H, cs_ptr + t * B * H, rows, rmask, jj, H,
+                          a2, mm(h, w_i, PRECISION), mm(h, w_f, PRECISION), mm(h, w_g, PRECISION),
+                          mm(h, w_o, PRECISION), c)
         if HAS_PROJ:
             h_new = mm(m, w_r, PRECISION)
         else:
@@ -121,17 +129,15 @@ def lstm_bwd_seq_kernel(
     REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    rmask = rows < B
-    jj = tl.arange(0, BH)
+    rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     pp = tl.arange(0, BP)
     # W_hh per gate, [j, k] = W_hh[n*H + j, k]: dh_{t-1} = sum_n dgate_n @ W_n
-    w_i = load_tile(w_ptr, P, 1, H, P, BH, BP)
-    w_f = load_tile(w_ptr + H * P, P, 1, H, P, BH, BP)
-    w_g = load_tile(w_ptr + 2 * H * P, P, 1, H, P, BH, BP)
-    w_o = load_tile(w_ptr + 3 * H * P, P, 1, H, P, BH, BP)
+    w_i = gate_tile(w_ptr, 0, 0, H, P, BH, BP)
+    w_f = gate_tile(w_ptr, 1, 0, H, P, BH, BP)
+    w_g = gate_tile(w_ptr, 2, 0, H, P, BH, BP)
+    w_o = gate_tile(w_ptr, 3, 0, H, P, BH, BP)
     if HAS_PROJ:
-        w_r = load_tile(wr_ptr, H, 1, P, H, BP, BH)  # [p, j] = W_hr[p, j]
+        w_r = gate_tile(wr_ptr, 0, 0, P, H, BP, BH)  # [p, j] = W_hr[p, j]
     dh = load_rows(dhn_ptr, P, rows, rmask, pp, P)
     dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
     m2 = rmask[:, None] & (jj < H)[None, :]
@@ -192,18 +198,13 @@ def lstm_fwd_step_kernel(
     jm = jj < H
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     # gate n: W_hh[n*H + j, k] -> W^T[k, j] at k*1 + j*P
-    xi = matmul_rows(load_rows(x_ptr, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
-                     w_ptr, 1, P, jj, jm, BK, PRECISION)
-    xf = matmul_rows(load_rows(x_ptr + H, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
-                     w_ptr + H * P, 1, P, jj, jm, BK, PRECISION)
-    xg = matmul_rows(load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
-                     w_ptr + 2 * H * P, 1, P, jj, jm, BK, PRECISION)
-    xo = matmul_rows(load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H), hprev_ptr, P, rows, rmask, P,
-                     w_ptr + 3 * H * P, 1, P, jj, jm, BK, PRECISION)
-    c_prev = load_rows(cprev_ptr, H, rows, rmask, jj, H)
-    i, f, g, o, c, m = _lstm_cell(xi, xf, xg, xo, c_prev)
-    _store_gates(gates_ptr, rows, rmask, jj, H, a2, i, f, g, o)
-    store_rows(c_ptr, H, rows, rmask, jj, H, tl.where(a2, c, c_prev))
+    zero = tl.zeros((BB, BH), tl.float32)
+    _, m = _lstm_step(x_ptr, sxb, gates_ptr, c_ptr, rows, rmask, jj, H, a2,
+                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr, 1, P, jj, jm, BK, PRECISION),
+                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + H * P, 1, P, jj, jm, BK, PRECISION),
+                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 2 * H * P, 1, P, jj, jm, BK, PRECISION),
+                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 3 * H * P, 1, P, jj, jm, BK, PRECISION),
+                      load_rows(cprev_ptr, H, rows, rmask, jj, H))
     if HAS_PROJ:
         store_rows(m_ptr, H, rows, rmask, jj, H, m)
     else:
@@ -303,10 +304,10 @@ def lstm_fwd_persistent_kernel(
     j0 = tl.program_id(1) * BH
     kk = tl.arange(0, BK)  # the whole state row
     # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
-    w_i = load_tile(w_ptr + j0 * H, 1, H, H, H - j0, BK, BH)
-    w_f = load_tile(w_ptr + (H + j0) * H, 1, H, H, H - j0, BK, BH)
-    w_g = load_tile(w_ptr + (2 * H + j0) * H, 1, H, H, H - j0, BK, BH)
-    w_o = load_tile(w_ptr + (3 * H + j0) * H, 1, H, H, H - j0, BK, BH)
+    w_i = gate_tile_t(w_ptr, 0, j0, H, H, BK, BH)
+    w_f = gate_tile_t(w_ptr, 1, j0, H, H, BK, BH)
+    w_g = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
+    w_o = gate_tile_t(w_ptr, 3, j0, H, H, BK, BH)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
@@ -314,15 +315,9 @@ def lstm_fwd_persistent_kernel(
         hcur = hbuf_ptr + (s % 2) * B * H
         hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
-        xt = x_ptr + t * sxt
-        xi = load_rows(xt, sxb, rows, rmask, jj, H) + mm(h, w_i, PRECISION)
-        xf = load_rows(xt + H, sxb, rows, rmask, jj, H) + mm(h, w_f, PRECISION)
-        xg = load_rows(xt + 2 * H, sxb, rows, rmask, jj, H) + mm(h, w_g, PRECISION)
-        xo = load_rows(xt + 3 * H, sxb, rows, rmask, jj, H) + mm(h, w_o, PRECISION)
-        i, f, g, o, c_new, m = _lstm_cell(xi, xf, xg, xo, c)
-        _store_gates(gates_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, i, f, g, o)
-        c = tl.where(a2, c_new, c)
-        store_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H, c)
+        c, m = _lstm_step(x_ptr + t * sxt, sxb, gates_ptr + t * B * 4 * H, cs_ptr + t * B * H, rows, rmask, jj, H,
+                          a2, mm(h, w_i, PRECISION), mm(h, w_f, PRECISION), mm(h, w_g, PRECISION),
+                          mm(h, w_o, PRECISION), c)
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
@@ -350,10 +345,10 @@ def lstm_bwd_persistent_kernel(
     kk = tl.arange(0, BK)  # the whole state row
     own = rmask[:, None] & (jj < H)[None, :]
     # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
-    w_i = load_tile(w_ptr + j0, H, 1, H, H - j0, BK, BH)
-    w_f = load_tile(w_ptr + H * H + j0, H, 1, H, H - j0, BK, BH)
-    w_g = load_tile(w_ptr + 2 * H * H + j0, H, 1, H, H - j0, BK, BH)
-    w_o = load_tile(w_ptr + 3 * H * H + j0, H, 1, H, H - j0, BK, BH)
+    w_i = gate_tile(w_ptr, 0, j0, H, H, BK, BH)
+    w_f = gate_tile(w_ptr, 1, j0, H, H, BK, BH)
+    w_g = gate_tile(w_ptr, 2, j0, H, H, BK, BH)
+    w_o = gate_tile(w_ptr, 3, j0, H, H, BK, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
     off = rows[:, None] * H + jj[None, :]

@@ -7,8 +7,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, active_rows, alloc, carry_dh, kernel_shape, load_rows, load_tile, matmul_rows,
-                      mm, pow2_block, program_tile, step_grid, step_index, store_rows, tanh, time_steps, warps_for)
+from ._common import (BLOCK_B, active_rows, alloc, carry_dh, gate_tile, gate_tile_t, kernel_shape, load_rows,
+                      matmul_rows, mm, pow2_block, program_tile, step_grid, step_index, store_rows, tanh,
+                      time_steps, warps_for)
 
 
 @triton.jit
@@ -41,10 +42,8 @@ def rnn_fwd_seq_kernel(
     REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    rmask = rows < B
-    jj = tl.arange(0, BH)
-    w = load_tile(w_ptr, 1, H, H, H, BH, BH)  # [k, j] = W_hh[j, k], on chip for all T steps
+    rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
+    w = gate_tile_t(w_ptr, 0, 0, H, H, BH, BH)  # [k, j] = W_hh[j, k], on chip for all T steps
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
@@ -68,10 +67,8 @@ def rnn_bwd_seq_kernel(
     REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    rmask = rows < B
-    jj = tl.arange(0, BH)
-    w = load_tile(w_ptr, H, 1, H, H, BH, BH)  # [j, k] = W_hh[j, k]
+    rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
+    w = gate_tile(w_ptr, 0, 0, H, H, BH, BH)  # [j, k] = W_hh[j, k]
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(0, T):
         t = step_index(T - 1 - s, T, REVERSE)
