@@ -37,9 +37,33 @@ def _recurrent_bias(mode: str, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
     return b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)]), b_hh[2 * H:]
 
 
+def _needs_composite(*tensors: Optional[Tensor]) -> bool:
+    """Whether a transform the fused ops cannot serve is applied to these tensors.
+
+    Forward-mode AD (``torch.autograd.forward_ad`` dual tensors) and the torch.func
+    transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) reach a custom op with
+    wrapped tensors that its autograd formula cannot see: the op would return zero
+    tangents or raise. Those calls run the reference cells as plain differentiable PyTorch
+    instead, which every transform supports exactly (at the reference's speed).
+    """
+    if torch.compiler.is_compiling():
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    batched = torch._C._functorch.is_batchedtensor
+    dual = torch.autograd.forward_ad._current_level >= 0
+    for t in tensors:
+        if t is None:
+            continue
+        if wrapped(t) or batched(t):
+            return True
+        if dual and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
 def _recurrence(mode: str, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse: bool, backend: str):
     """One direction of one layer: returns (y, h_n, c_n or None)."""
-    if backend == backends.ORACLE:
+    if backend == backends.ORACLE or _needs_composite(x_proj, w_hh, b_hn, w_hr, h0, c0):
         return _oracle_recurrence(mode, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse)
     if mode == "LSTM":
         y, h_n, c_n, _, _ = ops.lstm(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend)

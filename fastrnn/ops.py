@@ -131,7 +131,12 @@ def _eager(args) -> bool:
     if torch._C._is_torch_function_mode_enabled():
         return False
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return all(type(a) in _PLAIN and not is_wrapped(a) for a in args if isinstance(a, Tensor))
+    # is_grads_batched backwards (and gradcheck's batched-grad check) reach the backward with
+    # batched tensors: those go through the dispatcher to the ops' vmap rule
+    is_batched = torch._C._functorch.is_batchedtensor
+    is_legacy = torch._C._functorch.is_legacy_batchedtensor
+    return all(type(a) in _PLAIN and not is_wrapped(a) and not is_batched(a) and not is_legacy(a)
+               for a in args if isinstance(a, Tensor))
 
 
 def _call(op, body, *args):
