@@ -49,11 +49,13 @@ class _Backend:
     module: str  # import path of the module holding the entry points
     runs_on: Callable[[torch.device], bool]
     devices: str  # for messages
+    # dtypes the kernels take; float16/bfloat16 outside this set run on float32 kernels
+    dtypes: tuple = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 _REGISTRY = {
     "reference": _Backend("reference", "fastrnn.reference", lambda d: True, "any device"),
-    "cpp": _Backend("cpp", "fastrnn._cpp", lambda d: d.type == "cpu", "CPU tensors"),
+    "cpp": _Backend("cpp", "fastrnn._cpp", lambda d: d.type == "cpu", "CPU tensors", (torch.float32, torch.float64)),
     "triton": _Backend(
         "triton",
         "fastrnn.kernels",
@@ -168,6 +170,16 @@ def workspace_optional(backend: str) -> bool:
     kept for the backward)."""
     mod, _ = _load(backend) if backend in _REGISTRY else (None, "")
     return bool(getattr(mod, "WORKSPACE_OPTIONAL", False))
+
+
+def native_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``backend``'s kernels run for tensors of ``dtype``: ``dtype`` itself, or
+    float32 for float16/bfloat16 on a backend without half-precision kernels (state and
+    accumulation are float32 for half inputs on every backend anyway, see DESIGN.md)."""
+    spec = _REGISTRY.get(backend)
+    if spec is None or dtype in spec.dtypes or dtype not in (torch.float16, torch.bfloat16):
+        return dtype
+    return torch.float32
 
 
 def implementation(backend: str, entry: str) -> Callable:

@@ -95,16 +95,44 @@ def _fresh(out: tuple, inputs: tuple) -> tuple:
     return tuple(res)
 
 
-def _forward(backend: str, entry: str, args: tuple, workspace: bool) -> tuple:
+def _native(backend: str, args: tuple) -> tuple[tuple, Optional[torch.dtype]]:
+    """``args`` in a dtype ``backend`` runs, and the half dtype to return results in (or None).
+
+    float16/bfloat16 on a backend with float32 kernels only (cpp): the operands are widened
+    to float32, which is exact, the recurrence runs with float32 state and accumulation as
+    every backend's half policy asks, and the results are rounded back to the input dtype."""
+    low = args[0].dtype
+    if backends.native_dtype(backend, low) == low:
+        return args, None
+    return tuple(a.float() if isinstance(a, Tensor) and a.dtype == low else a for a in args), low
+
+
+def _narrow(out: tuple, low: Optional[torch.dtype], n: int) -> tuple:
+    """The first ``n`` results back in ``low`` (the rest is float32 workspace either way)."""
+    if low is None:
+        return out
+    return tuple(t.to(low) if i < n and t is not None else t for i, t in enumerate(out))
+
+
+def _forward(backend: str, entry: str, args: tuple, workspace: bool, n_state: int) -> tuple:
     """Run a backend's forward. ``workspace=False`` (an eager call under no_grad: no
     backward will follow) lets a backend that supports it skip the per-step state the
-    backward needs, which is O(T*B*4H) memory; the workspace outputs are then empty."""
+    backward needs, which is O(T*B*4H) memory; the workspace outputs are then empty.
+    The first ``n_state`` outputs (y and the final state) are in the input dtype."""
     fn = backends.implementation(backend, entry)
+    native, low = _native(backend, args)
     if not workspace and backends.workspace_optional(backend):
-        out = fn(*args, workspace=False)
+        out = fn(*native, workspace=False)
     else:
-        out = fn(*args)
-    return _fresh(tuple(out), args)
+        out = fn(*native)
+    return _fresh(_narrow(tuple(out), low, n_state), args)
+
+
+def _backward(backend: str, entry: str, args: tuple) -> tuple:
+    """Run a backend's backward; every gradient is in the dtype of the upstream gradient."""
+    native, low = _native(backend, args)
+    out = backends.implementation(backend, entry)(*native)
+    return _narrow(tuple(out), low, len(out))
 
 
 def _no_tensor(like: Tensor) -> Tensor:
@@ -207,7 +235,7 @@ def _lstm_run(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend, workspace):
     P = (w_hr.shape[0] if w_hr.dim() == 2 else -1) if w_hr is not None else H
     _check_like(x_proj, {"w_hh": (w_hh, (4 * H, P)), "w_hr": (w_hr, (P, H)),
                          "h0": (h0, (B, P)), "c0": (c0, (B, H))})
-    return _forward(backend, "lstm_recurrence_forward", (x_proj, w_hh, w_hr, h0, c0, lengths, reverse), workspace)
+    return _forward(backend, "lstm_recurrence_forward", (x_proj, w_hh, w_hr, h0, c0, lengths, reverse), workspace, 3)
 
 
 lstm_recurrence = torch.library.custom_op("fastrnn::lstm_recurrence", _lstm_recurrence_body, mutates_args=())
@@ -237,8 +265,8 @@ def _lstm_recurrence_backward_body(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    fn = backends.implementation(backend, "lstm_recurrence_backward")
-    dx, dw_hh, dw_hr, dh0, dc0 = fn(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse)
+    dx, dw_hh, dw_hr, dh0, dc0 = _backward(backend, "lstm_recurrence_backward",
+                                           (dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse))
     if dw_hr is None:
         dw_hr = _no_tensor(dy)
     return _fresh((dx, dw_hh, dw_hr, dh0, dc0), (dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs))
@@ -298,7 +326,7 @@ def _gru_recurrence_body(
 def _gru_run(x_proj, w_hh, b_hn, h0, lengths, reverse, backend, workspace):
     T, B, H = _check_x(x_proj, 3, lengths)
     _check_like(x_proj, {"w_hh": (w_hh, (3 * H, H)), "b_hn": (b_hn, (H,)), "h0": (h0, (B, H))})
-    return _forward(backend, "gru_recurrence_forward", (x_proj, w_hh, b_hn, h0, lengths, reverse), workspace)
+    return _forward(backend, "gru_recurrence_forward", (x_proj, w_hh, b_hn, h0, lengths, reverse), workspace, 2)
 
 
 gru_recurrence = torch.library.custom_op("fastrnn::gru_recurrence", _gru_recurrence_body, mutates_args=())
@@ -324,8 +352,8 @@ def _gru_recurrence_backward_body(
     reverse: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    fn = backends.implementation(backend, "gru_recurrence_backward")
-    dx, dw_hh, db_hn, dh0 = fn(dy, dh_n, w_hh, b_hn, h0, y, gates, lengths, reverse)
+    dx, dw_hh, db_hn, dh0 = _backward(backend, "gru_recurrence_backward",
+                                      (dy, dh_n, w_hh, b_hn, h0, y, gates, lengths, reverse))
     if db_hn is None:
         db_hn = _no_tensor(dy)
     return _fresh((dx, dw_hh, db_hn, dh0), (dy, dh_n, w_hh, b_hn, h0, y, gates))
@@ -382,9 +410,7 @@ def _rnn_recurrence_body(
     _check_like(x_proj, {"w_hh": (w_hh, (H, H)), "h0": (h0, (B, H))})
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"fastrnn: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    fn = backends.implementation(backend, "rnn_recurrence_forward")
-    out = fn(x_proj, w_hh, h0, lengths, reverse, nonlinearity)
-    return _fresh(tuple(out), (x_proj, w_hh, h0, lengths))
+    return _forward(backend, "rnn_recurrence_forward", (x_proj, w_hh, h0, lengths, reverse, nonlinearity), True, 2)
 
 
 rnn_recurrence = torch.library.custom_op("fastrnn::rnn_recurrence", _rnn_recurrence_body, mutates_args=())
@@ -407,9 +433,8 @@ def _rnn_recurrence_backward_body(
     nonlinearity: str,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    fn = backends.implementation(backend, "rnn_recurrence_backward")
-    out = fn(dy, dh_n, w_hh, h0, y, lengths, reverse, nonlinearity)
-    return _fresh(tuple(out), (dy, dh_n, w_hh, h0, y))
+    out = _backward(backend, "rnn_recurrence_backward", (dy, dh_n, w_hh, h0, y, lengths, reverse, nonlinearity))
+    return _fresh(out, (dy, dh_n, w_hh, h0, y))
 
 
 rnn_recurrence_backward = torch.library.custom_op("fastrnn::rnn_recurrence_backward", _rnn_recurrence_backward_body, mutates_args=())
