@@ -85,6 +85,44 @@ def _oracle_recurrence(mode, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse)
     return (*reference.rnn_recurrence(x_proj, w_hh, h0, lengths, reverse, nonlinearity), None)
 
 
+def _autocast_dtypes(mode: str, device_type: str, *, cell: bool, packed: bool, proj: bool,
+                     states: Sequence[Tensor], weights: Sequence[Tensor]):
+    """Under autocast: (the dtype to compute in, the dtypes of h and c that torch.nn returns),
+    or None when autocast leaves the call alone.
+
+    torch.nn's answer follows from how its kernels meet autocast. On CUDA the cuDNN layers
+    and every cell op are on autocast's lower-precision list: everything runs in the
+    autocast dtype. On CPU only oneDNN's LSTM layer (unpacked, no projection) is on that
+    list; elsewhere the gate products (linear/matmul) run in the low dtype and the state
+    update promotes with the state's dtype: an RNN's h = act(low + low) is low, a GRU's
+    h = (1-z)*n + z*h and an LSTM's c = f*c + i*g keep the state's dtype, an LSTM's
+    h = o*tanh(c) takes c's, or is low after a projection. float64 is never cast.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    if any(t.dtype == torch.float64 for t in (*states, *weights) if t is not None):
+        return None
+    return autocast_rule(mode, device_type, torch.get_autocast_dtype(device_type), cell=cell,
+                         packed=packed, proj=proj, state_dtype=states[-1].dtype)
+
+
+def autocast_rule(mode: str, device_type: str, low: torch.dtype, *, cell: bool, packed: bool, proj: bool,
+                  state_dtype: torch.dtype):
+    """See :func:`_autocast_dtypes`; ``state_dtype`` is c0's (LSTM) or h0's dtype."""
+    if device_type != "cpu" or (mode == "LSTM" and not cell and not packed and not proj):
+        return low, low, low
+    state = torch.promote_types(low, state_dtype)
+    if mode.startswith("RNN"):
+        return low, low, None
+    if mode == "GRU":
+        return state, state, None
+    return (low if proj else state), (low if proj else state), state
+
+
+def _autocast_cast(t, dtype):
+    return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != dtype else t
+
+
 def rnn(
     mode: str,
     input: Tensor,
@@ -112,6 +150,23 @@ def rnn(
     Returns:
         output (T, B, D*P), and h_n (L*D, B, P), or (h_n, c_n) for LSTM.
     """
+    if torch.is_autocast_enabled(input.device.type):
+        h0, c0 = hx if mode == "LSTM" else (hx, None)
+        plan = _autocast_dtypes(mode, input.device.type, cell=False, packed=lengths is not None,
+                                proj=proj_size > 0, states=[s for s in (h0, c0) if s is not None],
+                                weights=weights)
+        if plan is not None:
+            compute, h_dtype, c_dtype = plan
+            state = tuple(_autocast_cast(s, compute) for s in (hx if mode == "LSTM" else (hx,)))
+            with torch.autocast(input.device.type, enabled=False):
+                out, hidden = rnn(mode, _autocast_cast(input, compute), state if mode == "LSTM" else state[0],
+                                  [_autocast_cast(w, compute) for w in weights], bias=bias,
+                                  num_layers=num_layers, dropout=dropout, training=training,
+                                  bidirectional=bidirectional, proj_size=proj_size, lengths=lengths,
+                                  backend=backend)
+            if mode == "LSTM":
+                return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
+            return out.to(h_dtype), hidden.to(h_dtype)
     concrete = backends.resolve(backend, input.device)
     D = 2 if bidirectional else 1
     per = 2 + 2 * bias + (proj_size > 0)
@@ -161,6 +216,17 @@ def cell(
     backend: str = "auto",
 ):
     """One step of a cell on (B, I) input: the recurrence op with T = 1."""
+    states = tuple(hx) if mode == "LSTM" else (hx,)
+    plan = _autocast_dtypes(mode, input.device.type, cell=True, packed=False, proj=False,
+                            states=states, weights=(w_ih, w_hh)) if torch.is_autocast_enabled(input.device.type) else None
+    if plan is not None:
+        compute, h_dtype, c_dtype = plan
+        cast = [_autocast_cast(t, compute) for t in (input, *states, w_ih, w_hh, b_ih, b_hh)]
+        with torch.autocast(input.device.type, enabled=False):
+            if mode == "LSTM":
+                h1, c1 = cell(mode, cast[0], (cast[1], cast[2]), *cast[3:], backend=backend)
+                return h1.to(h_dtype), c1.to(c_dtype)
+            return cell(mode, cast[0], cast[1], *cast[2:], backend=backend).to(h_dtype)
     concrete = backends.resolve(backend, input.device)
     b, b_hn = _recurrent_bias(mode, b_ih, b_hh)
     x_proj = (torch.addmm(b, input, w_ih.t()) if b is not None else input @ w_ih.t()).unsqueeze(0)

@@ -45,3 +45,82 @@ def test_half_precision_cells(ours_cls, dtype):
     m = ours_cls(I, H).to(dtype)
     report = testing.compare(m, testing.oracle(m, torch.float32), torch.randn(B, I, dtype=dtype), sync_weights=False)
     assert report.passed, f"\n{report}"
+
+
+# ----------------------------------------------------------------------------------------
+# Autocast
+# ----------------------------------------------------------------------------------------
+AUTOCAST_CASES = [
+    ("lstm", {}, "padded"), ("lstm", {"proj_size": 3}, "padded"), ("lstm", {}, "packed"),
+    ("lstm", {"num_layers": 2, "bidirectional": True}, "padded"),
+    ("gru", {}, "padded"), ("gru", {}, "packed"), ("rnn", {}, "padded"),
+    ("rnn", {"nonlinearity": "relu"}, "packed"),
+]
+
+
+def _leaves(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
+        return [out.data]
+    return [t for o in out for t in _leaves(o)]
+
+
+def _under_autocast(module, inputs, dtype):
+    with torch.autocast(DEVICE.type, dtype=dtype):
+        out = _leaves(module(*inputs))
+    sum(o.float().sum() for o in out).backward()
+    return out, [p.grad for p in module.parameters()]
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU autocast rules")
+@pytest.mark.parametrize("family,kw,kind", AUTOCAST_CASES,
+                         ids=[f"{f}-{'-'.join(map(str, kw.values())) or 'plain'}-{k}" for f, kw, k in AUTOCAST_CASES])
+def test_autocast_cpu_bf16_layers(family, kw, kind):
+    """Output dtypes are torch.nn's under autocast; values within the bfloat16 bound of
+    torch.nn's own autocast output; parameter gradients stay float32."""
+    ours, theirs = make_pair(family, I, H, torch.float32, **kw)
+    x, _ = make_inputs(kind, family, ours, T, B, I, torch.float32)
+    a, ga = _under_autocast(ours, (x,), torch.bfloat16)
+    b, gb = _under_autocast(theirs, (x,), torch.bfloat16)
+    assert [t.dtype for t in a] == [t.dtype for t in b]
+    for u, v in zip(a + ga, b + gb):
+        assert testing.rel_rms(u, v) <= testing.bound(torch.bfloat16)
+    assert all(g.dtype == torch.float32 for g in ga)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU autocast rules")
+@pytest.mark.parametrize("ours_cls,nn_cls", CELL_CLASSES, ids=lambda c: c.__name__)
+def test_autocast_cpu_bf16_cells(ours_cls, nn_cls):
+    ours, theirs = ours_cls(I, H), nn_cls(I, H)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(B, I)
+    a, ga = _under_autocast(ours, (x,), torch.bfloat16)
+    b, gb = _under_autocast(theirs, (x,), torch.bfloat16)
+    assert [t.dtype for t in a] == [t.dtype for t in b]
+    for u, v in zip(a + ga, b + gb):
+        assert testing.rel_rms(u, v) <= testing.bound(torch.bfloat16)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU autocast rules")
+@pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
+def test_autocast_cpu_fp16_layers(cid, family, kw):
+    """float16 autocast: torch.nn's oneDNN LSTM refuses it on CPU; fastrnn runs it within
+    the float16 bound of the float32 reference with the float16-rounded weights."""
+    ours, _ = make_pair(family, I, H, torch.float32, **kw)
+    x = torch.randn(T, B, I)
+    a, _ = _under_autocast(ours, (x,), torch.float16)
+    assert a[0].dtype == (torch.float32 if family == "gru" else torch.float16)
+    ref = testing.oracle(ours.half(), torch.float32)
+    assert testing.rel_rms(a[0], ref(x.half().float())[0]) <= testing.bound(torch.float16)
+
+
+def test_autocast_rule_cuda():
+    """On CUDA every layer and cell op is on autocast's lower-precision list (cuDNN RNNs,
+    lstm_cell, gru_cell, rnn_*_cell): everything runs in the autocast dtype. Checked on the
+    rule, since this machine may have no GPU."""
+    for low in (torch.float16, torch.bfloat16):
+        for mode in ("LSTM", "GRU", "RNN_TANH"):
+            for cell, packed, proj in ((True, False, False), (False, True, False), (False, False, mode == "LSTM")):
+                assert functional.autocast_rule(mode, "cuda", low, cell=cell, packed=packed, proj=proj,
+                                                state_dtype=torch.float32) == (low, low, low)
