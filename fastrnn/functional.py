@@ -199,6 +199,11 @@ def rnn(
         layer_input = torch.cat(outs, dim=-1) if D > 1 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
+    if D == 1 and layer_input.requires_grad:
+        # The op saved this tensor for its backward; handing it out would make an in-place
+        # edit of the output (out.masked_fill_(...)) fail the backward's version check,
+        # which torch.nn allows. One (T, B, H) copy, only when a backward will follow.
+        layer_input = layer_input.clone()
     h_n = torch.stack(h_n)
     if mode == "LSTM":
         return layer_input, (h_n, torch.stack(c_n))

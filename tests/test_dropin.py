@@ -124,3 +124,29 @@ def test_autocast_rule_cuda():
             for cell, packed, proj in ((True, False, False), (False, True, False), (False, False, mode == "LSTM")):
                 assert functional.autocast_rule(mode, "cuda", low, cell=cell, packed=packed, proj=proj,
                                                 state_dtype=torch.float32) == (low, low, low)
+
+
+# ----------------------------------------------------------------------------------------
+# Editing an output in place before backward
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("cid,family,kw", CELLS, ids=[c[0] for c in CELLS])
+def test_inplace_edit_of_output(cid, family, kw, batch_first, dtype):
+    """out.masked_fill_(mask, 0) then backward: allowed (torch.nn allows it for GRU and RNN,
+    and for LSTM except where oneDNN's float32 LSTM raises), with torch.nn's gradients."""
+    ours, theirs = make_pair(family, I, H, dtype, batch_first=batch_first, **kw)
+    x = torch.randn(*((B, T) if batch_first else (T, B)), I, dtype=dtype, device=DEVICE)
+    grads = []
+    for m in (ours, theirs):
+        xx = x.clone().requires_grad_()
+        out = m(xx)[0]
+        out.masked_fill_(out.detach() > 0.1, 0)
+        try:
+            (out * out).sum().backward()
+        except RuntimeError as e:
+            assert m is theirs and family == "lstm" and dtype == torch.float32, e
+            return
+        grads.append([xx.grad, *(p.grad for p in m.parameters())])
+    for a, b in zip(*grads):
+        assert testing.rel_rms(a, b) <= testing.bound(dtype)
