@@ -1,10 +1,14 @@
 """Timing and memory measurement of one (config, provider) pair, and the results header."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
+import re
 import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -83,6 +87,31 @@ def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
     return fn
 
 
+# What the CPU profiler's native code prints on every use: kineto's stage markers and the
+# allocator's note about blocks allocated before profiling began (they are not in the sum).
+_PROFILER_NOISE = re.compile(r"profiler_start|profiler_stop|Completed Stage|CPUAllocator\.cpp.*allocated before the profiling")
+
+
+@contextlib.contextmanager
+def _profiler_noise_filtered():
+    """Native stderr (file descriptor 2) goes through a file for the duration; the lines that
+    are not the profiler's own chatter are written back, so real errors still show."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines() if not _PROFILER_NOISE.search(ln)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
 def _peak_bytes(fn, device: torch.device):
     """Peak bytes of tensors allocated during one call, above what was live before it.
     CUDA: max_memory_allocated. CPU: the profiler attributes each op's own allocations to
@@ -95,7 +124,8 @@ def _peak_bytes(fn, device: torch.device):
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _profiler_noise_filtered(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     cur = peak = 0

@@ -118,13 +118,28 @@ def check_name(backend: str) -> str:
     return backend
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_MODULE_CALL = str(Path(torch.nn.modules.module.__file__).resolve())
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside fastrnn and torch.nn's Module.__call__ as
+    seen from the caller of this function: a warning then points at the user's own line,
+    whether it came through a layer, a cell or functional."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+                                 or frame.f_code.co_filename == _MODULE_CALL):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @lru_cache(maxsize=None)
 def _warn_fallback(wanted: str, why: str) -> None:
     warnings.warn(
         f"fastrnn: the {wanted} backend is unavailable ({why}); running the pure-PyTorch "
         "reference backend instead (correct, but slow)",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=_user_stacklevel(),
     )
 
 

@@ -52,10 +52,16 @@ class _RecurrentLayer:
         what = "batched 3-D" if batched else "unbatched 2-D"
         if self.mode == "LSTM":
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise RuntimeError(
-                    f"LSTM expects hx to be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}"
-                    + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
-                )
+                is_seq = isinstance(hx, (tuple, list))
+                msg = (f"LSTM expects hx to be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}"
+                       + (f" of length {len(hx)}" if is_seq else ""))
+                # torch.nn's classes: indexing hx[1] of a tensor or a 1-tuple is an IndexError,
+                # of a non-sequence a TypeError
+                if isinstance(hx, Tensor) or (is_seq and len(hx) < 2):
+                    raise IndexError(msg)
+                if not is_seq:
+                    raise TypeError(msg)
+                raise RuntimeError(msg)
             if hx[0].dim() != want or hx[1].dim() != want:
                 raise RuntimeError(
                     f"For {what} input, hx and cx should also be {want}-D but got "
@@ -71,6 +77,11 @@ class _RecurrentLayer:
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             batched = True
+            if data.dtype != self._flat_weights[0].dtype:
+                raise RuntimeError(
+                    f"{_NAMES[self.mode]}: packed input dtype ({data.dtype}) does not match weight dtype "
+                    f"({self._flat_weights[0].dtype}). Convert input: input.to({self._flat_weights[0].dtype})"
+                )
             if hx is None:
                 hx = self._zeros_state(data, int(batch_sizes[0]))
             else:
@@ -172,6 +183,10 @@ class _Cell:
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         states = None
         if hx is not None:
+            if is_lstm and not isinstance(hx, (tuple, list)):
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+            if is_lstm and len(hx) != 2:
+                raise RuntimeError(f"{name} expects two hidden states (h_0, c_0), got {len(hx)}")
             states = tuple(hx) if is_lstm else (hx,)
             for idx, s in enumerate(states):
                 if s.dim() not in (1, 2):

@@ -113,8 +113,15 @@ def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
         warnings.simplefilter("always")
         m(torch.randn(3, 2, 4))
         m(torch.randn(3, 2, 4))
-    msgs = [str(w.message) for w in seen if "fastrnn" in str(w.message)]
-    assert len(msgs) == 1 and "cpp backend is unavailable (not built)" in msgs[0]
+    ours = [w for w in seen if "fastrnn" in str(w.message)]
+    assert len(ours) == 1 and "cpp backend is unavailable (not built)" in str(ours[0].message)
+    # the warning points at the user's line, not at fastrnn's internals
+    assert ours[0].filename == __file__
+    backends._warn_fallback.cache_clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fastrnn.LSTMCell(4, 8)(torch.randn(2, 4))
+    assert [w.filename for w in seen if "fastrnn" in str(w.message)] == [__file__]
     backends._warn_fallback.cache_clear()
 
 
