@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
 from fastrnn import interop
@@ -117,6 +118,28 @@ def test_trace_gradients_reach_the_shared_parameters():
     (theirs(x)[0] * up).sum().backward()
     for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
         assert rel_rms(a.grad, b.grad) <= BOUND, name
+
+
+class _Packed(nn.Module):
+    """A PackedSequence cannot be a traced input (torch.nn's nor fastrnn's); packing inside can."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, lengths):
+        out, h = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return pad_packed_sequence(out)[0], h
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+def test_trace_packed_sequence_inside_the_model(family):
+    ours, theirs = make_pair(family, I, H, torch.float32, device="cpu", bidirectional=True)
+    traced = trace(_Packed(ours), (torch.randn(6, 3, I), torch.tensor([6, 2, 4])), grad=False)
+    for lengths in ([6, 2, 4], [3, 9], [1, 4, 2, 3, 4]):
+        x = torch.randn(max(lengths), len(lengths), I)
+        with torch.no_grad():
+            assert_close(traced(x, torch.tensor(lengths)), _Packed(theirs)(x, torch.tensor(lengths)), f"lengths {lengths}")
 
 
 @pytest.mark.parametrize("cid,ours_cls,nn_cls,kw", CELLS, ids=[c[0] for c in CELLS])
