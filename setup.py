@@ -51,5 +51,11 @@ setup(
     ext_modules=get_extensions(),
     cmdclass=cmdclass(),
     install_requires=["torch>=2.6"],
-    extras_require={"triton": ["triton>=3.6"], "bench": ["pytest-benchmark", "matplotlib"]},
+    extras_require={
+        "triton": ["triton>=3.6"],
+        "bench": ["pytest-benchmark", "matplotlib"],
+        # torch.onnx.export (dynamo=True needs onnxscript) and running the result
+        "onnx": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"],
+        "test": ["pytest", "expecttest", "hypothesis", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"],
+    },
 )

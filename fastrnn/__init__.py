@@ -3,10 +3,18 @@
 ``fastrnn.LSTM / GRU / RNN`` and the cells are subclasses of their torch.nn twins with the
 same constructor, parameters and outputs, plus a keyword-only ``backend``:
 "auto" (triton on CUDA, cpp on CPU), "triton", "cpp" or "reference" (pure PyTorch).
+
+Within torch's other tools (details in :mod:`fastrnn.interop`): ``torch.jit.trace``,
+``torch.jit.script`` and ``torch.onnx.export`` record the torch.nn twin with the same
+Parameters, so a traced, scripted or exported model runs torch's kernels;
+``fastrnn.quantize_dynamic`` quantizes fastrnn modules as torch.nn's would be; and
+``torch.load(f, weights_only=True)`` of a whole model needs
+``torch.serialization.safe_globals(fastrnn.safe_globals())``.
 """
 from . import backends, functional, ops, reference, testing  # noqa: F401
 from .backends import available_backends
 from .convert import convert
+from .interop import quantize_dynamic, safe_globals
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 from . import _dynamo_support
@@ -24,6 +32,8 @@ __all__ = [
     "RNNCell",
     "available_backends",
     "convert",
+    "quantize_dynamic",
+    "safe_globals",
     "testing",
     "reference",
     "functional",

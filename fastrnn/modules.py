@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, functional
+from . import backends, functional, interop
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -37,6 +37,12 @@ def _check_state_like(input: Tensor, states: tuple[Tensor, ...]) -> None:
 
 class _RecurrentLayer:
     """forward() shared by LSTM, GRU and RNN (mixed in before the torch.nn class)."""
+
+    # -- interop (fastrnn/interop.py): TorchScript compiles the torch.nn twin; torch's
+    # quantization passes warn that they leave fastrnn modules float
+    __prepare_scriptable__ = interop.prepare_scriptable
+    qconfig = interop.qconfig_property
+    # -- end interop
 
     def _zeros_state(self, input: Tensor, batch: int):
         D = 2 if self.bidirectional else 1
@@ -71,6 +77,8 @@ class _RecurrentLayer:
             raise RuntimeError(f"For {what} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
 
     def forward(self, input, hx=None):
+        if interop.records_torch_nn():  # jit.trace and ONNX export record torch.nn's forward
+            return interop.torch_forward(self, input, hx)
         self._update_flat_weights()
         is_lstm = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
@@ -176,7 +184,15 @@ class _Cell:
     _mode: str
     _name: str  # torch.nn's class name, used in messages
 
+    # -- interop (fastrnn/interop.py): TorchScript compiles the torch.nn twin; torch's
+    # quantization passes warn that they leave fastrnn modules float
+    __prepare_scriptable__ = interop.prepare_scriptable
+    qconfig = interop.qconfig_property
+    # -- end interop
+
     def forward(self, input: Tensor, hx=None):
+        if interop.records_torch_nn():  # jit.trace and ONNX export record torch.nn's forward
+            return interop.torch_forward(self, input, hx)
         name = self._name
         is_lstm = self._mode == "LSTM"
         if input.dim() not in (1, 2):
