@@ -10,7 +10,13 @@ from fastrnn import testing
 from fastrnn.convert import TWINS
 from conftest import BACKEND, DEVICE
 
+_frozen = torch.backends.flags_frozen()
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
+# importing torch's test utilities freezes torch.backends' flags for the whole process
+# (disable_global_flags); other test files set cudnn.allow_tf32 through monkeypatch
+if not _frozen:
+    torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+    assert not torch.backends.flags_frozen()
 
 NN_TO_OURS = TWINS  # torch.nn class -> its fastrnn twin
 RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
@@ -19,6 +25,14 @@ DTYPES = [torch.float32, torch.float64] if BACKEND != "triton" else [torch.float
 
 def _samples():
     out = []
+    # the samples draw their inputs at collection time: seed them so every run is the same
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        _collect(out)
+    return out
+
+
+def _collect(out):
     for info in common_modules.module_db:
         if info.module_cls not in RECURRENT:
             continue
@@ -29,7 +43,15 @@ def _samples():
                 for i, sample in enumerate(samples):
                     name = f"{info.module_cls.__name__}-{i}-{'train' if training else 'eval'}-{str(dtype)[6:]}"
                     out.append(pytest.param(info.module_cls, sample, dtype, training, id=name))
-    return out
+
+
+def _against_oracle(ours, theirs, inputs) -> str:
+    """On failure: how far each side is from the float64 oracle, tensor by tensor."""
+    oracle = testing.oracle(ours)
+    a = testing.compare(ours, oracle, *inputs, sync_weights=False)
+    b = testing.compare(theirs, oracle, *inputs, sync_weights=False)
+    return "vs float64 oracle:\n" + "\n".join(
+        f"{x.name:<20} fastrnn {x.rel_rms:.3e}  torch.nn {y.rel_rms:.3e}" for x, y in zip(a.rows, b.rows))
 
 
 @pytest.mark.parametrize("nn_cls,sample,dtype,training", _samples())
@@ -41,7 +63,7 @@ def test_module_sample(nn_cls, sample, dtype, training):
     inputs = sample.forward_input.args
     assert not sample.forward_input.kwargs
     report = testing.compare(ours, theirs, *inputs)
-    assert report.passed, f"\n{report}"
+    assert report.passed, f"\n{report}\n{_against_oracle(ours, theirs, inputs)}"
     if dtype == torch.float64:
         report = testing.compare(ours, testing.oracle(ours), *inputs, sync_weights=False)
         assert report.passed, f"\n{report}"

@@ -213,6 +213,13 @@ def test_activations_relative_error_in_ulp(division):
     err_sig, err_tanh = _ulps(sig[:k], torch.sigmoid(xd)), _ulps(th[:k], torch.tanh(xd))
     assert err_sig.max() <= 3.0, f"sigmoid: {err_sig.max():.2f} ulp at x = {x[err_sig.argmax()].item()!r}"
     assert err_tanh.max() <= 3.0, f"tanh: {err_tanh.max():.2f} ulp at x = {x[err_tanh.argmax()].item()!r}"
+    # near saturation the backward's 1 - y^2 and 1 - s cancel, multiplying y's error: there
+    # both are as close to the exact value as torch's own fp32 results (measured: 0.50 ulp
+    # for tanh on 3 <= |x| < 12, torch 0.51; 0.58 ulp for sigmoid on 3 <= x < 12, torch 1.48)
+    sat = (x.abs() >= 3) & (x.abs() < 12)
+    assert err_tanh[sat].max() <= 0.55, f"tanh near saturation: {err_tanh[sat].max():.2f} ulp"
+    sat = (x >= 3) & (x < 12)
+    assert err_sig[sat].max() <= 0.75, f"sigmoid near saturation: {err_sig[sat].max():.2f} ulp"
     # the tiny ones exactly: tanh(x) = x and sigmoid(x) = 1/2 in fp32 for |x| < 2^-25
     tiny = x.abs() < 2.0 ** -25
     assert torch.equal(th[:k][tiny], x[tiny]) and bool((sig[:k][tiny] == 0.5).all())
