@@ -13,9 +13,8 @@ namespace fastrnn {
 
 // float activations, written without calls or branches so the cell loops vectorise in every
 // ISA clone, and accurate to a few ulp in RELATIVE error over the whole float range (near 0,
-// subnormal results, +-inf; NaN propagates). Measured over all 2^32 floats against double
-// libm: csrc/tools/activation_sweep.cpp is the
-// harness, and its header gives the maxima it found per ISA clone.
+// subnormal results, +-inf; NaN propagates). Over all 2^32 floats against double libm:
+// sigmoid 2.40 ulp, tanh 2.50 ulp at most (csrc/tools/activation_sweep.cpp, per ISA clone).
 FASTRNN_INLINE uint32_t float_bits(float x) {
   uint32_t u;
   std::memcpy(&u, &x, sizeof(u));
@@ -73,8 +72,9 @@ template <> FASTRNN_INLINE double sigmoid<double>(double x) { return 1.0 / (1.0 
 
 // |x| < 0.5: |x| + |x|^3 P(x^2), P a degree-4 fit to (tanh(x) - x)/x^3 (weighted least squares
 // iterated to equal ripple in tanh's relative error: 3.5e-10, 4.2e-9 with float coefficients).
-// Its correction is under 8% of x, so the result is x rounded plus a small term: as near to
-// correctly rounded as torch's tanh where activations are small.
+// Its correction is under 8% of x, so the result is x rounded plus a small term: 0.68 ulp at
+// most (torch's tanh: 0.5), where the formula below reached 1.4 ulp and 2*sigmoid(2x)-1 was not
+// relatively accurate at all.
 // Elsewhere tanh|x| = -u/(2+u) with u = e^(-2|x|) - 1 in (-1, 0] (about 2.5 ulp: three
 // roundings of similar size). Both are computed and one is selected, which keeps the loop
 // branch-free. Beyond |x| = 10 the float result is 1 (the clamp also keeps 2^n normal).
