@@ -2,6 +2,9 @@
 # make bench : same environment, run the benchmark
 # make test PYTHON=/path/to/python : use that environment as it is, install nothing,
 #                                    build the C++ extension in place if a compiler allows
+# make sanitize : the cpp lane (C++ tests, parity, ops, precision) against an extension built
+#                 with -fsanitize=address,undefined in a scratch copy (build/sanitize); any
+#                 sanitizer report fails it
 PYTHON ?=
 VENV   := .venv
 CSRC   := $(wildcard csrc/*.cpp csrc/*.h)
@@ -14,7 +17,7 @@ PY    := $(PYTHON)
 READY := inplace
 endif
 
-.PHONY: test bench inplace clean
+.PHONY: test bench inplace clean sanitize
 
 test: $(READY)
 	bash tests/run.sh $(PY)
@@ -38,6 +41,20 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CSRC)
 inplace:
 	@if [ -n "$(CSRC)" ]; then $(PY) setup.py -q build_ext --inplace \
 	  || echo "warning: C++ extension not built; the cpp backend will be unavailable"; fi
+
+# Python itself is not instrumented, so the sanitizer runtimes are preloaded; leak checking
+# is off (the interpreter keeps its allocations at exit by design). --capture=sys: pytest
+# would otherwise swallow the report written to fd 2 by a process that then aborts.
+SAN_DIR   := build/sanitize
+SAN_PY    := $(if $(findstring /,$(PY)),$(abspath $(PY)),$(PY))
+SAN_TESTS ?= tests/test_cpp.py tests/test_parity.py tests/test_ops.py tests/test_precision.py
+sanitize: $(if $(strip $(PYTHON)),,$(VENV)/.deps)
+	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
+	tar --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' -cf - . | tar -xf - -C $(SAN_DIR)
+	cd $(SAN_DIR) && SANITIZE=1 $(SAN_PY) setup.py -q build_ext --inplace
+	cd $(SAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=. FASTRNN_BACKEND=cpp $(SAN_PY) -m pytest $(SAN_TESTS) -q -p no:cacheprovider --capture=sys
 
 clean:
 	rm -rf build *.egg-info fastrnn/_C*.so $(VENV)

@@ -1,5 +1,6 @@
 """Builds fastrnn: the Python package, the Triton kernels (shipped as fastrnn.kernels) and the
-C++ CPU backend (csrc/ -> fastrnn._C). DEBUG=1 builds the extension with -O0 -g."""
+C++ CPU backend (csrc/ -> fastrnn._C). DEBUG=1 builds the extension with -O0 -g; SANITIZE=1
+with AddressSanitizer and UBSan (see `make sanitize`)."""
 import glob
 import os
 
@@ -21,12 +22,14 @@ def get_extensions():
     # flow in loop" keeps the cell loops scalar); -ffp-contract=fast allows FMAs. Neither makes
     # results depend on anything but the binary and the ISA clone picked at load time.
     cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+    # SANITIZE=1 (make sanitize): AddressSanitizer + UBSan, every report fatal
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"] if os.environ.get("SANITIZE") == "1" else []
     return [
         CppExtension(
             "fastrnn._C",
             sources,
-            extra_compile_args={"cxx": cxx + ["-std=c++17"]},
-            
+            extra_compile_args={"cxx": cxx + san + (["-fno-omit-frame-pointer", "-g"] if san else []) + ["-std=c++17"]},
+            extra_link_args=san,
         )
     ]
 

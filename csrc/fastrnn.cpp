@@ -38,6 +38,9 @@ at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options) {
 
 // ---------------------------------------------------------------------------------------
 // C[m, :] += A[m, :] @ W  (A: M x K, row stride lda; W: K x N row-major, ldw; C: ldc).
+// The product is summed from zero and added to C once: accumulating into C (which holds the
+// input projection and biases) rounded every small product at C's magnitude, and with inputs
+// and weights at 1e-6 scale that made an Elman RNN's output ~1 ulp RMS off instead of ~0.3.
 // An RB x (CV * 64 bytes) block of C is held in vector registers across the whole K loop
 // (written with GCC vector types: with plain arrays GCC kept the accumulators on the stack
 // and did a load-FMA-store per k); W rows stream from cache. The block shape is chosen per
@@ -64,7 +67,7 @@ FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, i
   constexpr int VN = sizeof(V) / sizeof(T);
   V acc[RB][CV];
   for (int r = 0; r < RB; ++r)
-    for (int v = 0; v < CV; ++v) acc[r][v] = vload<T>(C + r * ldc + v * VN);
+    for (int v = 0; v < CV; ++v) acc[r][v] = V{};
   for (int64_t k = 0; k < K; ++k) {
     V w[CV];
     for (int v = 0; v < CV; ++v) w[v] = vload<T>(W + k * ldw + v * VN);
@@ -74,7 +77,7 @@ FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, i
     }
   }
   for (int r = 0; r < RB; ++r)
-    for (int v = 0; v < CV; ++v) vstore<T>(C + r * ldc + v * VN, acc[r][v]);
+    for (int v = 0; v < CV; ++v) vstore<T>(C + r * ldc + v * VN, vload<T>(C + r * ldc + v * VN) + acc[r][v]);
 }
 
 // One row of C (a matrix-vector step, B = 1): a single chain of FMAs per accumulator would
@@ -85,9 +88,8 @@ FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* 
   typedef typename Vec64<T>::type V;
   constexpr int VN = sizeof(V) / sizeof(T);
   V acc[KS][CV];
-  for (int v = 0; v < CV; ++v) acc[0][v] = vload<T>(c + v * VN);
-  for (int s = 1; s < KS; ++s)
-    for (int v = 0; v < CV; ++v) acc[s][v] = V{} ;
+  for (int s = 0; s < KS; ++s)
+    for (int v = 0; v < CV; ++v) acc[s][v] = V{};
   int64_t k = 0;
   for (; k + KS <= K; k += KS)
     for (int s = 0; s < KS; ++s) {
@@ -98,18 +100,22 @@ FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* 
     for (int v = 0; v < CV; ++v) acc[0][v] += a[k] * vload<T>(W + k * ldw + v * VN);
   for (int s = 1; s < KS; ++s)
     for (int v = 0; v < CV; ++v) acc[0][v] += acc[s][v];
-  for (int v = 0; v < CV; ++v) vstore<T>(c + v * VN, acc[0][v]);
+  for (int v = 0; v < CV; ++v) vstore<T>(c + v * VN, vload<T>(c + v * VN) + acc[0][v]);
 }
 
 // Columns past the last full vector: plain loops (few, and the compiler vectorises them).
 template <typename T>
 FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t N, const T* A,
                                    int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
-  for (int64_t r = 0; r < rows; ++r)
+  T sum[64 / sizeof(T)];  // fewer columns than one vector
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = n0; j < N; ++j) sum[j - n0] = T(0);
     for (int64_t k = 0; k < K; ++k) {
       const T a = A[r * lda + k];
-      for (int64_t j = n0; j < N; ++j) C[r * ldc + j] += a * W[k * ldw + j];
+      for (int64_t j = n0; j < N; ++j) sum[j - n0] += a * W[k * ldw + j];
     }
+    for (int64_t j = n0; j < N; ++j) C[r * ldc + j] += sum[j - n0];
+  }
 }
 
 // Rows [m, m + RB) of C against all of W, in RB x (CV vectors) blocks.
@@ -399,9 +405,14 @@ void rnn_bwd_rows(int64_t B, int64_t H, int64_t t, const int64_t* L, bool relu, 
 // ---------------------------------------------------------------------------------------
 // Argument checks: direct calls with bad arguments raise, never crash.
 // ---------------------------------------------------------------------------------------
+// Everything past these checks relies on them: the kernels index every buffer with the sizes
+// derived from x_proj (forward) or the saved gates (backward), so one tensor of another shape
+// would be read or written out of bounds. Strides are free: each tensor is made contiguous.
 void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like,
                   std::vector<int64_t> shape) {
   TORCH_CHECK(t.device().is_cpu(), "fastrnn cpp backend: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.layout() == at::kStrided, "fastrnn cpp backend: ", name, " must be a dense (strided) tensor, got ",
+              t.layout());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "fastrnn cpp backend: ", name, " has dtype ",
               t.scalar_type(), ", expected ", like.scalar_type());
   TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fastrnn cpp backend: ", name, " must have shape ",
@@ -416,6 +427,7 @@ at::Tensor rows_contiguous(const at::Tensor& x) {
 std::tuple<int64_t, int64_t, int64_t> check_x(const at::Tensor& x, int64_t gates,
                                               const c10::optional<at::Tensor>& lengths) {
   TORCH_CHECK(x.device().is_cpu(), "fastrnn cpp backend: x_proj must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.layout() == at::kStrided, "fastrnn cpp backend: x_proj must be a dense (strided) tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "fastrnn cpp backend supports float32 and float64, got ", x.scalar_type());
   TORCH_CHECK(x.dim() == 3, "fastrnn cpp backend: x_proj must be 3-D (T, B, G), got ", x.dim(), "-D");
@@ -430,10 +442,25 @@ std::tuple<int64_t, int64_t, int64_t> check_x(const at::Tensor& x, int64_t gates
   return {x.size(0), x.size(1), x.size(2) / gates};
 }
 
-const int64_t* lengths_ptr(const c10::optional<at::Tensor>& lengths, at::Tensor& keep) {
+// Lengths outside [0, T] index nothing, but would silently mean something else (a length
+// above T runs T steps), so they are refused like any other inconsistent argument.
+const int64_t* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t T, at::Tensor& keep) {
   if (!lengths) return nullptr;
+  TORCH_CHECK(lengths->layout() == at::kStrided, "fastrnn cpp backend: lengths must be a dense tensor");
   keep = lengths->contiguous();
-  return keep.data_ptr<int64_t>();
+  const int64_t* L = keep.data_ptr<int64_t>();
+  for (int64_t b = 0; b < keep.numel(); ++b) {
+    TORCH_CHECK(L[b] >= 0 && L[b] <= T, "fastrnn cpp backend: lengths[", b, "] = ", L[b],
+                " is outside [0, ", T, "]");
+  }
+  return L;
+}
+
+// A 2-D tensor's size(dim) for deriving the other shapes (size() itself would throw an
+// IndexError, not the RuntimeError of every other argument error).
+int64_t size_2d(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.dim() == 2, "fastrnn cpp backend: ", name, " must be 2-D, got ", t.dim(), "-D");
+  return t.size(dim);
 }
 
 // Step order and the neighbouring step a step starts from.
@@ -513,13 +540,13 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x_proj, const at::Tensor&
                                      const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,
                                      bool reverse, bool workspace) {
   auto [T, B, H] = check_x(x_proj, 4, lengths);
-  const int64_t P = w_hr ? w_hr->size(0) : H;
+  const int64_t P = w_hr ? size_2d(*w_hr, "w_hr", 0) : H;
   check_tensor(w_hh, "w_hh", x_proj, {4 * H, P});
   if (w_hr) check_tensor(*w_hr, "w_hr", x_proj, {P, H});
   check_tensor(h0, "h0", x_proj, {B, P});
   check_tensor(c0, "c0", x_proj, {B, H});
   at::Tensor keep;
-  const int64_t* L = lengths_ptr(lengths, keep);
+  const int64_t* L = lengths_ptr(lengths, T, keep);
   auto x = rows_contiguous(x_proj);
   auto w_hr_c = w_hr ? c10::optional<at::Tensor>(w_hr->contiguous()) : c10::nullopt;
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
@@ -599,7 +626,8 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dh
                                       const at::Tensor& gates, const at::Tensor& cs,
                                       const c10::optional<at::Tensor>& lengths, bool reverse) {
   auto [T, B, H] = check_x(gates, 4, lengths);
-  const int64_t P = h0.size(1);
+  // without a projection the kernel's dh rows are H long: P must be H, not just consistent
+  const int64_t P = w_hr ? size_2d(*w_hr, "w_hr", 0) : H;
   check_tensor(dy, "dy", gates, {T, B, P});
   check_tensor(dh_n, "dh_n", gates, {B, P});
   check_tensor(dc_n, "dc_n", gates, {B, H});
@@ -610,7 +638,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dh
   check_tensor(y, "y", gates, {T, B, P});
   check_tensor(cs, "cs", gates, {T, B, H});
   at::Tensor keep;
-  const int64_t* L = lengths_ptr(lengths, keep);
+  const int64_t* L = lengths_ptr(lengths, T, keep);
   auto w_hr_c = w_hr ? c10::optional<at::Tensor>(w_hr->contiguous()) : c10::nullopt;
   return AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     return lstm_backward_impl<scalar_t>(dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh.contiguous(),
@@ -658,7 +686,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_proj, const at::Tensor& 
   if (b_hn) check_tensor(*b_hn, "b_hn", x_proj, {H});
   check_tensor(h0, "h0", x_proj, {B, H});
   at::Tensor keep;
-  const int64_t* L = lengths_ptr(lengths, keep);
+  const int64_t* L = lengths_ptr(lengths, T, keep);
   auto x = rows_contiguous(x_proj);
   auto bc = b_hn ? b_hn->contiguous() : at::Tensor();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
@@ -715,7 +743,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dy, const at::Tensor& dh_
   check_tensor(h0, "h0", acts, {B, H});
   check_tensor(y, "y", acts, {T, B, H});
   at::Tensor keep;
-  const int64_t* L = lengths_ptr(lengths, keep);
+  const int64_t* L = lengths_ptr(lengths, T, keep);
   return AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gru_backward", [&] {
     return gru_backward_impl<scalar_t>(dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), b_hn.has_value(),
                                        h0.contiguous(), y.contiguous(), acts.contiguous(), lengths, L, reverse);
@@ -764,7 +792,7 @@ std::vector<at::Tensor> rnn_forward(const at::Tensor& x_proj, const at::Tensor& 
   check_tensor(h0, "h0", x_proj, {B, H});
   const bool relu = is_relu(nonlinearity);
   at::Tensor keep;
-  const int64_t* L = lengths_ptr(lengths, keep);
+  const int64_t* L = lengths_ptr(lengths, T, keep);
   auto x = rows_contiguous(x_proj);
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward", [&] {
     return rnn_forward_impl<scalar_t>(x, w_hh.contiguous(), h0.contiguous(), L, reverse, relu);
@@ -814,7 +842,7 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& dy, const at::Tensor& dh_
   check_tensor(h0, "h0", y, {B, H});
   const bool relu = is_relu(nonlinearity);
   at::Tensor keep;
-  const int64_t* L = lengths_ptr(lengths, keep);
+  const int64_t* L = lengths_ptr(lengths, T, keep);
   return AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rnn_backward", [&] {
     return rnn_backward_impl<scalar_t>(dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), h0.contiguous(),
                                        y.contiguous(), lengths, L, reverse, relu);
