@@ -23,7 +23,9 @@ def get_extensions():
     # results depend on anything but the binary and the ISA clone picked at load time.
     cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
     # SANITIZE=1 (make sanitize): AddressSanitizer + UBSan, every report fatal
-    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"] if os.environ.get("SANITIZE") == "1" else []
+    # (float-cast-overflow is not in -fsanitize=undefined: it catches a NaN or huge float cast to int)
+    san = (["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+           if os.environ.get("SANITIZE") == "1" else [])
     return [
         CppExtension(
             "fastrnn._C",

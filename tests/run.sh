@@ -12,7 +12,10 @@ if "$PY" -c "import fastrnn, sys; sys.exit(fastrnn.available_backends()['cpp'] !
 else
   echo "== lane: cpp backend skipped: $("$PY" -c "import fastrnn; print(fastrnn.available_backends()['cpp'])")"
 fi
-echo "== lane: triton backend through the interpreter (tests/test_triton.py, tests/test_beyond.py)"
-TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest tests/test_triton.py tests/test_beyond.py -q "$@"
+# the interpreter runs the kernels in numpy: the files whose cases are small enough
+TRITON_FILES="tests/test_triton.py tests/test_beyond.py tests/test_module_samples.py tests/test_precision.py
+  tests/test_transforms.py tests/test_dropin.py tests/test_interop.py"
+echo "== lane: triton backend through the interpreter ($(echo $TRITON_FILES))"
+TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest $TRITON_FILES -q "$@"
 echo "== lane: triton kernels compiled for sm_90 without a GPU (tests/test_triton_compile.py)"
 FASTRNN_BACKEND=triton "$PY" -m pytest tests/test_triton_compile.py -q "$@"
