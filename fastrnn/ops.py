@@ -160,7 +160,8 @@ def _eager(args) -> bool:
         return False
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     # is_grads_batched backwards (and gradcheck's batched-grad check) reach the backward with
-    # batched tensors: those go through the dispatcher to the ops' vmap rule
+    # batched tensors: those go through the dispatcher, whose batching fallback runs the
+    # backward op once per gradient in the batch
     is_batched = torch._C._functorch.is_batchedtensor
     is_legacy = torch._C._functorch.is_legacy_batchedtensor
     return all(type(a) in _PLAIN and not is_wrapped(a) and not is_batched(a) and not is_legacy(a)
