@@ -89,8 +89,8 @@ def _oracle_recurrence(mode, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse)
 
 def _autocast_dtypes(mode: str, device_type: str, *, cell: bool, packed: bool, proj: bool,
                      states: Sequence[Tensor], weights: Sequence[Tensor]):
-    """Under autocast: (the dtype to compute in, the dtypes of h and c that torch.nn returns),
-    or None when autocast leaves the call alone.
+    """Under autocast (the caller checked it is on): (the dtype to compute in, the dtypes of
+    h and c that torch.nn returns), or None when autocast leaves the call alone.
 
     torch.nn's answer follows from how its kernels meet autocast. On CUDA the cuDNN layers
     and every cell op are on autocast's lower-precision list: everything runs in the
@@ -100,8 +100,6 @@ def _autocast_dtypes(mode: str, device_type: str, *, cell: bool, packed: bool, p
     h = (1-z)*n + z*h and an LSTM's c = f*c + i*g keep the state's dtype, an LSTM's
     h = o*tanh(c) takes c's, or is low after a projection. float64 is never cast.
     """
-    if not torch.is_autocast_enabled(device_type):
-        return None
     if any(t.dtype == torch.float64 for t in (*states, *weights) if t is not None):
         return None
     return autocast_rule(mode, device_type, torch.get_autocast_dtype(device_type), cell=cell,
@@ -153,13 +151,12 @@ def rnn(
         output (T, B, D*P), and h_n (L*D, B, P), or (h_n, c_n) for LSTM.
     """
     if torch.is_autocast_enabled(input.device.type):
-        h0, c0 = hx if mode == "LSTM" else (hx, None)
+        states = tuple(hx) if mode == "LSTM" else (hx,)
         plan = _autocast_dtypes(mode, input.device.type, cell=False, packed=lengths is not None,
-                                proj=proj_size > 0, states=[s for s in (h0, c0) if s is not None],
-                                weights=weights)
+                                proj=proj_size > 0, states=states, weights=weights)
         if plan is not None:
             compute, h_dtype, c_dtype = plan
-            state = tuple(_autocast_cast(s, compute) for s in (hx if mode == "LSTM" else (hx,)))
+            state = tuple(_autocast_cast(s, compute) for s in states)
             with torch.autocast(input.device.type, enabled=False):
                 out, hidden = rnn(mode, _autocast_cast(input, compute), state if mode == "LSTM" else state[0],
                                   [_autocast_cast(w, compute) for w in weights], bias=bias,
@@ -224,8 +221,10 @@ def cell(
 ):
     """One step of a cell on (B, I) input: the recurrence op with T = 1."""
     states = tuple(hx) if mode == "LSTM" else (hx,)
-    plan = _autocast_dtypes(mode, input.device.type, cell=True, packed=False, proj=False,
-                            states=states, weights=(w_ih, w_hh)) if torch.is_autocast_enabled(input.device.type) else None
+    plan = None
+    if torch.is_autocast_enabled(input.device.type):
+        plan = _autocast_dtypes(mode, input.device.type, cell=True, packed=False, proj=False,
+                                states=states, weights=(w_ih, w_hh))
     if plan is not None:
         compute, h_dtype, c_dtype = plan
         cast = [_autocast_cast(t, compute) for t in (input, *states, w_ih, w_hh, b_ih, b_hh)]
