@@ -11,7 +11,7 @@ Parameters, so a traced, scripted or exported model runs torch's kernels;
 ``torch.load(f, weights_only=True)`` of a whole model needs
 ``torch.serialization.safe_globals(fastrnn.safe_globals())``.
 """
-from . import backends, functional, ops, reference, testing  # noqa: F401
+from . import backends, cells, functional, numerics, ops, reference, testing  # noqa: F401
 from .backends import available_backends
 from .convert import convert
 from .interop import quantize_dynamic, safe_globals
@@ -35,6 +35,8 @@ __all__ = [
     "quantize_dynamic",
     "safe_globals",
     "testing",
+    "cells",
+    "numerics",
     "reference",
     "functional",
     "ops",

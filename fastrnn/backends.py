@@ -1,8 +1,15 @@
 """Backend selection: ``"auto" | "triton" | "cpp" | "reference"``.
 
-A backend is a module that implements the six recurrence entry points with the signatures
-of :mod:`fastrnn.reference`'s ``*_recurrence_forward`` / ``*_recurrence_backward``. The ops
-in :mod:`fastrnn.ops` receive the resolved backend name and dispatch here.
+A backend is a module that runs the time loops, and nothing else: for every cell of
+:mod:`fastrnn.cells` it has ``<cell>_forward(*cell.forward_args, workspace)`` returning
+``cell.forward_results`` and ``<cell>_backward(*cell.backward_args)`` returning
+``dx_proj``, the gradients of the initial states and ``cell.loop_grads``. Workspaces and
+backward results are in the accumulation dtype (:func:`fastrnn.numerics.acc_dtype`); a
+forward under ``workspace=False`` may return empty workspaces. The input projection, layers,
+directions, packing, dropout and every weight-gradient GEMM are shared
+(:mod:`fastrnn.functional`, :mod:`fastrnn.ops`). The three backends:
+:mod:`fastrnn.reference` (plain PyTorch, any device and dtype), :mod:`fastrnn._cpp`
+(C++, CPU) and ``fastrnn.kernels`` (Triton).
 
 Resolution of ``"auto"``: the ``FASTRNN_BACKEND`` environment variable if set, else triton
 for CUDA tensors and cpp for CPU tensors; when that fast backend is missing, the reference
@@ -23,20 +30,15 @@ from typing import Callable
 
 import torch
 
+from .cells import CELLS
+
 __all__ = ["BACKENDS", "available_backends", "resolve", "implementation", "check_name"]
 
 BACKENDS = ("auto", "triton", "cpp", "reference")
 # Not a user-facing choice: autograd straight through fastrnn.reference's cells, no custom
 # ops. fastrnn.testing uses it as the oracle every backend is measured against.
 ORACLE = "oracle"
-ENTRY_POINTS = (
-    "lstm_recurrence_forward",
-    "lstm_recurrence_backward",
-    "gru_recurrence_forward",
-    "gru_recurrence_backward",
-    "rnn_recurrence_forward",
-    "rnn_recurrence_backward",
-)
+ENTRY_POINTS = tuple(f"{name}_{d}" for name in CELLS for d in ("forward", "backward"))
 
 
 def _interpreting() -> bool:
@@ -178,13 +180,6 @@ def resolve(backend: str, device: torch.device) -> str:
     if mod is None:
         raise RuntimeError(f"fastrnn backend {backend!r} is unavailable: {why}")
     return backend
-
-
-def workspace_optional(backend: str) -> bool:
-    """Whether the backend's LSTM/GRU forwards take ``workspace=False`` (skip the state
-    kept for the backward)."""
-    mod, _ = _load(backend) if backend in _REGISTRY else (None, "")
-    return bool(getattr(mod, "WORKSPACE_OPTIONAL", False))
 
 
 def native_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:

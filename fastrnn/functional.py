@@ -16,75 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends, ops, reference
+from . import backends, cells, ops
 
-__all__ = ["rnn", "cell", "unpack", "pack", "gate_multiplier"]
-
-_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+__all__ = ["rnn", "cell", "unpack", "pack"]
 
 
-def gate_multiplier(mode: str) -> int:
-    return _GATES[mode]
-
-
-def _recurrent_bias(mode: str, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
-    """(bias folded into x_proj, b_hn kept inside the GRU's reset product)."""
-    if b_ih is None:
-        return None, None
-    if mode != "GRU":
-        return b_ih + b_hh, None
-    H = b_hh.shape[0] // 3
-    return b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)]), b_hh[2 * H:]
-
-
-def _needs_composite(*tensors: Optional[Tensor]) -> bool:
-    """Whether a transform the fused ops cannot serve is applied to these tensors.
-
-    Forward-mode AD (``torch.autograd.forward_ad`` dual tensors) and the torch.func
-    transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) reach a custom op with
-    wrapped tensors that its autograd formula cannot see: the op would return zero
-    tangents or raise. Those calls run the reference cells as plain differentiable PyTorch
-    instead, which every transform supports exactly (at the reference's speed).
-    """
-    dual = torch.autograd.forward_ad._current_level >= 0
-    if not dual and torch._C._functorch.maybe_current_level() is None:
-        return False  # no transform is active: the common eager case, decided in ~0.3 us
-    if torch.compiler.is_compiling():
-        return False
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    batched = torch._C._functorch.is_batchedtensor
-    for t in tensors:
-        if t is None:
-            continue
-        if wrapped(t) or batched(t):
-            return True
-        if dual and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
-            return True
-    return False
-
-
-def _recurrence(mode: str, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse: bool, backend: str):
-    """One direction of one layer: returns (y, h_n, c_n or None)."""
-    if backend == backends.ORACLE or _needs_composite(x_proj, w_hh, b_hn, w_hr, h0, c0):
-        return _oracle_recurrence(mode, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse)
-    if mode == "LSTM":
-        y, h_n, c_n, _, _ = ops.lstm(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend)
-        return y, h_n, c_n
-    if mode == "GRU":
-        y, h_n, _ = ops.gru(x_proj, w_hh, b_hn, h0, lengths, reverse, backend)
-        return y, h_n, None
-    nonlinearity = "tanh" if mode == "RNN_TANH" else "relu"
-    y, h_n = ops.rnn(x_proj, w_hh, h0, lengths, reverse, nonlinearity, backend)
-    return y, h_n, None
-
-
-def _oracle_recurrence(mode, x_proj, w_hh, b_hn, w_hr, h0, c0, lengths, reverse):
-    if mode == "LSTM":
-        return reference.lstm_recurrence(x_proj, w_hh, w_hr, h0, c0, lengths, reverse)
-    if mode == "GRU":
-        return (*reference.gru_recurrence(x_proj, w_hh, b_hn, h0, lengths, reverse), None)
-    nonlinearity = "tanh" if mode == "RNN_TANH" else "relu"
-    return (*reference.rnn_recurrence(x_proj, w_hh, h0, lengths, reverse, nonlinearity), None)
+def _layer_weights(cell: cells.Cell, weights: Sequence[Tensor], bias: bool, proj: bool, index: int) -> dict:
+    """The parameters of layer-direction ``index`` in torch.nn's flat weight list, by name."""
+    names = [p.name for p in cell.layer_params(bias, proj)]
+    return dict(zip(names, weights[index * len(names) : (index + 1) * len(names)]))
 
 
 def _autocast_dtypes(mode: str, device_type: str, *, cell: bool, packed: bool, proj: bool,
@@ -167,19 +107,19 @@ def rnn(
                 return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
             return out.to(h_dtype), hidden.to(h_dtype)
     concrete = backends.resolve(backend, input.device)
+    spec = cells.for_mode(mode)
     D = 2 if bidirectional else 1
-    per = 2 + 2 * bias + (proj_size > 0)
-    h0, c0 = hx if mode == "LSTM" else (hx, None)
+    states0 = tuple(hx) if len(spec.states) > 1 else (hx,)
     T, B = input.shape[0], input.shape[1]
-    h_n, c_n = [], []
+    finals: list[list[Tensor]] = [[] for _ in spec.states]
     layer_input = input
     for layer in range(num_layers):
-        groups = [weights[(layer * D + d) * per:(layer * D + d + 1) * per] for d in range(D)]
-        folded = [_recurrent_bias(mode, *(g[2:4] if bias else (None, None))) for g in groups]
-        w_ih = torch.cat([g[0] for g in groups]) if D > 1 else groups[0][0]
+        groups = [_layer_weights(spec, weights, bias, proj_size > 0, layer * D + d) for d in range(D)]
+        loop = [spec.loop_inputs(mode, g, bias) for g in groups]  # (x_proj bias, extras, attrs)
+        w_ih = torch.cat([g["weight_ih"] for g in groups]) if D > 1 else groups[0]["weight_ih"]
         x2d = layer_input.reshape(T * B, layer_input.shape[-1])
         if bias:
-            b = torch.cat([f[0] for f in folded]) if D > 1 else folded[0][0]
+            b = torch.cat([lp[0] for lp in loop]) if D > 1 else loop[0][0]
             x_proj = torch.addmm(b, x2d, w_ih.t())
         else:
             x_proj = x2d @ w_ih.t()
@@ -188,13 +128,13 @@ def rnn(
         outs = []
         for d in range(D):
             i = layer * D + d
-            w_hr = groups[d][-1] if proj_size > 0 else None
-            y, hn, cn = _recurrence(
-                mode, x_proj[..., d * G:(d + 1) * G] if D > 1 else x_proj, groups[d][1],
-                folded[d][1], w_hr, h0[i], None if c0 is None else c0[i], lengths, d == 1, concrete)
+            _, extras, attrs = loop[d]
+            y, *final = ops.recurrence(
+                spec, x_proj[..., d * G : (d + 1) * G] if D > 1 else x_proj, groups[d]["weight_hh"], extras,
+                tuple(s[i] for s in states0), lengths, d == 1, attrs, concrete)
             outs.append(y)
-            h_n.append(hn)
-            c_n.append(cn)
+            for acc, f in zip(finals, final):
+                acc.append(f)
         layer_input = torch.cat(outs, dim=-1) if D > 1 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
@@ -203,10 +143,8 @@ def rnn(
         # edit of the output (out.masked_fill_(...)) fail the backward's version check,
         # which torch.nn allows. One (T, B, H) copy, only when a backward will follow.
         layer_input = layer_input.clone()
-    h_n = torch.stack(h_n)
-    if mode == "LSTM":
-        return layer_input, (h_n, torch.stack(c_n))
-    return layer_input, h_n
+    final_states = tuple(torch.stack(f) for f in finals)
+    return layer_input, (final_states if len(final_states) > 1 else final_states[0])
 
 
 def cell(
@@ -234,11 +172,12 @@ def cell(
                 return h1.to(h_dtype), c1.to(c_dtype)
             return cell(mode, cast[0], cast[1], *cast[2:], backend=backend).to(h_dtype)
     concrete = backends.resolve(backend, input.device)
-    b, b_hn = _recurrent_bias(mode, b_ih, b_hh)
-    x_proj = (torch.addmm(b, input, w_ih.t()) if b is not None else input @ w_ih.t()).unsqueeze(0)
-    h0, c0 = hx if mode == "LSTM" else (hx, None)
-    _, h1, c1 = _recurrence(mode, x_proj, w_hh, b_hn, None, h0, c0, None, False, concrete)
-    return (h1, c1) if mode == "LSTM" else h1
+    spec = cells.for_mode(mode)
+    bias, extras, attrs = spec.loop_inputs(
+        mode, {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}, b_ih is not None)
+    x_proj = (torch.addmm(bias, input, w_ih.t()) if bias is not None else input @ w_ih.t()).unsqueeze(0)
+    _, *final = ops.recurrence(spec, x_proj, w_hh, extras, states, None, False, attrs, concrete)
+    return tuple(final) if len(final) > 1 else final[0]
 
 
 def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:

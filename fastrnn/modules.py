@@ -175,6 +175,10 @@ class RNN(_RecurrentLayer, nn.RNN):
         self.backend = backends.check_name(backend)
 
 
+# The layer that runs each cell of fastrnn.cells (the parity command and the tests build from it)
+LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+
 # ----------------------------------------------------------------------------------------
 # Cells
 # ----------------------------------------------------------------------------------------

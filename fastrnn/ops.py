@@ -1,28 +1,44 @@
-"""The recurrence ops, registered with torch.library.
+"""The recurrence ops: one torch.library custom op per cell, built from its spec.
 
-``torch.ops.fastrnn.{lstm,gru,rnn}_recurrence`` run one layer and one direction over a whole
-sequence; ``*_recurrence_backward`` is its reverse-time backward. Each op has a fake
-(meta) implementation, so torch.compile traces a model through it as one opaque node, and
-its autograd formula is registered with ``register_autograd``: the backward op returns
-``dx_proj`` (which ordinary autograd carries on to W_ih, the biases and the input) and the
-gradients of ``w_hh``, ``w_hr``/``b_hn`` and the initial state.
+``torch.ops.fastrnn.<cell>_recurrence`` runs one layer and one direction over a whole
+sequence; ``<cell>_recurrence_backward`` is its backward. Both have fake (meta) kernels, so
+torch.compile traces a model through them as opaque nodes, and the forward's autograd
+formula is registered with ``register_autograd``. Arguments and results are named by the
+spec (:mod:`fastrnn.cells`); for the cells of torch.nn:
 
-The last argument, ``backend``, is a resolved backend name (see :mod:`fastrnn.backends`).
-Double backward: when the backward itself runs under ``create_graph=True`` the gradients
-are recomputed by autograd through the reference cells, which is exact and differentiable
-for every backend (at the reference's speed).
+* ``lstm_recurrence(x_proj (T,B,4H), w_hh (4H,P), w_hr (P,H)?, h0 (B,P), c0 (B,H), lengths (B,)?,
+  reverse, backend, workspace=True) -> (y (T,B,P), h_n, c_n, gates (T,B,4H), cs (T,B,H))``
+* ``gru_recurrence(x_proj (T,B,3H), w_hh (3H,H), b_hn (H,)?, h0, lengths?, reverse, backend,
+  workspace=True) -> (y, h_n, gates (T,B,4H))``
+* ``rnn_recurrence(x_proj (T,B,H), w_hh (H,H), h0, lengths?, reverse, nonlinearity, backend,
+  workspace=True) -> (y, h_n)``
+* ``<cell>_recurrence_backward(dy, d<state>_n..., w_hh, extras..., <state>0..., y, workspace...,
+  lengths, reverse, attrs..., backend) -> (dx_proj, dw_hh, d<extra>..., d<state>0...)``
 
-Op signatures (time-major; G = gate width, P = output width):
+``backend`` is a resolved backend name (:mod:`fastrnn.backends`); the backend runs only the
+time loops. What follows the backward loop is done here, once for every backend: the
+gradient of W_hh is ONE GEMM over all T*B rows, ``dgh^T h_prev``, and the extras' gradients
+(W_hr, b_hn) likewise; ``dx_proj`` goes on to ordinary autograd for W_ih, the biases and x.
 
-* ``lstm_recurrence(x_proj (T,B,4H), w_hh (4H,P), w_hr (P,H)?, h0 (B,P), c0 (B,H),
-  lengths (B,)?, reverse, backend) -> (y (T,B,P), h_n, c_n, gates (T,B,4H), cs (T,B,H))``
-* ``gru_recurrence(x_proj (T,B,3H), w_hh (3H,H), b_hn (H,)?, h0 (B,H), lengths?, reverse,
-  backend) -> (y, h_n, gates (T,B,4H))``
-* ``rnn_recurrence(x_proj (T,B,H), w_hh (H,H), h0 (B,H), lengths?, reverse, nonlinearity,
-  backend) -> (y, h_n)``
+``workspace=False`` (no backward will follow) lets a backend keep O(B*H) state instead of
+the O(T*B*G) per-step workspace; the workspace results are then empty. The workspace is
+kept in fp32 for fp16/bf16 inputs.
 
-``gates`` and ``cs`` are the workspace the backward needs, kept in fp32 for fp16/bf16.
+Routes (all in :func:`recurrence`, the one entry point of :mod:`fastrnn.functional`):
+
+* a torch.func transform or forward-mode AD is active: the reference steps run as plain
+  differentiable PyTorch (exact, at the reference's speed); the fused ops cannot see the
+  wrapped tensors;
+* anything traces or intercepts the call (torch.compile, FakeTensor, a dispatch or function
+  mode, tensor subclasses, batched gradients): the registered op, through the dispatcher;
+* plain eager mode: the same op bodies through an ordinary autograd.Function, skipping the
+  dispatcher round trip and the custom-op autograd wrapper (measured on the 2-core CPU: ~30 us
+  per forward call and several hundred us per LSTM backward at T=100, B=1, H=64), or, when no
+  gradient is needed, the forward body without the workspace.
+Backward under ``create_graph=True`` (double backward) recomputes the gradients by autograd
+through the reference steps, exact and differentiable for every backend.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,21 +46,18 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backends, reference
-from .reference import acc_dtype
+from . import backends, cells, reference
+from .cells import Cell
+from .numerics import acc_dtype
 
-__all__ = ["lstm_recurrence", "gru_recurrence", "rnn_recurrence", "lstm", "gru", "rnn"]
+__all__ = ["recurrence", "Recurrence", "OPS", "lstm", "gru", "rnn"]
 
 
 # ----------------------------------------------------------------------------------------
 # Argument checks shared by every backend (the C++ entry points check again).
 # ----------------------------------------------------------------------------------------
-def _shape_error(name: str, t: Tensor, expected) -> RuntimeError:
-    return RuntimeError(f"fastrnn: {name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
-
-
-def _check_x(x_proj: Tensor, gate_mult: int, lengths: Optional[Tensor]) -> tuple[int, int, int]:
-    """Validate x_proj and lengths; returns (T, B, H)."""
+def _check(cell: Cell, named: dict) -> None:
+    x_proj, lengths = named["x_proj"], named["lengths"]
     if x_proj.dim() != 3:
         raise RuntimeError(f"fastrnn: x_proj must be 3-D (T, B, G), got {x_proj.dim()}-D")
     T, B, G = x_proj.shape
@@ -52,8 +65,8 @@ def _check_x(x_proj: Tensor, gate_mult: int, lengths: Optional[Tensor]) -> tuple
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     if not x_proj.is_floating_point():
         raise RuntimeError(f"fastrnn: x_proj must be a floating tensor, got {x_proj.dtype}")
-    if G % gate_mult:
-        raise RuntimeError(f"fastrnn: x_proj's last dim {G} is not a multiple of {gate_mult}")
+    if G % cell.n_gates:
+        raise RuntimeError(f"fastrnn: x_proj's last dim {G} is not a multiple of {cell.n_gates}")
     if lengths is not None:
         if lengths.dtype != torch.int64 or tuple(lengths.shape) != (B,):
             raise RuntimeError(
@@ -61,25 +74,30 @@ def _check_x(x_proj: Tensor, gate_mult: int, lengths: Optional[Tensor]) -> tuple
             )
         if lengths.device != x_proj.device:
             raise RuntimeError(f"fastrnn: lengths is on {lengths.device}, expected {x_proj.device}")
-    return T, B, G // gate_mult
-
-
-def _check_like(x_proj: Tensor, named: dict) -> None:
-    """Each named (tensor or None, expected shape) has x_proj's dtype and device, and that shape."""
-    for name, (t, shape) in named.items():
-        if t is None:
+    shapes = cell.shapes(*cell.dims(x_proj, named["w_hh"], tuple(named[e] for e in cell.extras)))
+    for name in cell.forward_args:
+        t = named[name]
+        if name not in shapes or t is None:
             continue
         if t.dtype != x_proj.dtype:
             raise RuntimeError(f"fastrnn: {name} has dtype {t.dtype}, expected {x_proj.dtype} like x_proj")
         if t.device != x_proj.device:
             raise RuntimeError(f"fastrnn: {name} is on {t.device}, expected {x_proj.device} like x_proj")
-        if tuple(t.shape) != tuple(shape):
-            raise _shape_error(name, t, shape)
+        if tuple(t.shape) != tuple(shapes[name]):
+            raise RuntimeError(f"fastrnn: {name} must have shape {tuple(shapes[name])}, got {tuple(t.shape)}")
+    for name, _, allowed in cell.attrs:
+        if named[name] not in allowed:
+            choices = " or ".join(repr(a) for a in allowed)
+            raise RuntimeError(f"fastrnn: Unknown {name} '{named[name]}'. Select from {choices}.")
 
 
+# ----------------------------------------------------------------------------------------
+# What every backend call shares: dtype widening, fresh outputs, the post-loop GEMMs.
+# ----------------------------------------------------------------------------------------
 def _fresh(out: tuple, inputs: tuple) -> tuple:
     """Custom ops may not return an input, a view of one, or two views of one buffer: copy
     any output whose storage was already seen (cheap insurance over every backend)."""
+
     def key(t):
         return t.untyped_storage().data_ptr() if t.numel() else None
 
@@ -107,53 +125,50 @@ def _native(backend: str, args: tuple) -> tuple[tuple, Optional[torch.dtype]]:
     return tuple(a.float() if isinstance(a, Tensor) and a.dtype == low else a for a in args), low
 
 
-def _narrow(out: tuple, low: Optional[torch.dtype], n: int) -> tuple:
-    """The first ``n`` results back in ``low`` (the rest is float32 workspace either way)."""
-    if low is None:
-        return out
-    return tuple(t.to(low) if i < n and t is not None else t for i, t in enumerate(out))
-
-
-def _forward(backend: str, entry: str, args: tuple, workspace: bool, n_state: int) -> tuple:
-    """Run a backend's forward. ``workspace=False`` (an eager call under no_grad: no
-    backward will follow) lets a backend that supports it skip the per-step state the
-    backward needs, which is O(T*B*4H) memory; the workspace outputs are then empty.
-    The first ``n_state`` outputs (y and the final state) are in the input dtype."""
-    fn = backends.implementation(backend, entry)
+def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool) -> tuple:
+    named = dict(zip(cell.forward_args, args))
+    _check(cell, named)
     native, low = _native(backend, args)
-    if not workspace and backends.workspace_optional(backend):
-        out = fn(*native, workspace=False)
-    else:
-        out = fn(*native)
-    return _fresh(_narrow(tuple(out), low, n_state), args)
+    out = tuple(backends.implementation(backend, f"{cell.name}_forward")(*native, workspace))
+    n = 1 + len(cell.states)
+    if low is not None:
+        out = tuple(t.to(low) for t in out[:n]) + out[n:]
+    if not workspace:  # whatever the backend kept, the op's contract is: empty
+        acc = acc_dtype(named["x_proj"].dtype)
+        out = out[:n] + tuple(named["x_proj"].new_empty(0, dtype=acc) for _ in cell.workspace)
+    return _fresh(out, args)
 
 
-def _backward(backend: str, entry: str, args: tuple) -> tuple:
-    """Run a backend's backward; every gradient is in the dtype of the upstream gradient."""
-    native, low = _native(backend, args)
-    out = backends.implementation(backend, entry)(*native)
-    return _narrow(tuple(out), low, len(out))
-
-
-def _no_tensor(like: Tensor) -> Tensor:
-    """Stands for an absent gradient (custom ops return Tensors, not None)."""
-    return like.new_empty(0)
+def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
+    """The backend's backward loop, then the work every backend shares: h_prev, dW_hh as one
+    GEMM over T*B rows, the extras' gradients; results in the upstream gradient's dtype."""
+    dtype = args[0].dtype
+    native, _ = _native(backend, args)
+    named = dict(zip(cell.grad_args, native))
+    acc = acc_dtype(named["dy"].dtype)
+    hp = reference.h_prev(named["y"].to(acc), named["h0"].to(acc), named["lengths"], named["reverse"])
+    named["h_prev"] = hp
+    loop = backends.implementation(backend, f"{cell.name}_backward")(*(named[a] for a in cell.backward_args))
+    n = 1 + len(cell.states)
+    dx, dstates0, loop_grads = loop[0], loop[1:n], loop[n:]
+    dgh = cell.recurrent_grad(dx, named)
+    T, B, G = dgh.shape
+    dw_hh = dgh.reshape(T * B, G).t() @ hp.reshape(T * B, hp.shape[-1])
+    d_extras = cell.extra_grads(dgh, loop_grads, named)
+    out = (dx, dw_hh, *d_extras, *dstates0)
+    # custom ops return Tensors: an empty one stands for the gradient of an absent extra
+    out = tuple(args[0].new_empty(0) if t is None else t.to(dtype) for t in out)
+    return _fresh(out, args)
 
 
 # ----------------------------------------------------------------------------------------
-# Eager fast path. The registered ops are the entry point whenever anything traces or
-# transforms the call (torch.compile, FakeTensor, functorch, a dispatch or function mode,
-# tensor subclasses): that is what makes the model compile into one node per op. In plain
-# eager mode the same op bodies and the same setup_context/backward functions run through
-# an ordinary autograd.Function instead, skipping the dispatcher round trip and the
-# custom-op autograd wrapper (measured on the 2-core CPU: ~30 us per forward call and
-# several hundred us per LSTM backward, T=100, B=1, H=64). Numerics are identical: both
-# routes call the same backend functions.
+# One op per cell, from its spec
 # ----------------------------------------------------------------------------------------
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def _eager(args) -> bool:
+    """Whether a call may skip the dispatcher: nothing traces, intercepts or wraps it."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return False
     if torch._C._is_torch_function_mode_enabled():
@@ -164,8 +179,141 @@ def _eager(args) -> bool:
     # backward op once per gradient in the batch
     is_batched = torch._C._functorch.is_batchedtensor
     is_legacy = torch._C._functorch.is_legacy_batchedtensor
-    return all(type(a) in _PLAIN and not is_wrapped(a) and not is_batched(a) and not is_legacy(a)
-               for a in args if isinstance(a, Tensor))
+    return all(
+        type(a) in _PLAIN and not is_wrapped(a) and not is_batched(a) and not is_legacy(a)
+        for a in args
+        if isinstance(a, Tensor)
+    )
+
+
+def _schema(names: tuple, cell: Cell, results: int, tail: str) -> str:
+    types = {"lengths": "Tensor?", "reverse": "bool", **{e: "Tensor?" for e in cell.extras},
+             **{a: t for a, t, _ in cell.attrs}}
+    params = ", ".join(f"{types.get(n, 'Tensor')} {n}" for n in names)
+    return f"({params}, str backend{tail}) -> ({', '.join(['Tensor'] * results)})"
+
+
+class Recurrence:
+    """The op pair of one cell and its eager routes. ``Recurrence(cell)(*args)`` takes the
+    forward op's arguments (without ``workspace``) and returns all of its results."""
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+        n_fwd = len(cell.forward_args)
+        self.n_diff = n_diff = 1 + len(cell.states)  # y and the final states carry gradients
+        self.saved_names = ("x_proj", "w_hh", *cell.extras, *(f"{s}0" for s in cell.states), "lengths")
+        qual = f"fastrnn::{cell.name}_recurrence"
+
+        def workspace_arg(args, kwargs):
+            return kwargs.get("workspace", args[n_fwd + 1] if len(args) > n_fwd + 1 else True)
+
+        def forward_body(*args, **kwargs):
+            return _run_forward(cell, args[:n_fwd], args[n_fwd], workspace_arg(args, kwargs))
+
+        def backward_body(*args):
+            return _run_backward(cell, args[:-1], args[-1])
+
+        fwd = torch.library.custom_op(
+            qual, forward_body, mutates_args=(),
+            schema=_schema(cell.forward_args, cell, len(cell.forward_results), ", bool workspace=True"))
+        bwd = torch.library.custom_op(
+            qual + "_backward", backward_body, mutates_args=(),
+            schema=_schema(cell.grad_args, cell, len(cell.grad_results), ""))
+
+        @fwd.register_fake
+        def _(*args, **kwargs):
+            named = dict(zip(cell.forward_args, args))
+            x = named["x_proj"]
+            shapes = cell.shapes(*cell.dims(x, named["w_hh"], tuple(named[e] for e in cell.extras)))
+            keep = workspace_arg(args, kwargs)
+            acc = acc_dtype(x.dtype)
+            return (*(x.new_empty(shapes[r]) for r in cell.forward_results[:n_diff]),
+                    *(x.new_empty(shapes[r] if keep else (0,), dtype=acc) for r in cell.workspace))
+
+        @bwd.register_fake
+        def _(*args):
+            named = dict(zip(cell.grad_args, args))
+            dy, w_hh = named["dy"], named["w_hh"]
+            return (dy.new_empty(*dy.shape[:2], w_hh.shape[0]), dy.new_empty(w_hh.shape),
+                    *(dy.new_empty(0 if named[e] is None else named[e].shape) for e in cell.extras),
+                    *(dy.new_empty(named[f"{s}0"].shape) for s in cell.states))
+
+        def setup_context(ctx, inputs, output):
+            named = dict(zip(cell.forward_args, inputs))
+            ctx.save_for_backward(*(named[a] for a in self.saved_names), output[0], *output[n_diff:])
+            ctx.attrs = tuple(named[a] for a, *_ in cell.attrs)
+            ctx.reverse, ctx.backend = named["reverse"], inputs[n_fwd]
+            ctx.kept_workspace = workspace_arg(inputs, {})
+
+        def backward(ctx, *grads):
+            return self._backward(ctx, grads) + (None,)  # the op's last argument: workspace
+
+        fwd.register_autograd(backward, setup_context=setup_context)
+        self.op = getattr(torch.ops.fastrnn, f"{cell.name}_recurrence")
+        self.backward_op = getattr(torch.ops.fastrnn, f"{cell.name}_recurrence_backward")
+        self.forward_body, self.backward_body = forward_body, backward_body
+        self.function = self._function(setup_context)
+
+    def _backward(self, ctx, grads) -> tuple:
+        """Gradients of the forward op's arguments up to ``backend``."""
+        cell, n_diff = self.cell, self.n_diff
+        saved = ctx.saved_tensors
+        k = len(self.saved_names)
+        named = dict(zip(self.saved_names, saved[:k]))
+        y, workspace = saved[k], saved[k + 1 :]
+        extras = tuple(named[e] for e in cell.extras)
+        states0 = tuple(named[f"{s}0"] for s in cell.states)
+        lengths = named["lengths"]
+        tail = (None, None, *(None for _ in cell.attrs), None)  # lengths, reverse, attrs, backend
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            ne = len(extras)
+            grads = _differentiable_grads(
+                lambda x, w, *rest: reference.recurrence(cell, x, w, rest[:ne], rest[ne:], lengths, ctx.reverse,
+                                                         ctx.attrs),
+                (named["x_proj"], named["w_hh"], *extras, *states0), grads[:n_diff])
+            return (*grads, *tail)
+        if not ctx.kept_workspace:
+            raise RuntimeError(f"fastrnn: {cell.name}_recurrence ran with workspace=False: it kept nothing to "
+                               "differentiate; run it with workspace=True when a backward follows")
+        out = _call(self.backward_op, self.backward_body, *grads[:n_diff], named["w_hh"], *extras, *states0, y,
+                    *workspace, lengths, ctx.reverse, *ctx.attrs, ctx.backend)
+        d_extras = tuple(None if e is None else g for e, g in zip(extras, out[2 : 2 + len(extras)]))
+        return (out[0], out[1], *d_extras, *out[2 + len(extras) :], *tail)
+
+    def _function(self, setup_context):
+        """The eager autograd.Function of the forward op."""
+        body, n_diff, owner = self.forward_body, self.n_diff, self
+
+        # forward(ctx, ...) rather than a separate setup_context staticmethod: with the latter,
+        # Function.apply binds the arguments through inspect.signature on every call (~70 us).
+        def forward(ctx, *args):
+            out = body(*args)
+            setup_context(ctx, args, out)
+            # Autograd would otherwise fill a zero gradient for every output the loss does not
+            # use, the (T, B, 4H) workspace included: ~0.5 ms of memset per LSTM backward at
+            # T=100, B=8, H=128 here. Only the state outputs get zeros, made below on demand.
+            ctx.set_materialize_grads(False)
+            ctx.mark_non_differentiable(*out[n_diff:])
+            ctx.grad_like = [(o.shape, o.dtype, o.device) for o in out[:n_diff]]
+            return out
+
+        def backward(ctx, *grads):
+            grads = [g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
+                     for g, (shape, dtype, device) in zip(grads, ctx.grad_like)]
+            return owner._backward(ctx, grads)
+
+        return type(f"{self.cell.title}Recurrence", (torch.autograd.Function,),
+                    {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+    def __call__(self, *args):
+        """The forward op's results for its arguments up to ``backend`` (the workspace is kept
+        exactly when a gradient will be needed), by the cheapest route that serves the call."""
+        needs_grad = torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        if not _eager(args):
+            return self.op(*args, workspace=needs_grad)
+        if needs_grad:
+            return self.function.apply(*args)
+        return self.forward_body(*args, workspace=False)
 
 
 def _call(op, body, *args):
@@ -173,310 +321,11 @@ def _call(op, body, *args):
     return body(*args) if _eager(args) else op(*args)
 
 
-def _entry(op, body, function, inference=None):
-    """The public call of a forward op: dispatcher, autograd.Function, or (no gradient
-    needed) the plain body, or ``inference`` where the op has a workspace to skip."""
-
-    def call(*args):
-        if not _eager(args):
-            return op(*args)
-        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
-            return function.apply(*args)
-        return (inference or body)(*args)
-
-    call.__name__ = op._qualified_op_name.split("::")[-1]
-    return call
-
-
-def _function(name, body, setup_context, backward, n_differentiable):
-    """The eager autograd.Function of a forward op whose first ``n_differentiable`` outputs
-    carry gradients (y, h_n[, c_n]); the rest are the backward's workspace."""
-    # forward(ctx, ...) rather than a separate setup_context staticmethod: with the latter,
-    # Function.apply binds the arguments through inspect.signature on every call (~70 us).
-    def forward(ctx, *args):
-        out = body(*args)
-        setup_context(ctx, args, out)
-        # Autograd would otherwise fill a zero gradient for every output the loss does not
-        # use, the (T, B, 4H) workspace included: ~0.5 ms of memset per LSTM backward at
-        # T=100, B=8, H=128 here. Only the state outputs get zeros, made below on demand.
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(*out[n_differentiable:])
-        ctx.grad_like = [(o.shape, o.dtype, o.device) for o in out[:n_differentiable]]
-        return out
-
-    def backward_(ctx, *grads):
-        grads = [g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
-                 for g, (shape, dtype, device) in zip(grads, ctx.grad_like)] + list(grads[n_differentiable:])
-        return backward(ctx, *grads)
-
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward),
-        "backward": staticmethod(backward_),
-    })
-
-
-# ----------------------------------------------------------------------------------------
-# LSTM
-# ----------------------------------------------------------------------------------------
-def _lstm_recurrence_body(
-    x_proj: Tensor,
-    w_hh: Tensor,
-    w_hr: Optional[Tensor],
-    h0: Tensor,
-    c0: Tensor,
-    lengths: Optional[Tensor],
-    reverse: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _lstm_run(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend, True)
-
-
-def _lstm_run(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend, workspace):
-    T, B, H = _check_x(x_proj, 4, lengths)
-    P = (w_hr.shape[0] if w_hr.dim() == 2 else -1) if w_hr is not None else H
-    _check_like(x_proj, {"w_hh": (w_hh, (4 * H, P)), "w_hr": (w_hr, (P, H)),
-                         "h0": (h0, (B, P)), "c0": (c0, (B, H))})
-    return _forward(backend, "lstm_recurrence_forward", (x_proj, w_hh, w_hr, h0, c0, lengths, reverse), workspace, 3)
-
-
-lstm_recurrence = torch.library.custom_op("fastrnn::lstm_recurrence", _lstm_recurrence_body, mutates_args=())
-
-
-@lstm_recurrence.register_fake
-def _(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend):
-    T, B, G = x_proj.shape
-    H, P = G // 4, w_hh.shape[1]
-    acc = acc_dtype(x_proj.dtype)
-    return (x_proj.new_empty(T, B, P), x_proj.new_empty(B, P), x_proj.new_empty(B, H),
-            x_proj.new_empty(T, B, G, dtype=acc), x_proj.new_empty(T, B, H, dtype=acc))
-
-
-def _lstm_recurrence_backward_body(
-    dy: Tensor,
-    dh_n: Tensor,
-    dc_n: Tensor,
-    w_hh: Tensor,
-    w_hr: Optional[Tensor],
-    h0: Tensor,
-    c0: Tensor,
-    y: Tensor,
-    gates: Tensor,
-    cs: Tensor,
-    lengths: Optional[Tensor],
-    reverse: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dx, dw_hh, dw_hr, dh0, dc0 = _backward(backend, "lstm_recurrence_backward",
-                                           (dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse))
-    if dw_hr is None:
-        dw_hr = _no_tensor(dy)
-    return _fresh((dx, dw_hh, dw_hr, dh0, dc0), (dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs))
-
-
-lstm_recurrence_backward = torch.library.custom_op("fastrnn::lstm_recurrence_backward", _lstm_recurrence_backward_body, mutates_args=())
-
-
-@lstm_recurrence_backward.register_fake
-def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse, backend):
-    T, B, G = gates.shape
-    dw_hr = dy.new_empty(w_hr.shape) if w_hr is not None else dy.new_empty(0)
-    return (dy.new_empty(T, B, G), dy.new_empty(w_hh.shape), dw_hr,
-            dy.new_empty(h0.shape), dy.new_empty(c0.shape))
-
-
-def _lstm_setup(ctx, inputs, output):
-    x_proj, w_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
-    y, _, _, gates, cs = output
-    ctx.save_for_backward(x_proj, w_hh, w_hr, h0, c0, lengths, y, gates, cs)
-    ctx.reverse, ctx.backend = reverse, backend
-
-
-def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
-    x_proj, w_hh, w_hr, h0, c0, lengths, y, gates, cs = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        grads = _differentiable_grads(
-            lambda *a: reference.lstm_recurrence(*a, lengths, ctx.reverse),
-            (x_proj, w_hh, w_hr, h0, c0), (dy, dh_n, dc_n))
-        return (*grads, None, None, None)
-    dx, dw_hh, dw_hr, dh0, dc0 = _call(torch.ops.fastrnn.lstm_recurrence_backward, _lstm_recurrence_backward_body,
-        dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, ctx.reverse, ctx.backend)
-    return dx, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
-
-
-lstm_recurrence.register_autograd(_lstm_backward, setup_context=_lstm_setup)
-lstm = _entry(torch.ops.fastrnn.lstm_recurrence, _lstm_recurrence_body,
-              _function("LSTMRecurrence", _lstm_recurrence_body, _lstm_setup, _lstm_backward, 3),
-              lambda *args: _lstm_run(*args, False))
-
-
-# ----------------------------------------------------------------------------------------
-# GRU
-# ----------------------------------------------------------------------------------------
-def _gru_recurrence_body(
-    x_proj: Tensor,
-    w_hh: Tensor,
-    b_hn: Optional[Tensor],
-    h0: Tensor,
-    lengths: Optional[Tensor],
-    reverse: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _gru_run(x_proj, w_hh, b_hn, h0, lengths, reverse, backend, True)
-
-
-def _gru_run(x_proj, w_hh, b_hn, h0, lengths, reverse, backend, workspace):
-    T, B, H = _check_x(x_proj, 3, lengths)
-    _check_like(x_proj, {"w_hh": (w_hh, (3 * H, H)), "b_hn": (b_hn, (H,)), "h0": (h0, (B, H))})
-    return _forward(backend, "gru_recurrence_forward", (x_proj, w_hh, b_hn, h0, lengths, reverse), workspace, 2)
-
-
-gru_recurrence = torch.library.custom_op("fastrnn::gru_recurrence", _gru_recurrence_body, mutates_args=())
-
-
-@gru_recurrence.register_fake
-def _(x_proj, w_hh, b_hn, h0, lengths, reverse, backend):
-    T, B, G = x_proj.shape
-    H = G // 3
-    return (x_proj.new_empty(T, B, H), x_proj.new_empty(B, H),
-            x_proj.new_empty(T, B, 4 * H, dtype=acc_dtype(x_proj.dtype)))
-
-
-def _gru_recurrence_backward_body(
-    dy: Tensor,
-    dh_n: Tensor,
-    w_hh: Tensor,
-    b_hn: Optional[Tensor],
-    h0: Tensor,
-    y: Tensor,
-    gates: Tensor,
-    lengths: Optional[Tensor],
-    reverse: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dw_hh, db_hn, dh0 = _backward(backend, "gru_recurrence_backward",
-                                      (dy, dh_n, w_hh, b_hn, h0, y, gates, lengths, reverse))
-    if db_hn is None:
-        db_hn = _no_tensor(dy)
-    return _fresh((dx, dw_hh, db_hn, dh0), (dy, dh_n, w_hh, b_hn, h0, y, gates))
-
-
-gru_recurrence_backward = torch.library.custom_op("fastrnn::gru_recurrence_backward", _gru_recurrence_backward_body, mutates_args=())
-
-
-@gru_recurrence_backward.register_fake
-def _(dy, dh_n, w_hh, b_hn, h0, y, gates, lengths, reverse, backend):
-    T, B, H4 = gates.shape
-    db_hn = dy.new_empty(b_hn.shape) if b_hn is not None else dy.new_empty(0)
-    return dy.new_empty(T, B, 3 * (H4 // 4)), dy.new_empty(w_hh.shape), db_hn, dy.new_empty(h0.shape)
-
-
-def _gru_setup(ctx, inputs, output):
-    x_proj, w_hh, b_hn, h0, lengths, reverse, backend = inputs
-    y, _, gates = output
-    ctx.save_for_backward(x_proj, w_hh, b_hn, h0, lengths, y, gates)
-    ctx.reverse, ctx.backend = reverse, backend
-
-
-def _gru_backward(ctx, dy, dh_n, _dgates):
-    x_proj, w_hh, b_hn, h0, lengths, y, gates = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        grads = _differentiable_grads(
-            lambda *a: reference.gru_recurrence(*a, lengths, ctx.reverse),
-            (x_proj, w_hh, b_hn, h0), (dy, dh_n))
-        return (*grads, None, None, None)
-    dx, dw_hh, db_hn, dh0 = _call(torch.ops.fastrnn.gru_recurrence_backward, _gru_recurrence_backward_body,
-        dy, dh_n, w_hh, b_hn, h0, y, gates, lengths, ctx.reverse, ctx.backend)
-    return dx, dw_hh, (db_hn if b_hn is not None else None), dh0, None, None, None
-
-
-gru_recurrence.register_autograd(_gru_backward, setup_context=_gru_setup)
-gru = _entry(torch.ops.fastrnn.gru_recurrence, _gru_recurrence_body,
-             _function("GRURecurrence", _gru_recurrence_body, _gru_setup, _gru_backward, 2),
-             lambda *args: _gru_run(*args, False))
-
-
-# ----------------------------------------------------------------------------------------
-# Elman RNN (tanh / relu)
-# ----------------------------------------------------------------------------------------
-def _rnn_recurrence_body(
-    x_proj: Tensor,
-    w_hh: Tensor,
-    h0: Tensor,
-    lengths: Optional[Tensor],
-    reverse: bool,
-    nonlinearity: str,
-    backend: str,
-) -> tuple[Tensor, Tensor]:
-    T, B, H = _check_x(x_proj, 1, lengths)
-    _check_like(x_proj, {"w_hh": (w_hh, (H, H)), "h0": (h0, (B, H))})
-    if nonlinearity not in ("tanh", "relu"):
-        raise RuntimeError(f"fastrnn: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    return _forward(backend, "rnn_recurrence_forward", (x_proj, w_hh, h0, lengths, reverse, nonlinearity), True, 2)
-
-
-rnn_recurrence = torch.library.custom_op("fastrnn::rnn_recurrence", _rnn_recurrence_body, mutates_args=())
-
-
-@rnn_recurrence.register_fake
-def _(x_proj, w_hh, h0, lengths, reverse, nonlinearity, backend):
-    T, B, H = x_proj.shape
-    return x_proj.new_empty(T, B, H), x_proj.new_empty(B, H)
-
-
-def _rnn_recurrence_backward_body(
-    dy: Tensor,
-    dh_n: Tensor,
-    w_hh: Tensor,
-    h0: Tensor,
-    y: Tensor,
-    lengths: Optional[Tensor],
-    reverse: bool,
-    nonlinearity: str,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    out = _backward(backend, "rnn_recurrence_backward", (dy, dh_n, w_hh, h0, y, lengths, reverse, nonlinearity))
-    return _fresh(out, (dy, dh_n, w_hh, h0, y))
-
-
-rnn_recurrence_backward = torch.library.custom_op("fastrnn::rnn_recurrence_backward", _rnn_recurrence_backward_body, mutates_args=())
-
-
-@rnn_recurrence_backward.register_fake
-def _(dy, dh_n, w_hh, h0, y, lengths, reverse, nonlinearity, backend):
-    return dy.new_empty(y.shape), dy.new_empty(w_hh.shape), dy.new_empty(h0.shape)
-
-
-def _rnn_setup(ctx, inputs, output):
-    x_proj, w_hh, h0, lengths, reverse, nonlinearity, backend = inputs
-    ctx.save_for_backward(x_proj, w_hh, h0, lengths, output[0])
-    ctx.reverse, ctx.nonlinearity, ctx.backend = reverse, nonlinearity, backend
-
-
-def _rnn_backward(ctx, dy, dh_n):
-    x_proj, w_hh, h0, lengths, y = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        grads = _differentiable_grads(
-            lambda *a: reference.rnn_recurrence(*a, lengths, ctx.reverse, ctx.nonlinearity),
-            (x_proj, w_hh, h0), (dy, dh_n))
-        return (*grads, None, None, None, None)
-    dx, dw_hh, dh0 = _call(torch.ops.fastrnn.rnn_recurrence_backward, _rnn_recurrence_backward_body,
-        dy, dh_n, w_hh, h0, y, lengths, ctx.reverse, ctx.nonlinearity, ctx.backend)
-    return dx, dw_hh, dh0, None, None, None, None
-
-
-rnn_recurrence.register_autograd(_rnn_backward, setup_context=_rnn_setup)
-rnn = _entry(torch.ops.fastrnn.rnn_recurrence, _rnn_recurrence_body,
-             _function("RNNRecurrence", _rnn_recurrence_body, _rnn_setup, _rnn_backward, 2))
-
-
-# ----------------------------------------------------------------------------------------
-# Double backward
-# ----------------------------------------------------------------------------------------
 def _differentiable_grads(recurrence, inputs: tuple, grad_outputs: tuple) -> list:
     """Gradients of ``recurrence(*inputs)`` that autograd can differentiate again.
 
     Used when a backward runs with create_graph=True (gradient penalties, MAML,
-    Hessian-vector products): the forward is recomputed through the reference cells with
+    Hessian-vector products): the forward is recomputed through the reference steps with
     autograd recording, and differentiated with create_graph=True.
     """
     with torch.enable_grad():
@@ -484,3 +333,45 @@ def _differentiable_grads(recurrence, inputs: tuple, grad_outputs: tuple) -> lis
         wrt = [t for t in inputs if t is not None and t.requires_grad]
         found = iter(torch.autograd.grad(outs, wrt, grad_outputs, create_graph=True, allow_unused=True))
     return [next(found) if t is not None and t.requires_grad else None for t in inputs]
+
+
+OPS: dict[str, Recurrence] = {name: Recurrence(cell) for name, cell in cells.CELLS.items()}
+lstm, gru, rnn = OPS["lstm"], OPS["gru"], OPS["rnn"]
+
+
+# ----------------------------------------------------------------------------------------
+# The one entry point of the functional stack
+# ----------------------------------------------------------------------------------------
+def needs_composite(*tensors: Optional[Tensor]) -> bool:
+    """Whether a transform the fused ops cannot serve is applied to these tensors.
+
+    Forward-mode AD (``torch.autograd.forward_ad`` dual tensors) and the torch.func
+    transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap) reach a custom op with
+    wrapped tensors that its autograd formula cannot see: the op would return zero
+    tangents or raise. Those calls run the reference steps as plain differentiable PyTorch
+    instead, which every transform supports exactly (at the reference's speed).
+    """
+    dual = torch.autograd.forward_ad._current_level >= 0
+    if not dual and torch._C._functorch.maybe_current_level() is None:
+        return False  # no transform is active: the common eager case, decided in ~0.3 us
+    if torch.compiler.is_compiling():
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    batched = torch._C._functorch.is_batchedtensor
+    for t in tensors:
+        if t is None:
+            continue
+        if wrapped(t) or batched(t):
+            return True
+        if dual and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
+def recurrence(cell: Cell, x_proj: Tensor, w_hh: Tensor, extras: tuple, states: tuple,
+               lengths: Optional[Tensor], reverse: bool, attrs: tuple, backend: str) -> tuple:
+    """One layer and direction of ``cell``: returns (y (T, B, P), *final states)."""
+    if backend == backends.ORACLE or needs_composite(x_proj, w_hh, *extras, *states):
+        return reference.recurrence(cell, x_proj, w_hh, extras, states, lengths, reverse, attrs)
+    out = OPS[cell.name](x_proj, w_hh, *extras, *states, lengths, reverse, *attrs, backend)
+    return out[: 1 + len(states)]

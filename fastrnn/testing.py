@@ -1,24 +1,27 @@
-"""Numerical parity between recurrent modules, as a library feature.
+"""Numerical parity between recurrent modules, as a library feature and a command.
 
 ``compare(a, b, *inputs)`` runs two recurrent modules with the same weights on the same
 inputs, forward and backward with the same upstream gradient, and reports the relative
 RMS error ``||a - b|| / ||b||`` of every output, final state and gradient (input, initial
-states, every weight), against the bound for the dtype from fastrnn's numerics contract:
-
-=====================================  ========
-fp64 against fp64                       1e-9
-fp32 (IEEE matmul)                      2e-5
-fp32 on CUDA with TF32 allowed          2e-3
-fp16 / bf16 against an fp32 reference   1e-2
-=====================================  ========
+states, every weight), against the bound for the dtype from fastrnn's numerics contract
+(:mod:`fastrnn.numerics`: 1e-9 fp64, 2e-5 fp32, 2e-3 fp32 with TF32, 1e-2 fp16/bf16).
 
 ``oracle(module)`` gives the reference to compare against: a copy of the module that runs
-autograd straight through :mod:`fastrnn.reference`'s cells, in float64 by default.
+autograd straight through the reference steps of :mod:`fastrnn.cells`, in float64 by default.
+
+The command::
+
+    python -m fastrnn.testing --cell lstm --hidden 512 --batch 8 --seq 100 --backend cpp
+
+prints, for every output, final state and gradient, the relative RMS error of fastrnn
+against torch.nn (same dtype) and against the float64 oracle, with the bound from the
+numerics table. Exit status 1 if any row exceeds its bound.
 """
 from __future__ import annotations
 
+import argparse
 import copy
-import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -26,32 +29,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends
+from . import backends, cells
 from .convert import TWINS
+from .modules import LAYERS
+from .numerics import BOUNDS, bound, rel_rms, tf32_allowed
 
-__all__ = ["BOUNDS", "bound", "rel_rms", "compare", "oracle", "ParityReport", "ParityRow"]
+__all__ = ["BOUNDS", "bound", "rel_rms", "compare", "oracle", "ParityReport", "ParityRow", "main"]
 
-BOUNDS = {"float64": 1e-9, "float32": 2e-5, "tf32": 2e-3, "float16": 1e-2, "bfloat16": 1e-2}
 _PRECISION = [torch.float16, torch.bfloat16, torch.float32, torch.float64]  # low to high
-
-
-def bound(dtype: torch.dtype, *, tf32: bool = False) -> float:
-    """The numerics-table bound for results computed in ``dtype``."""
-    if dtype == torch.float32 and tf32:
-        return BOUNDS["tf32"]
-    return BOUNDS[str(dtype).replace("torch.", "")]
-
-
-def rel_rms(a: Tensor, b: Tensor) -> float:
-    """``||a - b|| / ||b||`` in float64; the absolute norm where ``b`` is all zeros."""
-    a, b = a.detach().double(), b.detach().double()
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    num = torch.linalg.vector_norm(a - b).item()
-    den = torch.linalg.vector_norm(b).item()
-    if math.isnan(num):
-        return math.inf
-    return num / den if den > 0 else num
 
 
 @dataclass
@@ -99,7 +84,7 @@ def _device(m: nn.Module) -> torch.device:
 
 
 def _tf32(m: nn.Module) -> bool:
-    return _device(m).type == "cuda" and _dtype(m) == torch.float32 and torch.backends.cudnn.allow_tf32
+    return tf32_allowed(_device(m), _dtype(m))
 
 
 def _prepare(x: Any, dtype: torch.dtype, device: torch.device, leaves: list):
@@ -203,7 +188,7 @@ def compare(
 
 def oracle(module: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
     """A copy of ``module`` (fastrnn or torch.nn) that runs plain autograd through
-    :mod:`fastrnn.reference`'s cells, in ``dtype``: the reference results are measured by."""
+    the reference steps of :mod:`fastrnn.cells`, in ``dtype``: what results are measured by."""
     twin = copy.deepcopy(module)
     if type(twin) in TWINS:
         twin.__class__ = TWINS[type(twin)]
@@ -211,3 +196,61 @@ def oracle(module: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
         raise TypeError(f"oracle() takes a recurrent module, got {type(module).__name__}")
     twin.backend = backends.ORACLE
     return twin.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# python -m fastrnn.testing
+# ----------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastrnn.testing", description="Parity of a fastrnn layer against torch.nn and the float64 reference.")
+    p.add_argument("--cell", choices=sorted(cells.CELLS), default="lstm")
+    p.add_argument("--input", type=int, default=None, help="input size (default: hidden)")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=50)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--proj", type=int, default=0, help="proj_size (LSTM only)")
+    p.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only")
+    p.add_argument("--backend", default="auto", choices=list(backends.BACKENDS))
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    torch.manual_seed(a.seed)
+    dtype = getattr(torch, a.dtype)
+    ours_cls = LAYERS[a.cell]
+    nn_cls = next(c for c, twin in TWINS.items() if twin is ours_cls)
+    kw = dict(num_layers=a.layers, bidirectional=a.bidirectional)
+    if a.cell == "lstm" and a.proj:
+        kw["proj_size"] = a.proj
+    if a.cell == "rnn":
+        kw["nonlinearity"] = a.nonlinearity
+    in_size = a.input or a.hidden
+    ours = ours_cls(in_size, a.hidden, backend=a.backend, **kw).to(a.device, dtype)
+    x = torch.randn(a.seq, a.batch, in_size, device=a.device)
+    ok = True
+    import fastrnn
+
+    print(f"fastrnn {fastrnn.__version__}, torch {torch.__version__}, device {a.device}, "
+          f"backend {backends.resolve(a.backend, torch.device(a.device))}")
+    print(f"{a.cell.upper()} T={a.seq} B={a.batch} input={in_size} hidden={a.hidden} {kw}\n")
+    if dtype in (torch.float16, torch.bfloat16):
+        print("torch.nn: skipped (its fp16/bf16 results are not a reference; see the oracle below)\n")
+    else:
+        theirs = nn_cls(in_size, a.hidden, **kw).to(a.device, dtype)
+        r = compare(ours, theirs, x)
+        r.title = f"fastrnn ({a.dtype}) vs torch.nn ({a.dtype})"
+        print(r, end="\n\n")
+        ok &= r.passed
+    ref = oracle(ours)
+    r = compare(ours, ref, x, sync_weights=False)
+    r.title = f"fastrnn ({a.dtype}) vs reference (float64)"
+    print(r)
+    ok &= r.passed
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

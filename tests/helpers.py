@@ -4,19 +4,29 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
+from fastrnn.convert import TWINS
+from fastrnn.modules import LAYERS
 
 from conftest import DEVICE
 
-TWIN = {"lstm": (fastrnn.LSTM, nn.LSTM), "gru": (fastrnn.GRU, nn.GRU), "rnn": (fastrnn.RNN, nn.RNN)}
+# family -> (fastrnn layer, torch.nn twin), for every cell of fastrnn.cells
+TWIN = {name: (layer, next(c for c, t in TWINS.items() if t is layer)) for name, layer in LAYERS.items()}
+
+
+def _configs(cell):
+    """(id, family, constructor kwargs): each value of each non-tensor argument, and the
+    projection where the cell has one."""
+    if cell.attrs:
+        out = [(f"{cell.name}_{v}", cell.name, {a: v}) for a, _, allowed in cell.attrs for v in allowed]
+    else:
+        out = [(cell.name, cell.name, {})]
+    if any(p.when == "proj" for p in cell.params):
+        out.append((f"{cell.name}_proj", cell.name, {"proj_size": 4}))
+    return out
+
 
 # (id, family, constructor kwargs)
-CELLS = [
-    ("lstm", "lstm", {}),
-    ("lstm_proj", "lstm", {"proj_size": 4}),
-    ("gru", "gru", {}),
-    ("rnn_tanh", "rnn", {"nonlinearity": "tanh"}),
-    ("rnn_relu", "rnn", {"nonlinearity": "relu"}),
-]
+CELLS = [c for cell in fastrnn.cells.CELLS.values() for c in _configs(cell)]
 
 
 def make_pair(family, input_size, hidden, dtype, device=DEVICE, **kw):

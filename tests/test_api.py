@@ -152,9 +152,7 @@ def test_compare_report_and_cli(capsys):
     assert report.passed and report["output"].bound == 2e-5
     names = [r.name for r in report.rows]
     assert names[:3] == ["output", "h_n", "c_n"] and "grad_input" in names and "grad_weight_hh_l0" in names
-    from fastrnn import parity
-
-    assert parity.main(["--cell", "gru", "--hidden", "8", "--batch", "2", "--seq", "5", "--backend", "reference"]) == 0
+    assert testing.main(["--cell", "gru", "--hidden", "8", "--batch", "2", "--seq", "5", "--backend", "reference"]) == 0
     out = capsys.readouterr().out
     assert "vs torch.nn" in out and "vs reference (float64)" in out
 
