@@ -5,6 +5,9 @@
 # make sanitize : the cpp lane (C++ tests, parity, ops, precision) against an extension built
 #                 with -fsanitize=address,undefined in a scratch copy (build/sanitize); any
 #                 sanitizer report fails it
+# make lint   : ruff check, ruff format --check and clang-format --dry-run on csrc/; changes nothing
+# make format : applies ruff's fixes, ruff format and clang-format -i (pinned versions from
+#               requirements.txt; with PYTHON=..., that environment's ruff and clang-format)
 PYTHON ?=
 VENV   := .venv
 CSRC   := $(wildcard csrc/*.cpp csrc/*.h)
@@ -17,7 +20,7 @@ PY    := $(PYTHON)
 READY := inplace
 endif
 
-.PHONY: test bench inplace clean sanitize
+.PHONY: test bench inplace clean sanitize lint format
 
 test: $(READY)
 	bash tests/run.sh $(PY)
@@ -41,6 +44,33 @@ $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(CSRC)
 inplace:
 	@if [ -n "$(CSRC)" ]; then $(PY) setup.py -q build_ext --inplace \
 	  || echo "warning: C++ extension not built; the cpp backend will be unavailable"; fi
+
+# The tools come from the environment of $(PY): ruff as a module, clang-format from its
+# scripts directory (the pip wheel puts the binary there). Expanded when a recipe runs, after
+# $(VENV)/.deps has installed them.
+RUFF         = $(PY) -m ruff
+CLANG_FORMAT ?= $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/clang-format
+CXX_FILES    := $(shell find csrc \( -name '*.h' -o -name '*.cpp' \) | sort)
+TOOLS        := $(if $(strip $(PYTHON)),,$(VENV)/.deps)
+CHECK_CLANG_FORMAT = test -x "$(CLANG_FORMAT)" || { echo "no clang-format at $(CLANG_FORMAT):" \
+                     "pip install -r requirements.txt there, or set CLANG_FORMAT=/path/to/it"; exit 1; }
+
+# all three checks run and report; any failure fails the target
+lint: $(TOOLS)
+	@$(CHECK_CLANG_FORMAT)
+	@status=0; \
+	$(RUFF) check . || status=1; \
+	$(RUFF) format --check . || status=1; \
+	"$(CLANG_FORMAT)" --dry-run -Werror $(CXX_FILES) || status=1; \
+	exit $$status
+
+# check --fix before format, so the formatter has the last word on layout; what --fix cannot
+# repair is printed and left for a person (make lint then fails on it)
+format: $(TOOLS)
+	@$(CHECK_CLANG_FORMAT)
+	$(RUFF) check --fix --exit-zero .
+	$(RUFF) format .
+	"$(CLANG_FORMAT)" -i $(CXX_FILES)
 
 # Python itself is not instrumented, so the sanitizer runtimes are preloaded; leak checking
 # is off (the interpreter keeps its allocations at exit by design). --capture=sys: pytest

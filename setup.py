@@ -1,6 +1,7 @@
-"""Builds fastrnn: the Python package, the Triton kernels (shipped as fastrnn.kernels) and the
-C++ CPU backend (csrc/ -> fastrnn._C). DEBUG=1 builds the extension with -O0 -g; SANITIZE=1
-with AddressSanitizer and UBSan (see `make sanitize`)."""
+"""Builds fastrnn's compiled part: the C++ CPU backend (csrc/ -> fastrnn._C), and maps the
+Triton kernels (kernels/) into the package as fastrnn.kernels. Metadata lives in pyproject.toml.
+DEBUG=1 builds the extension with -O0 -g; SANITIZE=1 with AddressSanitizer and UBSan (see
+`make sanitize`)."""
 import glob
 import os
 
@@ -45,22 +46,10 @@ def cmdclass():
 
 
 setup(
-    name="fastrnn",
-    version="0.1.0",
-    description="Drop-in torch.nn LSTM/GRU/RNN with fused recurrence kernels (Triton, C++)",
-    python_requires=">=3.10",
     packages=["fastrnn", "fastrnn.kernels"],
     # the Triton kernels live in kernels/ at the top of the tree and ship inside the package;
     # a bare top-level `kernels` module would clash with PyPI's `kernels`
     package_dir={"fastrnn": "fastrnn", "fastrnn.kernels": "kernels"},
     ext_modules=get_extensions(),
     cmdclass=cmdclass(),
-    install_requires=["torch>=2.6"],
-    extras_require={
-        "triton": ["triton>=3.6"],
-        "bench": ["pytest-benchmark", "matplotlib"],
-        # torch.onnx.export (dynamo=True needs onnxscript) and running the result
-        "onnx": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"],
-        "test": ["pytest", "expecttest", "hypothesis", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"],
-    },
 )
