@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, functional, interop
+from . import backends, cells, functional, interop
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -45,13 +45,15 @@ class _RecurrentLayer:
     # -- end interop
 
     def _zeros_state(self, input: Tensor, batch: int):
+        """Zero initial states, one per state of the cell, shaped as the cell's spec says."""
+        spec = cells.for_mode(self.mode)
         D = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        h = torch.zeros(self.num_layers * D, batch, real_hidden, dtype=input.dtype, device=input.device)
-        if self.mode != "LSTM":
-            return h
-        c = torch.zeros(self.num_layers * D, batch, self.hidden_size, dtype=input.dtype, device=input.device)
-        return (h, c)
+        H = self.hidden_size
+        P = self.proj_size if self.proj_size > 0 else H
+        shapes = spec.shapes(1, batch, H, P)
+        zeros = tuple(torch.zeros(self.num_layers * D, *shapes[f"{s}0"], dtype=input.dtype, device=input.device)
+                      for s in spec.states)
+        return zeros if len(zeros) > 1 else zeros[0]
 
     def _check_hx_rank(self, hx, batched: bool) -> None:
         want = 3 if batched else 2
@@ -80,7 +82,7 @@ class _RecurrentLayer:
         if interop.records_torch_nn():  # jit.trace and ONNX export record torch.nn's forward
             return interop.torch_forward(self, input, hx)
         self._update_flat_weights()
-        is_lstm = self.mode == "LSTM"
+        is_lstm = len(cells.for_mode(self.mode).states) > 1  # the state is a tuple (h, c)
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
@@ -198,7 +200,7 @@ class _Cell:
         if interop.records_torch_nn():  # jit.trace and ONNX export record torch.nn's forward
             return interop.torch_forward(self, input, hx)
         name = self._name
-        is_lstm = self._mode == "LSTM"
+        is_lstm = len(cells.for_mode(self._mode).states) > 1  # the state is a tuple (h, c)
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         states = None
@@ -217,7 +219,7 @@ class _Cell:
             input = input.unsqueeze(0)
         if states is None:
             zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            states = (zeros, zeros) if is_lstm else (zeros,)
+            states = tuple(zeros for _ in cells.for_mode(self._mode).states)
         elif not batched:
             states = tuple(s.unsqueeze(0) for s in states)
         # the checks ATen's *_cell functions make, with their messages
