@@ -45,3 +45,24 @@ def test_every_backend_has_every_loop():
         mod = fastrnn.backends._load(backend)[0]
         for name in cells.CELLS:
             assert callable(getattr(mod, f"{name}_forward")) and callable(getattr(mod, f"{name}_backward"))
+
+
+def test_compiled_inference_asks_for_no_workspace():
+    """The workspace switch is an op argument: a compiled call under no_grad asks the op for
+    no backward workspace, a compiled training call for the full one."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    m = fastrnn.LSTM(3, 4, num_layers=2)
+    f = torch.compile(m, backend=capture, fullgraph=True)
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        lean = f(x)[0]
+    full = f(x)[0]
+    flags = [n.kwargs.get("workspace") for g in graphs for n in g.graph.nodes
+             if n.op == "call_function" and "lstm_recurrence" in str(n.target)]
+    assert flags == [False, False, True, True]
+    assert torch.equal(lean, full.detach())
