@@ -142,8 +142,10 @@ def gru_bwd_seq_kernel(
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
                                                jj, H, a2, dx_ptr + t * B * 3 * H)
-        dh_prev = (dd + mm(dar, w_r, PRECISION) + mm(daz, w_z, PRECISION)
-                   + mm(dgn, w_n, PRECISION))
+        # this order of the sum: compiled for sm_90 (fp32, H=64) it takes 4 KB less shared
+        # memory than dar, daz, dgn (python -m fastrnn.kernels.resources)
+        dh_prev = (dd + mm(dgn, w_n, PRECISION) + mm(dar, w_r, PRECISION)
+                   + mm(daz, w_z, PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
@@ -242,9 +244,10 @@ def gru_bwd_persistent_kernel(
     acts_ptr, hprev_ptr,    # forward workspace (T, B, 4H) fp32, states each step started from (T, B, H)
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     dx_ptr,                 # out (T, B, 3H) fp32
-    dgh_ptr,                # (2, B, 3H) fp32: d(gh) of a step, exchanged between programs; step s
-                            # uses [s % 2], so a program a step ahead never overwrites what
-                            # another still reads (it must pass the next barrier first)
+    dgh_ptr,                # (T, B, 3H) fp32 scratch: d(gh) of each step, exchanged between programs.
+                            # A (2, B, 3H) double buffer would do (a program must pass the next
+                            # barrier before it reuses a slot), but compiled for sm_90 its index
+                            # cost 32 registers (bf16, H=64)
     dh0_ptr,                # out (B, H) fp32
     count_ptr,              # (n_b,) int32 zeros
     T, B, H,
@@ -263,7 +266,7 @@ def gru_bwd_persistent_kernel(
         t = step_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
-        dgt = dgh_ptr + (s % 2) * B * 3 * H
+        dgt = dgh_ptr + t * B * 3 * H
         dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
                                                jj, H, a2, dx_ptr + t * B * 3 * H)
         _store3(dgt, rows, rmask, jj, H, dar, daz, dgn)
@@ -339,7 +342,7 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
 
     def persistent():
         launch(gru_bwd_persistent_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, w_ptr=w_hh, acts_ptr=acts, hprev_ptr=h_prev,
-               len_ptr=lens, dx_ptr=dx, dgh_ptr=alloc(2, B, 3 * H, device=dev, dtype=f32), dh0_ptr=dh,
+               len_ptr=lens, dx_ptr=dx, dgh_ptr=alloc(T, B, 3 * H, device=dev, dtype=f32), dh0_ptr=dh,
                count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags)
 
     if p.shape == "step":  # d(gh) = [dar, daz, dan*r] and dh*z of the current step, for carry_dh
