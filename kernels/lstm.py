@@ -1,4 +1,4 @@
-"""LSTM recurrence in Triton (proj_size included): two kernel shapes, forward and backward.
+"""LSTM recurrence in Triton (proj_size included): three kernel shapes, forward and backward.
 
 * Sequence kernel (one launch): a program owns BLOCK_B batch rows and the whole hidden
   width, loads the W_hh gate tiles (and W_hr) once, and keeps them, h and c on chip for all
@@ -7,8 +7,12 @@
   columns, fuses h_{t-1} @ W_hh^T with the cell and the state update. With a projection a
   second launch computes h_t = m_t @ W_hr^T. Backward: the cell step, then the shared
   ``carry_dh`` step for dh_{t-1} = dgates_t @ W_hh.
+* Persistent kernels (no projection; only when forced): programs tile batch x hidden,
+  keep their W_hh slice on chip for all T steps and meet at a grid barrier each step.
 
-The cell math is ``_lstm_cell`` / ``_lstm_cell_backward``, used by both shapes.
+The cell math is ``_lstm_cell`` / ``_lstm_cell_backward``, used by every shape. ``forward``
+and ``backward`` at the end name the tensors of each kernel; launch.py picks the shape and
+launches them.
 
 Backward of one step (m_t = o*tanh(c_t), h_t = m_t or m_t @ W_hr^T):
     dm = dh_t (or dh_t @ W_hr);  dc_t += dm*o*(1 - tanh(c_t)^2)
