@@ -21,6 +21,13 @@ pytestmark = [
 ]
 
 
+try:  # ahead-of-time compilation needs a Triton with GPUTarget and ASTSource
+    from triton.backends.compiler import GPUTarget  # noqa: F401
+    from triton.compiler import ASTSource  # noqa: F401
+except ImportError as e:
+    pytest.skip(f"cannot compile ahead of time with this triton: {e}", allow_module_level=True)
+
+
 def _resources():
     """fastrnn.kernels.resources, from an installed fastrnn or the source tree's kernels/."""
     import fastrnn
@@ -31,15 +38,7 @@ def _resources():
     return resources
 
 
-def _cases():
-    try:
-        configs = _resources().configs
-        return [c for dtype in ("fp32", "bf16") for H in (64, 256) for c in configs(H, dtype)]
-    except ImportError as e:  # a Triton without GPUTarget / ASTSource
-        pytest.skip(f"cannot compile ahead of time with this triton: {e}", allow_module_level=True)
-
-
-CASES = _cases()
+CASES = [c for dtype in ("fp32", "bf16") for H in (64, 256) for c in _resources().configs(H, dtype)]
 
 
 @pytest.mark.parametrize("name,kernel,constexprs,warps,dtype", CASES, ids=[c[0].replace(" ", "-") for c in CASES])
