@@ -23,7 +23,7 @@ BLOCK_B = 16  # batch rows per program: the smallest M a tensor-core dot accepts
 # elements) it is chosen; above, the step kernels run.
 # Compiled for sm_90, Triton stages these loop-invariant tiles in shared memory: at the
 # limit (fp32 LSTM, H=64) the forward takes 69 KB and the backward 135 KB of the 227 KB a
-# block may use, with no spills (python -m bench.triton_resources). Not yet timed on a GPU.
+# block may use, with no spills (python -m fastrnn.kernels.resources). Not yet timed on a GPU.
 RESIDENT_BYTES = 64 * 1024
 
 
@@ -57,7 +57,7 @@ def kernel_shape(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> str
 def warps_for(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> int:
     """Warps of a sequence-kernel program: 8 once the weight tiles pass a quarter of
     RESIDENT_BYTES (compiled for sm_90, the bf16 LSTM at H=64 spilled with 4 warps and
-    not with 8; python -m bench.triton_resources), else 4."""
+    not with 8; python -m fastrnn.kernels.resources), else 4."""
     bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
     return 8 if (n_gates + proj) * bh * bp * elem > RESIDENT_BYTES // 4 else 4
 
@@ -306,7 +306,7 @@ def grid_barrier(count_ptr, s):
 
 # Weight bytes a persistent program may hold: about half an H100/H200 SM's shared memory
 # (228 KiB), where Triton stages the loop-invariant dot operands (python -m
-# bench.triton_resources). A starting point for the GPU measurements, not a measured optimum.
+# fastrnn.kernels.resources). A starting point for the GPU measurements, not a measured optimum.
 PERSISTENT_BYTES = 128 * 1024
 # Compiled for sm_90: with 4 warps the LSTM forward spills at H=256 (255 registers + 32 B
 # stack); with 8 it does not (249). At H=512 it spills with either (864 B stack with 8).
@@ -341,22 +341,6 @@ def persistent_grid_ok(n_b, n_h, device) -> bool:
     if device.type != "cuda":
         return n_h == 1
     return n_b * n_h <= torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def step_grid(B, N, BN):
-    return (triton.cdiv(B, BLOCK_B), triton.cdiv(N, BN))
-
-
-def carry_dh(dg_t, w_hh, dh, direct, lengths, t, precision):
-    """Launch carry_dh_step_kernel for step t (see there)."""
-    B, N = dh.shape
-    G = dg_t.shape[-1]
-    BN = pow2_block(N)
-    carry_dh_step_kernel[step_grid(B, N, BN)](
-        dg_t, G, w_hh, direct if direct is not None else dh, dh,
-        lengths if lengths is not None else dh, t, B, N,
-        HAS_DIRECT=direct is not None, HAS_LENGTHS=lengths is not None,
-        BB=BLOCK_B, BN=BN, BK=32, PRECISION=precision)
 
 
 def time_steps(T, reverse):

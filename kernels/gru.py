@@ -13,10 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, gate_tile, gate_tile_t,
-                      grid_barrier, kernel_shape, load_rows, load_rows_l2, matmul_rows, mm, persistent_grid,
-                      pow2_block, program_tile, sigmoid, step_grid, step_index, store_rows, tanh, time_steps,
-                      warps_for)
+from ._common import (active_rows, alloc, gate_tile, gate_tile_t, grid_barrier, load_rows, load_rows_l2,
+                      matmul_rows, mm, program_tile, sigmoid, step_index, store_rows, tanh)
+from .launch import barrier_counters, carry_dh, launch, plan, run
 
 
 @triton.jit
@@ -54,23 +53,25 @@ def _gru_step_math(x_ptr, sxb, acts_ptr, rows, rmask, jj, H, a2, ghr, ghz, ghn, 
 
 
 @triton.jit
-def _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr, dgh_ptr):
-    """Cell backward of one step: writes dx[t] and dgh[t] row blocks (zero when inactive)
-    and returns (dar, daz, dan*r, dh*z) for the dh carry."""
+def _store3(ptr, rows, rmask, jj, H, a, b, c):
+    """Three (BB, BH) tiles into a (B, 3H) row block."""
+    store_rows(ptr, 3 * H, rows, rmask, jj, H, a)
+    store_rows(ptr + H, 3 * H, rows, rmask, jj, H, b)
+    store_rows(ptr + 2 * H, 3 * H, rows, rmask, jj, H, c)
+
+
+@triton.jit
+def _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr):
+    """Cell backward of one step: writes the dx[t] row block (zero when inactive) and returns
+    d(gh) = (dar, daz, dan*r), zero when inactive, and dh*z for the dh carry."""
     dar, daz, dan, dgn, dd = _gru_cell_backward(
         load_rows(acts_ptr, 4 * H, rows, rmask, jj, H), load_rows(acts_ptr + H, 4 * H, rows, rmask, jj, H),
         load_rows(acts_ptr + 2 * H, 4 * H, rows, rmask, jj, H), load_rows(acts_ptr + 3 * H, 4 * H, rows, rmask, jj, H),
         load_rows(hprev_ptr, H, rows, rmask, jj, H), dh)
     dar = tl.where(a2, dar, 0.0)
     daz = tl.where(a2, daz, 0.0)
-    dgn = tl.where(a2, dgn, 0.0)
-    store_rows(dx_ptr, 3 * H, rows, rmask, jj, H, dar)
-    store_rows(dx_ptr + H, 3 * H, rows, rmask, jj, H, daz)
-    store_rows(dx_ptr + 2 * H, 3 * H, rows, rmask, jj, H, tl.where(a2, dan, 0.0))
-    store_rows(dgh_ptr, 3 * H, rows, rmask, jj, H, dar)
-    store_rows(dgh_ptr + H, 3 * H, rows, rmask, jj, H, daz)
-    store_rows(dgh_ptr + 2 * H, 3 * H, rows, rmask, jj, H, dgn)
-    return dar, daz, dgn, dd
+    _store3(dx_ptr, rows, rmask, jj, H, dar, daz, tl.where(a2, dan, 0.0))
+    return dar, daz, tl.where(a2, dgn, 0.0), dd
 
 
 @triton.jit
@@ -122,9 +123,9 @@ def gru_bwd_seq_kernel(
     dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
     w_ptr,                  # w_hh (3H, H) contiguous
     acts_ptr,               # forward workspace (T, B, 4H) fp32
-    hprev_ptr,              # (T, B, H) fp32: the state each step started from
+    hprev_ptr,              # (T, B, H): the state each step started from
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    dx_ptr, dgh_ptr,        # out (T, B, 3H) fp32: d x_proj, d(h_prev @ W_hh^T)
+    dx_ptr,                 # out (T, B, 3H) fp32: d x_proj
     dh0_ptr,                # out (B, H) fp32
     T, B, H,
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
@@ -140,9 +141,11 @@ def gru_bwd_seq_kernel(
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
-                                               jj, H, a2, dx_ptr + t * B * 3 * H, dgh_ptr + t * B * 3 * H)
-        dh_prev = (dd + mm(dar, w_r, PRECISION) + mm(daz, w_z, PRECISION)
-                   + mm(dgn, w_n, PRECISION))
+                                               jj, H, a2, dx_ptr + t * B * 3 * H)
+        # this order of the sum: compiled for sm_90 (fp32, H=64) it takes 4 KB less shared
+        # memory than dar, daz, dgn (python -m fastrnn.kernels.resources)
+        dh_prev = (dd + mm(dgn, w_n, PRECISION) + mm(dar, w_r, PRECISION)
+                   + mm(daz, w_z, PRECISION))
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
@@ -179,9 +182,9 @@ def gru_fwd_step_kernel(
 @triton.jit(do_not_specialize=["t"])
 def gru_bwd_step_kernel(
     dh_ptr, dy_ptr,         # carried dh (B, H) fp32; dy[t] (B, H)
-    acts_ptr, hprev_ptr,    # acts[t] (B, 4H), h_prev[t] (B, H); fp32
+    acts_ptr, hprev_ptr,    # acts[t] (B, 4H) fp32, h_prev[t] (B, H)
     len_ptr, t,
-    dx_ptr, dgh_ptr,        # out dx[t], dgh[t] (B, 3H) fp32
+    dx_ptr, dgh_ptr,        # out dx[t] (B, 3H) fp32; out (B, 3H) fp32 d(gh) for carry_dh
     dd_ptr,                 # out (B, H) fp32: dh*z, the direct part of dh_{t-1}
     B, H,
     HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
@@ -189,7 +192,8 @@ def gru_bwd_step_kernel(
     rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     dh = load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H)
-    _, _, _, dd = _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr, dgh_ptr)
+    dar, daz, dgn, dd = _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr)
+    _store3(dgh_ptr, rows, rmask, jj, H, dar, daz, dgn)
     store_rows(dd_ptr, H, rows, rmask, jj, H, dd)
 
 
@@ -237,9 +241,13 @@ def gru_fwd_persistent_kernel(
 def gru_bwd_persistent_kernel(
     dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
     w_ptr,                  # w_hh (3H, H) contiguous
-    acts_ptr, hprev_ptr,    # forward workspace (T, B, 4H), states each step started from (T, B, H); fp32
+    acts_ptr, hprev_ptr,    # forward workspace (T, B, 4H) fp32, states each step started from (T, B, H)
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    dx_ptr, dgh_ptr,        # out (T, B, 3H) fp32; dgh is also how programs exchange the step's gradient
+    dx_ptr,                 # out (T, B, 3H) fp32
+    dgh_ptr,                # (T, B, 3H) fp32 scratch: d(gh) of each step, exchanged between programs.
+                            # A (2, B, 3H) double buffer would do (a program must pass the next
+                            # barrier before it reuses a slot), but compiled for sm_90 its index
+                            # cost 32 registers (bf16, H=64)
     dh0_ptr,                # out (B, H) fp32
     count_ptr,              # (n_b,) int32 zeros
     T, B, H,
@@ -259,8 +267,9 @@ def gru_bwd_persistent_kernel(
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dgt = dgh_ptr + t * B * 3 * H
-        _, _, _, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask, jj, H,
-                                         a2, dx_ptr + t * B * 3 * H, dgt)
+        dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
+                                               jj, H, a2, dx_ptr + t * B * 3 * H)
+        _store3(dgt, rows, rmask, jj, H, dar, daz, dgn)
         grid_barrier(count_ptr, s)
         # every program's dgh columns of step t are written: dh_{t-1} for own columns
         dh_prev = (dd + mm(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, PRECISION)
@@ -271,9 +280,10 @@ def gru_bwd_persistent_kernel(
 
 
 # ---------------------------------------------------------------------------------------
-# Launchers
+# Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
 # ---------------------------------------------------------------------------------------
 def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
+    """-> y (T, B, H), h_n (B, H) in the input dtype; acts (T, B, 4H) = r, z, n, hn fp32."""
     T, B, G = x_proj.shape
     H = G // 3
     if x_proj.stride(2) != 1:
@@ -281,75 +291,70 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, H, device=dev, dtype=dtype)
     acts = alloc(T, B, 4 * H, device=dev, dtype=f32)
-    if B == 0:
+    if B == 0 or T == 0:
         return y, h0.clone(), acts
     w_hh = w_hh.contiguous()
-    bhn = b_hn.contiguous() if b_hn is not None else acts
+    bhn = b_hn.contiguous() if b_hn is not None else acts  # any valid pointer when unused
     lens = lengths if lengths is not None else acts
     flags = dict(HAS_BHN=b_hn is not None, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    shape = kernel_shape(3, H, H, False, w_hh.element_size())
-    grid = persistent_grid(B, H, 3, dev, w_hh.element_size()) if shape == "persistent" else None
-    if grid is not None:
-        n_b, n_h, BH = grid
-        hbuf = alloc(2, B, H, device=dev, dtype=f32)
-        hbuf[0].copy_(h0)
-        gru_fwd_persistent_kernel[(n_b, n_h)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, bhn, lens, y, acts, hbuf,
-            torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse, **flags,
-            BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS)
-        return y, hbuf[T % 2].to(dtype), acts
-    if shape == "sequence":
-        h_n = alloc(B, H, device=dev, dtype=f32)
-        gru_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, bhn, h0.contiguous(), lens, y, acts, h_n,
-            T, B, H, REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30),
-            num_warps=warps_for(3, H, H, False, w_hh.element_size()))
-        return y, h_n.to(dtype), acts
-    BH = pow2_block(H)
+    p = plan(3, H, H, False, w_hh.element_size(), B, dev)
+    # h_{t-1} and h_t of the step and persistent kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
-    for s, t, _ in time_steps(T, reverse):
-        gru_fwd_step_kernel[step_grid(B, H, BH)](
-            x_proj[t], x_proj.stride(1), w_hh, bhn, hbuf[s % 2], lens, t, acts[t], hbuf[(s + 1) % 2], y[t],
-            B, H, **flags, BB=BLOCK_B, BH=BH, BK=32)
+
+    def sequence():
+        launch(gru_fwd_seq_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
+               bhn_ptr=bhn, h0_ptr=h0.contiguous(), len_ptr=lens, y_ptr=y, acts_ptr=acts, hn_ptr=hbuf[T % 2],
+               T=T, B=B, H=H, REVERSE=reverse, **flags)
+
+    def persistent():
+        launch(gru_fwd_persistent_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
+               bhn_ptr=bhn, len_ptr=lens, y_ptr=y, acts_ptr=acts, hbuf_ptr=hbuf, count_ptr=barrier_counters(p, dev),
+               T=T, B=B, H=H, REVERSE=reverse, **flags)
+
+    def step(s, t, prev):
+        launch(gru_fwd_step_kernel, p, "H", x_ptr=x_proj[t], sxb=x_proj.stride(1), w_ptr=w_hh, bhn_ptr=bhn,
+               hprev_ptr=hbuf[s % 2], len_ptr=lens, t=t, acts_ptr=acts[t], hnxt_ptr=hbuf[(s + 1) % 2], y_ptr=y[t],
+               B=B, H=H, **flags)
+
+    run(p, T, reverse, backward=False, sequence=sequence, step=step, persistent=persistent)
     return y, hbuf[T % 2].to(dtype), acts
 
 
-def backward(dy, dh_n, w_hh, b_hn, h0, y, acts, lengths, reverse, precision, h_prev_of):
+def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
+    """-> dx_proj (T, B, 3H) = [dar, daz, dan] and dh0 (B, H), fp32. h_prev (T, B, H): the
+    state each step started from."""
     T, B, H4 = acts.shape
     H = H4 // 4
-    dev, f32, dtype = dy.device, torch.float32, dy.dtype
-    hp = h_prev_of(y, h0, lengths, reverse).to(f32).contiguous()
+    dev, f32 = dy.device, torch.float32
     dx = alloc(T, B, 3 * H, device=dev, dtype=f32)
-    dgh = alloc(T, B, 3 * H, device=dev, dtype=f32)
-    dy, w_hh = dy.contiguous(), w_hh.contiguous()
+    if B == 0 or T == 0:
+        return dx, dh_n.to(f32, copy=True)
+    dy, dh_n, w_hh, h_prev = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), h_prev.contiguous()
     lens = lengths if lengths is not None else dx
-    shape = kernel_shape(3, H, H, False, w_hh.element_size()) if B > 0 else "none"
-    grid = persistent_grid(B, H, 3, dev, w_hh.element_size()) if shape == "persistent" else None
-    if B == 0:
-        dh = dh_n.to(f32)
-    elif grid is not None:
-        n_b, n_h, BH = grid
-        dh = alloc(B, H, device=dev, dtype=f32)
-        gru_bwd_persistent_kernel[(n_b, n_h)](
-            dy, dh_n.contiguous(), w_hh, acts, hp, lens, dx, dgh, dh, torch.zeros(n_b, device=dev, dtype=torch.int32),
-            T, B, H, REVERSE=reverse, HAS_LENGTHS=lengths is not None, PRECISION=precision,
-            BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS)
-    elif shape == "sequence":
-        dh = alloc(B, H, device=dev, dtype=f32)
-        gru_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
-            dy, dh_n.contiguous(), w_hh, acts, hp, lens, dx, dgh, dh, T, B, H,
-            REVERSE=reverse, HAS_LENGTHS=lengths is not None, PRECISION=precision,
-            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(3, H, H, False, w_hh.element_size()))
-    else:
-        BH = pow2_block(H)
-        dh = dh_n.to(f32, copy=True).contiguous()
+    flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    p = plan(3, H, H, False, w_hh.element_size(), B, dev)
+    dh = alloc(B, H, device=dev, dtype=f32)
+
+    def sequence():
+        launch(gru_bwd_seq_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, w_ptr=w_hh, acts_ptr=acts, hprev_ptr=h_prev,
+               len_ptr=lens, dx_ptr=dx, dh0_ptr=dh, T=T, B=B, H=H, REVERSE=reverse, **flags)
+
+    def persistent():
+        launch(gru_bwd_persistent_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, w_ptr=w_hh, acts_ptr=acts, hprev_ptr=h_prev,
+               len_ptr=lens, dx_ptr=dx, dgh_ptr=alloc(T, B, 3 * H, device=dev, dtype=f32), dh0_ptr=dh,
+               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags)
+
+    if p.shape == "step":  # d(gh) = [dar, daz, dan*r] and dh*z of the current step, for carry_dh
+        dgh = alloc(B, 3 * H, device=dev, dtype=f32)
         dd = alloc(B, H, device=dev, dtype=f32)
-        for _, t, _ in reversed(list(time_steps(T, reverse))):
-            gru_bwd_step_kernel[step_grid(B, H, BH)](
-                dh, dy[t], acts[t], hp[t], lens, t, dx[t], dgh[t], dd, B, H,
-                HAS_LENGTHS=lengths is not None, BB=BLOCK_B, BH=BH)
-            carry_dh(dgh[t], w_hh, dh, dd, lengths, t, precision)
-    dw_hh = (dgh.reshape(T * B, 3 * H).t() @ hp.reshape(T * B, H)).to(dtype)
-    db_hn = dgh[..., 2 * H:].sum((0, 1)).to(dtype) if b_hn is not None else None
-    return dx.to(dtype), dw_hh, db_hn, dh.to(dtype)
+
+    def step(s, t, prev):
+        if s == T - 1:  # the first step undone: the step kernels carry dh in place from dh_n
+            dh.copy_(dh_n)
+        launch(gru_bwd_step_kernel, p, "H", dh_ptr=dh, dy_ptr=dy[t], acts_ptr=acts[t], hprev_ptr=h_prev[t],
+               len_ptr=lens, t=t, dx_ptr=dx[t], dgh_ptr=dgh, dd_ptr=dd, B=B, H=H, HAS_LENGTHS=lengths is not None)
+        carry_dh(p, dgh, w_hh, dh, dd, lens, lengths is not None, t, precision)
+
+    run(p, T, reverse, backward=True, sequence=sequence, step=step, persistent=persistent)
+    return dx, dh

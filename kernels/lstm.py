@@ -1,4 +1,4 @@
-"""LSTM recurrence in Triton (proj_size included): two kernel shapes, forward and backward.
+"""LSTM recurrence in Triton (proj_size included): three kernel shapes, forward and backward.
 
 * Sequence kernel (one launch): a program owns BLOCK_B batch rows and the whole hidden
   width, loads the W_hh gate tiles (and W_hr) once, and keeps them, h and c on chip for all
@@ -7,8 +7,12 @@
   columns, fuses h_{t-1} @ W_hh^T with the cell and the state update. With a projection a
   second launch computes h_t = m_t @ W_hr^T. Backward: the cell step, then the shared
   ``carry_dh`` step for dh_{t-1} = dgates_t @ W_hh.
+* Persistent kernels (no projection; only when forced): programs tile batch x hidden,
+  keep their W_hh slice on chip for all T steps and meet at a grid barrier each step.
 
-The cell math is ``_lstm_cell`` / ``_lstm_cell_backward``, used by both shapes.
+The cell math is ``_lstm_cell`` / ``_lstm_cell_backward``, used by every shape. ``forward``
+and ``backward`` at the end name the tensors of each kernel; launch.py picks the shape and
+launches them.
 
 Backward of one step (m_t = o*tanh(c_t), h_t = m_t or m_t @ W_hr^T):
     dm = dh_t (or dh_t @ W_hr);  dc_t += dm*o*(1 - tanh(c_t)^2)
@@ -19,10 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, active_rows, alloc, carry_dh, gate_tile, gate_tile_t,
-                      grid_barrier, kernel_shape, load_rows, load_rows_l2, matmul_rows, mm, persistent_grid,
-                      pow2_block, program_tile, sigmoid, step_grid, step_index, store_rows, tanh, time_steps,
-                      warps_for)
+from ._common import (active_rows, alloc, gate_tile, gate_tile_t, grid_barrier, load_rows, load_rows_l2,
+                      matmul_rows, mm, program_tile, sigmoid, step_index, store_rows, tanh)
+from .launch import barrier_counters, carry_dh, launch, plan, run
 
 
 @triton.jit
@@ -381,9 +384,10 @@ def lstm_bwd_persistent_kernel(
 
 
 # ---------------------------------------------------------------------------------------
-# Launchers
+# Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
 # ---------------------------------------------------------------------------------------
 def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
+    """-> y (T, B, P) and h_n (B, P), c_n (B, H) in the input dtype; gates (T, B, 4H), cs (T, B, H) fp32."""
     T, B, G = x_proj.shape
     H, P = G // 4, w_hh.shape[1]
     proj = w_hr is not None
@@ -393,100 +397,87 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     y = alloc(T, B, P, device=dev, dtype=dtype)
     gates = alloc(T, B, G, device=dev, dtype=f32)
     cs = alloc(T, B, H, device=dev, dtype=f32)
+    if B == 0 or T == 0:
+        return y, h0.clone(), c0.clone(), gates, cs
     w_hh, c0 = w_hh.contiguous(), c0.contiguous()
     w_hr = w_hr.contiguous() if proj else w_hh  # any valid pointer when unused
     lens = lengths if lengths is not None else cs
-    flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    if B == 0:
-        return y, h0.clone(), c0.clone(), gates, cs
-    shape = kernel_shape(4, H, P, proj, w_hh.element_size())
-    grid = persistent_grid(B, H, 4, dev, w_hh.element_size()) if shape == "persistent" and not proj else None
-    if grid is not None:
-        n_b, n_h, BH = grid
-        hbuf = alloc(2, B, H, device=dev, dtype=f32)
-        hbuf[0].copy_(h0)
-        c_n = alloc(B, H, device=dev, dtype=f32)
-        lstm_fwd_persistent_kernel[(n_b, n_h)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, c0, lens, y, gates, cs, hbuf, c_n,
-            torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse,
-            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30),
-            num_warps=PERSISTENT_WARPS)
-        return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
-    if shape == "sequence":
-        h_n = alloc(B, P, device=dev, dtype=f32)
-        c_n = alloc(B, H, device=dev, dtype=f32)
-        lstm_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, w_hr, h0.contiguous(), c0, lens,
-            y, gates, cs, h_n, c_n, T, B, H, P, REVERSE=reverse, **flags,
-            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
-            num_warps=warps_for(4, H, P, proj, w_hh.element_size()))
-        return y, h_n.to(dtype), c_n.to(dtype), gates, cs
-    BH, BP = pow2_block(H), pow2_block(P)
+    flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    p = plan(4, H, P, proj, w_hh.element_size(), B, dev)
+    # h_{t-1} and h_t of the step and persistent kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, P, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
-    mbuf = alloc(B, H, device=dev, dtype=f32) if proj else hbuf
-    for s, t, prev in time_steps(T, reverse):
+    c_n = alloc(B, H, device=dev, dtype=f32)
+
+    def sequence():
+        launch(lstm_fwd_seq_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
+               wr_ptr=w_hr, h0_ptr=h0.contiguous(), c0_ptr=c0, len_ptr=lens, y_ptr=y, gates_ptr=gates, cs_ptr=cs,
+               hn_ptr=hbuf[T % 2], cn_ptr=c_n, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags)
+
+    def persistent():
+        launch(lstm_fwd_persistent_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
+               c0_ptr=c0, len_ptr=lens, y_ptr=y, gates_ptr=gates, cs_ptr=cs, hbuf_ptr=hbuf, cn_ptr=c_n,
+               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags)
+
+    mbuf = alloc(B, H, device=dev, dtype=f32) if proj and p.shape == "step" else hbuf  # m_t before W_hr
+
+    def step(s, t, prev):
         hprev, hnxt = hbuf[s % 2], hbuf[(s + 1) % 2]
-        lstm_fwd_step_kernel[step_grid(B, H, BH)](
-            x_proj[t], x_proj.stride(1), w_hh, hprev, c0 if prev < 0 else cs[prev], lens, t,
-            gates[t], cs[t], mbuf, hnxt, y[t], B, H, P, **flags, BB=BLOCK_B, BH=BH, BK=32)
+        launch(lstm_fwd_step_kernel, p, "H", x_ptr=x_proj[t], sxb=x_proj.stride(1), w_ptr=w_hh, hprev_ptr=hprev,
+               cprev_ptr=c0 if prev < 0 else cs[prev], len_ptr=lens, t=t, gates_ptr=gates[t], c_ptr=cs[t],
+               m_ptr=mbuf, hnxt_ptr=hnxt, y_ptr=y[t], B=B, H=H, P=P, HAS_PROJ=proj, **flags)
         if proj:
-            lstm_proj_step_kernel[step_grid(B, P, BP)](
-                mbuf, w_hr, hprev, lens, t, hnxt, y[t], B, H, P, HAS_LENGTHS=lengths is not None,
-                BB=BLOCK_B, BP=BP, BK=32, PRECISION=precision)
-    last = 0 if reverse else T - 1
-    return y, hbuf[T % 2].to(dtype), cs[last].to(dtype, copy=True), gates, cs  # c_n must not alias cs
+            launch(lstm_proj_step_kernel, p, "P", m_ptr=mbuf, wr_ptr=w_hr, hprev_ptr=hprev, len_ptr=lens, t=t,
+                   hnxt_ptr=hnxt, y_ptr=y[t], B=B, H=H, P=P, **flags)
+        if s == T - 1:  # the step kernels carry c through cs
+            c_n.copy_(cs[t])
+
+    run(p, T, reverse, backward=False, sequence=sequence, step=step, persistent=persistent)
+    return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse, precision, h_prev_of):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precision):
+    """-> dx_proj (T, B, 4H), dh0 (B, P), dc0 (B, H), dh_out (T, B, P) (with w_hr; else an
+    empty (0,) tensor), all fp32."""
     T, B, G = gates.shape
     H, P = G // 4, w_hh.shape[1]
     proj = w_hr is not None
-    dev, f32, dtype = dy.device, torch.float32, dy.dtype
+    dev, f32 = dy.device, torch.float32
     dg = alloc(T, B, G, device=dev, dtype=f32)
-    dhout = alloc(T, B, P, device=dev, dtype=f32) if proj else dg
-    dy, w_hh, c0 = dy.contiguous(), w_hh.contiguous(), c0.contiguous()
-    w_hr_c = w_hr.contiguous() if proj else w_hh
+    dhout = alloc(T, B, P, device=dev, dtype=f32) if proj else torch.empty(0, device=dev, dtype=f32)
+    if B == 0 or T == 0:
+        return dg, dh_n.to(f32, copy=True), dc_n.to(f32, copy=True), dhout
+    dy, dh_n, dc_n, w_hh, c0 = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh.contiguous(), c0.contiguous()
+    w_hr = w_hr.contiguous() if proj else w_hh  # any valid pointer when unused
     lens = lengths if lengths is not None else dg
-    flags = dict(HAS_PROJ=proj, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    shape = kernel_shape(4, H, P, proj, w_hh.element_size()) if B > 0 else "none"
-    grid = persistent_grid(B, H, 4, dev, w_hh.element_size()) if shape == "persistent" and not proj else None
-    if B == 0:
-        dh, dc = dh_n.to(f32), dc_n.to(f32)
-    elif grid is not None:
-        n_b, n_h, BH = grid
-        dh = alloc(B, H, device=dev, dtype=f32)
-        dc = alloc(B, H, device=dev, dtype=f32)
-        lstm_bwd_persistent_kernel[(n_b, n_h)](
-            dy, dh_n.contiguous(), dc_n.contiguous(), w_hh, c0, gates, cs, lens, dg, dh, dc,
-            torch.zeros(n_b, device=dev, dtype=torch.int32), T, B, H, REVERSE=reverse,
-            HAS_LENGTHS=lengths is not None, PRECISION=precision, BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30),
-            num_warps=PERSISTENT_WARPS)
-    elif shape == "sequence":
-        dh = alloc(B, P, device=dev, dtype=f32)
-        dc = alloc(B, H, device=dev, dtype=f32)
-        lstm_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
-            dy, dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr_c, c0, gates, cs, lens, dg, dhout, dh, dc,
-            T, B, H, P, REVERSE=reverse, **flags,
-            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
-            num_warps=warps_for(4, H, P, proj, w_hh.element_size()))
-    else:
-        BH, BP = pow2_block(H), pow2_block(P)
-        dh = dh_n.to(f32, copy=True).contiguous()
-        dc = dc_n.to(f32, copy=True).contiguous()
-        dt = alloc(B, P, device=dev, dtype=f32) if proj else dh
-        for s, t, prev in reversed(list(time_steps(T, reverse))):
-            if proj:
-                lstm_dt_step_kernel[step_grid(B, P, BP)](
-                    dh, dy[t], lens, t, dt, dhout[t], B, P, HAS_LENGTHS=lengths is not None, BB=BLOCK_B, BP=BP)
-            lstm_bwd_step_kernel[step_grid(B, H, BH)](
-                dh, dy[t], dt, w_hr_c, gates[t], cs[t], c0 if prev < 0 else cs[prev], dc, lens, t, dg[t],
-                B, H, P, **flags, BB=BLOCK_B, BH=BH, BK=32)
-            carry_dh(dg[t], w_hh, dh, None, lengths, t, precision)
-    hp = h_prev_of(y, h0, lengths, reverse).to(f32)
-    dw_hh = (dg.reshape(T * B, G).t() @ hp.reshape(T * B, P)).to(dtype)
-    dw_hr = None
-    if proj:
-        pre = gates[..., 3 * H:] * torch.tanh(cs)
-        dw_hr = (dhout.reshape(T * B, P).t() @ pre.reshape(T * B, H)).to(dtype)
-    return dg.to(dtype), dw_hh, dw_hr, dh.to(dtype), dc.to(dtype)
+    flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    p = plan(4, H, P, proj, w_hh.element_size(), B, dev)
+    dh = alloc(B, P, device=dev, dtype=f32)
+    dc = alloc(B, H, device=dev, dtype=f32)
+
+    def sequence():
+        launch(lstm_bwd_seq_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, dcn_ptr=dc_n, w_ptr=w_hh, wr_ptr=w_hr, c0_ptr=c0,
+               gates_ptr=gates, cs_ptr=cs, len_ptr=lens, dg_ptr=dg, dhout_ptr=dhout if proj else dg,
+               dh0_ptr=dh, dc0_ptr=dc, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags)
+
+    def persistent():
+        launch(lstm_bwd_persistent_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, dcn_ptr=dc_n, w_ptr=w_hh, c0_ptr=c0,
+               gates_ptr=gates, cs_ptr=cs, len_ptr=lens, dg_ptr=dg, dh0_ptr=dh, dc0_ptr=dc,
+               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags)
+
+    dt = alloc(B, P, device=dev, dtype=f32) if proj and p.shape == "step" else dh  # dh + dy[t] before W_hr
+
+    def step(s, t, prev):
+        if s == T - 1:  # the first step undone: the step kernels carry dh, dc in place from dh_n, dc_n
+            dh.copy_(dh_n)
+            dc.copy_(dc_n)
+        if proj:
+            launch(lstm_dt_step_kernel, p, "P", dh_ptr=dh, dy_ptr=dy[t], len_ptr=lens, t=t, dt_ptr=dt,
+                   dhout_ptr=dhout[t], B=B, P=P, HAS_LENGTHS=lengths is not None)
+        launch(lstm_bwd_step_kernel, p, "H", dh_ptr=dh, dy_ptr=dy[t], dt_ptr=dt, wr_ptr=w_hr, gates_ptr=gates[t],
+               c_ptr=cs[t], cprev_ptr=c0 if prev < 0 else cs[prev], dc_ptr=dc, len_ptr=lens, t=t, dg_ptr=dg[t],
+               B=B, H=H, P=P, HAS_PROJ=proj, **flags)
+        carry_dh(p, dg[t], w_hh, dh, None, lens, lengths is not None, t, precision)
+
+    run(p, T, reverse, backward=True, sequence=sequence, step=step, persistent=persistent)
+    return dg, dh, dc, dhout

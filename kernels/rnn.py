@@ -1,4 +1,5 @@
-"""Elman RNN (tanh / relu) recurrence in Triton; the same two shapes as lstm.py.
+"""Elman RNN (tanh / relu) recurrence in Triton: the sequence and step shapes of lstm.py
+(no persistent kernels: a single W_hh tile fits the sequence kernel up to H=128).
 
 Backward of one step (h_t = act(a_t), a_t = x_proj[t] + h_{t-1} @ W_hh^T):
     da = dh * act'(a_t)  (1 - h_t^2 for tanh, [h_t > 0] for relu),  dh_{t-1} = da @ W_hh
@@ -7,9 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK_B, active_rows, alloc, carry_dh, gate_tile, gate_tile_t, kernel_shape, load_rows,
-                      matmul_rows, mm, pow2_block, program_tile, step_grid, step_index, store_rows, tanh,
-                      time_steps, warps_for)
+from ._common import (active_rows, alloc, gate_tile, gate_tile_t, load_rows, matmul_rows, mm, program_tile,
+                      step_index, store_rows, tanh)
+from .launch import carry_dh, launch, plan, run
 
 
 @triton.jit
@@ -115,56 +116,62 @@ def rnn_bwd_step_kernel(
     store_rows(da_ptr, H, rows, rmask, jj, H, tl.where(a2, da, 0.0))
 
 
+# ---------------------------------------------------------------------------------------
+# Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
+# ---------------------------------------------------------------------------------------
 def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
+    """-> y (T, B, H), h_n (B, H) in the input dtype."""
     T, B, H = x_proj.shape
     if x_proj.stride(2) != 1:
         x_proj = x_proj.contiguous()
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, H, device=dev, dtype=dtype)
-    if B == 0:
+    if B == 0 or T == 0:
         return y, h0.clone()
     w_hh = w_hh.contiguous()
     lens = lengths if lengths is not None else y
     flags = dict(RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    if kernel_shape(1, H, H, False, w_hh.element_size()) == "sequence":
-        h_n = alloc(B, H, device=dev, dtype=f32)
-        rnn_fwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
-            x_proj, x_proj.stride(0), x_proj.stride(1), w_hh, h0.contiguous(), lens, y, h_n, T, B, H,
-            REVERSE=reverse, **flags, BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30),
-            num_warps=warps_for(1, H, H, False, w_hh.element_size()))
-        return y, h_n.to(dtype)
-    BH = pow2_block(H)
+    p = plan(1, H, H, False, w_hh.element_size(), B, dev, has_persistent=False)
+    # h_{t-1} and h_t of the step kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
-    for s, t, _ in time_steps(T, reverse):
-        rnn_fwd_step_kernel[step_grid(B, H, BH)](
-            x_proj[t], x_proj.stride(1), w_hh, hbuf[s % 2], lens, t, hbuf[(s + 1) % 2], y[t], B, H,
-            **flags, BB=BLOCK_B, BH=BH, BK=32)
+
+    def sequence():
+        launch(rnn_fwd_seq_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
+               h0_ptr=h0.contiguous(), len_ptr=lens, y_ptr=y, hn_ptr=hbuf[T % 2], T=T, B=B, H=H, REVERSE=reverse,
+               **flags)
+
+    def step(s, t, prev):
+        launch(rnn_fwd_step_kernel, p, "H", x_ptr=x_proj[t], sxb=x_proj.stride(1), w_ptr=w_hh, hprev_ptr=hbuf[s % 2],
+               len_ptr=lens, t=t, hnxt_ptr=hbuf[(s + 1) % 2], y_ptr=y[t], B=B, H=H, **flags)
+
+    run(p, T, reverse, backward=False, sequence=sequence, step=step)
     return y, hbuf[T % 2].to(dtype)
 
 
-def backward(dy, dh_n, w_hh, h0, y, lengths, reverse, nonlinearity, precision, h_prev_of):
+def backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, precision):
+    """-> dx_proj (T, B, H), dh0 (B, H), fp32. y: the forward's outputs (act' is taken from them)."""
     T, B, H = y.shape
-    dev, f32, dtype = dy.device, torch.float32, dy.dtype
+    dev, f32 = dy.device, torch.float32
     da = alloc(T, B, H, device=dev, dtype=f32)
-    dy, w_hh, y = dy.contiguous(), w_hh.contiguous(), y.contiguous()
+    if B == 0 or T == 0:
+        return da, dh_n.to(f32, copy=True)
+    dy, dh_n, w_hh, y = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), y.contiguous()
     lens = lengths if lengths is not None else da
-    relu = nonlinearity == "relu"
-    if B == 0:
-        dh = dh_n.to(f32)
-    elif kernel_shape(1, H, H, False, w_hh.element_size()) == "sequence":
-        dh = alloc(B, H, device=dev, dtype=f32)
-        rnn_bwd_seq_kernel[(triton.cdiv(B, BLOCK_B),)](
-            dy, dh_n.contiguous(), w_hh, y, lens, da, dh, T, B, H,
-            REVERSE=reverse, RELU=relu, HAS_LENGTHS=lengths is not None, PRECISION=precision,
-            BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), num_warps=warps_for(1, H, H, False, w_hh.element_size()))
-    else:
-        BH = pow2_block(H)
-        dh = dh_n.to(f32, copy=True).contiguous()
-        for _, t, _ in reversed(list(time_steps(T, reverse))):
-            rnn_bwd_step_kernel[step_grid(B, H, BH)](
-                dh, dy[t], y[t], lens, t, da[t], B, H, RELU=relu, HAS_LENGTHS=lengths is not None, BB=BLOCK_B, BH=BH)
-            carry_dh(da[t], w_hh, dh, None, lengths, t, precision)
-    hp = h_prev_of(y, h0, lengths, reverse).to(f32)
-    dw_hh = (da.reshape(T * B, H).t() @ hp.reshape(T * B, H)).to(dtype)
-    return da.to(dtype), dw_hh, dh.to(dtype)
+    flags = dict(RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None)
+    p = plan(1, H, H, False, w_hh.element_size(), B, dev, has_persistent=False)
+    dh = alloc(B, H, device=dev, dtype=f32)
+
+    def sequence():
+        launch(rnn_bwd_seq_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, w_ptr=w_hh, y_ptr=y, len_ptr=lens, da_ptr=da,
+               dh0_ptr=dh, T=T, B=B, H=H, REVERSE=reverse, PRECISION=precision, **flags)
+
+    def step(s, t, prev):
+        if s == T - 1:  # the first step undone: the step kernels carry dh in place from dh_n
+            dh.copy_(dh_n)
+        launch(rnn_bwd_step_kernel, p, "H", dh_ptr=dh, dy_ptr=dy[t], y_ptr=y[t], len_ptr=lens, t=t, da_ptr=da[t],
+               B=B, H=H, **flags)
+        carry_dh(p, da[t], w_hh, dh, None, lens, lengths is not None, t, precision)
+
+    run(p, T, reverse, backward=True, sequence=sequence, step=step)
+    return da, dh

@@ -137,6 +137,29 @@ def test_kernel_shape_rule(monkeypatch):
         kernel_shape(1, 8, 8, False)
 
 
+def test_plan_falls_back_to_step_and_launch_checks_names(monkeypatch):
+    """A forced persistent shape runs the step kernels where no persistent kernel can
+    (projection, a cell without one); a launch with a missing or unknown argument name is
+    an error before anything runs."""
+    from fastrnn.kernels import rnn
+    from fastrnn.kernels.launch import launch, plan
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    assert plan(4, 32, 32, False, 4, 16, cpu).shape == "persistent"
+    assert plan(4, 32, 16, True, 4, 16, cpu).shape == "step"
+    assert plan(1, 32, 32, False, 4, 16, cpu, has_persistent=False).shape == "step"
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL")
+    p = plan(1, 32, 32, False, 4, 16, cpu)
+    x = torch.zeros(3, 16, 32)
+    good = dict(x_ptr=x, sxt=x.stride(0), sxb=x.stride(1), w_ptr=x, h0_ptr=x, len_ptr=x, y_ptr=x, hn_ptr=x,
+                T=3, B=16, H=32, REVERSE=False, RELU=False, HAS_LENGTHS=False, PRECISION="ieee")
+    with pytest.raises(TypeError, match=r"missing \['hn_ptr'\]"):
+        launch(rnn.rnn_fwd_seq_kernel, p, **{k: v for k, v in good.items() if k != "hn_ptr"})
+    with pytest.raises(TypeError, match=r"unknown \['hn'\]"):
+        launch(rnn.rnn_fwd_seq_kernel, p, **good, hn=x)
+
+
 @triton.jit
 def _activations_kernel(x_ptr, sig_ptr, tanh_ptr, N, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

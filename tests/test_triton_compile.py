@@ -21,20 +21,28 @@ pytestmark = [
 ]
 
 
-def _cases():
-    try:
-        from bench.triton_resources import configs
-        return [c for dtype in ("fp32", "bf16") for H in (64, 256) for c in configs(H, dtype)]
-    except ImportError as e:  # a Triton without GPUTarget / ASTSource
-        pytest.skip(f"cannot compile ahead of time with this triton: {e}", allow_module_level=True)
+try:  # ahead-of-time compilation needs a Triton with GPUTarget and ASTSource
+    from triton.backends.compiler import GPUTarget  # noqa: F401
+    from triton.compiler import ASTSource  # noqa: F401
+except ImportError as e:
+    pytest.skip(f"cannot compile ahead of time with this triton: {e}", allow_module_level=True)
 
 
-CASES = _cases()
+def _resources():
+    """fastrnn.kernels.resources, from an installed fastrnn or the source tree's kernels/."""
+    import fastrnn
+
+    fastrnn.backends._import("fastrnn.kernels")
+    from fastrnn.kernels import resources
+
+    return resources
+
+
+CASES = [c for dtype in ("fp32", "bf16") for H in (64, 256) for c in _resources().configs(H, dtype)]
 
 
 @pytest.mark.parametrize("name,kernel,constexprs,warps,dtype", CASES, ids=[c[0].replace(" ", "-") for c in CASES])
 def test_compiles_for_sm90(name, kernel, constexprs, warps, dtype):
-    from bench.triton_resources import compile_for_hopper, resources
-
-    r = resources(compile_for_hopper(kernel, constexprs, warps, dtype))
+    res = _resources()
+    r = res.resources(res.compile_for_hopper(kernel, constexprs, warps, dtype))
     assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r

@@ -1,11 +1,12 @@
-"""``python -m bench.triton_resources [H ...]``: compile every Triton kernel of fastrnn for a
+"""``python -m fastrnn.kernels.resources [H ...]`` (in a source checkout without an install:
+``PYTHONPATH=. python -m kernels.resources``): compile every Triton kernel of fastrnn for a
 Hopper GPU (sm_90) without one, and print each kernel's registers per thread, stack (spill)
 bytes and shared memory.
 
 Triton ships ptxas and cuobjdump, so ``triton.compile`` with a GPUTarget runs on a CPU-only
 machine. This catches what the interpreter accepts and the compiler rejects, and shows
-spills before any GPU time is spent. The kernel configurations below mirror the launchers
-in kernels/ (block sizes, flags, warps) for a given hidden size.
+spills before any GPU time is spent. Block sizes and warps come from ``launch.blocks``, as
+the launchers use them; the flags below pick one specialisation of each kernel.
 """
 from __future__ import annotations
 
@@ -19,66 +20,62 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from . import _common, gru, launch, lstm, rnn
+
 TARGET = GPUTarget("cuda", 90, 32)
-
-
-def _kernels():
-    import fastrnn
-
-    fastrnn.backends._import("fastrnn.kernels")
-    m = sys.modules
-    return m["fastrnn.kernels.lstm"], m["fastrnn.kernels.gru"], m["fastrnn.kernels.rnn"], m["fastrnn.kernels._common"]
 
 
 # arguments that carry the input dtype; every other pointer is an fp32 workspace (or the
 # int64 lengths, the int32 barrier counters)
 INPUT_DTYPE_ARGS = {"x_ptr", "w_ptr", "wr_ptr", "h0_ptr", "c0_ptr", "y_ptr", "bhn_ptr", "dy_ptr", "dhn_ptr", "dcn_ptr"}
 
+# (name, kernel, weight tiles, flags) of each shape; block sizes and warps come from
+# launch.blocks, the launchers' own source
+SEQUENCE = [
+    ("lstm_fwd_seq", lstm.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False)),
+    ("lstm_bwd_seq", lstm.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False)),
+    ("gru_fwd_seq", gru.gru_fwd_seq_kernel, 3, dict(REVERSE=False, HAS_BHN=True)),
+    ("gru_bwd_seq", gru.gru_bwd_seq_kernel, 3, dict(REVERSE=False)),
+    ("rnn_fwd_seq", rnn.rnn_fwd_seq_kernel, 1, dict(REVERSE=False, RELU=False)),
+    ("rnn_bwd_seq", rnn.rnn_bwd_seq_kernel, 1, dict(REVERSE=False, RELU=True)),
+]
+STEP = [
+    ("lstm_fwd_step", lstm.lstm_fwd_step_kernel, 4, dict(HAS_PROJ=False)),
+    ("lstm_proj_step", lstm.lstm_proj_step_kernel, 4, {}),
+    ("lstm_dt_step", lstm.lstm_dt_step_kernel, 4, {}),
+    ("lstm_bwd_step", lstm.lstm_bwd_step_kernel, 4, dict(HAS_PROJ=True)),
+    ("carry_dh_step", _common.carry_dh_step_kernel, 4, dict(HAS_DIRECT=True)),
+    ("gru_fwd_step", gru.gru_fwd_step_kernel, 3, dict(HAS_BHN=True)),
+    ("gru_bwd_step", gru.gru_bwd_step_kernel, 3, {}),
+    ("rnn_fwd_step", rnn.rnn_fwd_step_kernel, 1, dict(RELU=False)),
+    ("rnn_bwd_step", rnn.rnn_bwd_step_kernel, 1, dict(RELU=True)),
+]
+PERSISTENT = [
+    ("lstm_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False)),
+    ("lstm_bwd_persistent", lstm.lstm_bwd_persistent_kernel, 4, dict(REVERSE=False)),
+    ("gru_fwd_persistent", gru.gru_fwd_persistent_kernel, 3, dict(REVERSE=False, HAS_BHN=True)),
+    ("gru_bwd_persistent", gru.gru_bwd_persistent_kernel, 3, dict(REVERSE=False)),
+]
+
 
 def configs(H: int, dtype: str = "fp32") -> list[tuple]:
     """(name, kernel, constexprs, num_warps, dtype) as the launchers would run them at hidden
-    H for inputs of ``dtype`` ("fp32", "bf16" or "fp16"; batch blocks of 16, lengths given,
-    TF32 for fp32)."""
-    L, G, R, C = _kernels()
-    BLOCK_B, RESIDENT_BYTES, pow2_block = C.BLOCK_B, C.RESIDENT_BYTES, C.pow2_block
-    BH, full = pow2_block(H), pow2_block(H, hi=1 << 30)
+    H (no projection) for inputs of ``dtype`` ("fp32", "bf16" or "fp16"): the sequence
+    kernels where the rule picks them, the step kernels, and the persistent kernels where a
+    tile fits; lengths given, TF32 for fp32."""
     elem = 4 if dtype == "fp32" else 2
     prec = "tf32" if dtype == "fp32" else "ieee"
-    common = dict(HAS_LENGTHS=True, BB=BLOCK_B)
     out = []
-    # sequence kernels where the rule picks them; warps as warps_for() gives
-    for name, k, gates, extra in [
-        ("lstm_fwd_seq", L.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False, BH=full, BP=full)),
-        ("lstm_bwd_seq", L.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False, BH=full, BP=full)),
-        ("gru_fwd_seq", G.gru_fwd_seq_kernel, 3, dict(REVERSE=False, HAS_BHN=True, BH=full)),
-        ("gru_bwd_seq", G.gru_bwd_seq_kernel, 3, dict(REVERSE=False, BH=full)),
-        ("rnn_fwd_seq", R.rnn_fwd_seq_kernel, 1, dict(REVERSE=False, RELU=False, BH=full)),
-        ("rnn_bwd_seq", R.rnn_bwd_seq_kernel, 1, dict(REVERSE=False, RELU=True, BH=full)),
-    ]:
-        if C.kernel_shape(gates, H, H, False, elem) == "sequence":
-            out.append((f"{name} H={H}", k, {**common, **extra, "PRECISION": prec},
-                        C.warps_for(gates, H, H, False, elem)))
-    step = dict(BK=32, PRECISION=prec)
-    out += [
-        (f"lstm_fwd_step H={H}", L.lstm_fwd_step_kernel, {**common, "HAS_PROJ": False, "BH": BH, **step}, 4),
-        (f"lstm_proj_step H={H}", L.lstm_proj_step_kernel, {**common, "BP": BH, **step}, 4),
-        (f"lstm_dt_step H={H}", L.lstm_dt_step_kernel, {**common, "BP": BH}, 4),
-        (f"lstm_bwd_step H={H}", L.lstm_bwd_step_kernel, {**common, "HAS_PROJ": True, "BH": BH, **step}, 4),
-        (f"carry_dh_step H={H}", C.carry_dh_step_kernel, {**common, "HAS_DIRECT": True, "BN": BH, **step}, 4),
-        (f"gru_fwd_step H={H}", G.gru_fwd_step_kernel, {**common, "HAS_BHN": True, "BH": BH, **step}, 4),
-        (f"gru_bwd_step H={H}", G.gru_bwd_step_kernel, {**common, "BH": BH}, 4),
-        (f"rnn_fwd_step H={H}", R.rnn_fwd_step_kernel, {**common, "RELU": False, "BH": BH, **step}, 4),
-        (f"rnn_bwd_step H={H}", R.rnn_bwd_step_kernel, {**common, "RELU": True, "BH": BH}, 4),
-    ]
-    for name, k, gates, extra in [("lstm_fwd_persistent", L.lstm_fwd_persistent_kernel, 4, {}),
-                                  ("lstm_bwd_persistent", L.lstm_bwd_persistent_kernel, 4, {}),
-                                  ("gru_fwd_persistent", G.gru_fwd_persistent_kernel, 3, {"HAS_BHN": True}),
-                                  ("gru_bwd_persistent", G.gru_bwd_persistent_kernel, 3, {})]:
-        BHp = C.persistent_tile(H, gates, elem)
-        if BHp is not None:  # where the launcher would run it
-            out.append((f"{name} H={H}", k, {**common, **extra, "REVERSE": False, "BH": BHp, "BK": full,
-                                              "PRECISION": prec}, C.PERSISTENT_WARPS))
-    return [(f"{name} {dtype}", k, consts, warps, dtype) for name, k, consts, warps in out]
+    for shape, table in (("sequence", SEQUENCE), ("step", STEP), ("persistent", PERSISTENT)):
+        for name, k, gates, flags in table:
+            if shape == "sequence" and _common.kernel_shape(gates, H, H, False, elem) != "sequence":
+                continue
+            meta = launch.blocks(shape, gates, H, H, False, elem)
+            if meta is None:
+                continue
+            consts = {**meta, **flags, "HAS_LENGTHS": True, "PRECISION": prec}
+            out.append((f"{name} H={H} {dtype}", k, consts, meta["num_warps"], dtype))
+    return out
 
 
 def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "fp32"):

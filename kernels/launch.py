@@ -1,0 +1,120 @@
+"""The one place that picks a kernel shape and launches kernels, for every cell.
+
+``plan`` chooses the shape (sequence / step / persistent, ``_common.kernel_shape``'s rule and
+the persistent grid's residency check) and its block sizes and warps; ``run`` runs the
+chosen shape's launches in time order; ``launch`` starts one kernel with every argument
+passed by name, the plan's block sizes added, and the argument set checked against the
+kernel's parameters, so neither an argument order nor a forgotten argument can go wrong
+silently. The cell modules only say which tensors each of their kernels takes.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import torch
+import triton
+
+from ._common import (BLOCK_B, PERSISTENT_WARPS, carry_dh_step_kernel, kernel_shape, persistent_grid,
+                      persistent_tile, pow2_block, time_steps, warps_for)
+
+STEP_BK = 32  # K-chunk of the step kernels' streamed products (matmul_rows)
+
+
+def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> dict | None:
+    """Block sizes and ``num_warps`` of ``shape``'s kernels at hidden H and output width P,
+    for ``n_gates`` weight tiles of ``elem`` bytes an element; None where the shape has no
+    kernel (persistent with a projection, or no persistent tile fits)."""
+    if shape == "sequence":  # one program holds the whole hidden width
+        return dict(BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
+                    num_warps=warps_for(n_gates, H, P, proj, elem))
+    if shape == "step":  # BN: the state-width tile of the shared carry_dh step
+        return dict(BB=BLOCK_B, BH=pow2_block(H), BP=pow2_block(P), BN=pow2_block(P), BK=STEP_BK, num_warps=4)
+    if shape == "persistent":  # BK: the whole state row each program multiplies by its slice
+        BH = None if proj else persistent_tile(H, n_gates, elem)
+        if BH is None:
+            return None
+        return dict(BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS)
+    raise ValueError(f"unknown kernel shape {shape!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    shape: str  # "sequence" | "step" | "persistent"
+    B: int
+    H: int
+    P: int
+    meta: dict  # blocks() of the shape
+
+    def grid(self, width: str | None = None) -> tuple:
+        """Sequence: one program per batch block. Persistent: batch blocks x hidden tiles.
+        Step: batch blocks x tiles of ``width`` ("H" or "P", the columns the kernel owns)."""
+        n_b = triton.cdiv(self.B, BLOCK_B)
+        if self.shape == "sequence":
+            return (n_b,)
+        if self.shape == "persistent":
+            return (n_b, triton.cdiv(self.H, self.meta["BH"]))
+        if width == "H":
+            return (n_b, triton.cdiv(self.H, self.meta["BH"]))
+        if width == "P":
+            return (n_b, triton.cdiv(self.P, self.meta["BP"]))
+        raise ValueError(f"a step kernel's grid needs width 'H' or 'P', got {width!r}")
+
+
+def plan(n_gates: int, H: int, P: int, proj: bool, elem: int, B: int, device: torch.device,
+         has_persistent: bool = True) -> Plan:
+    """The kernel shape for this problem: ``kernel_shape``'s choice, except that a persistent
+    request falls back to the step kernels where no persistent grid can run (a cell without
+    persistent kernels, a projection, no tile fits, or the grid could not be resident at once)."""
+    shape = kernel_shape(n_gates, H, P, proj, elem)
+    if shape == "persistent" and (not has_persistent or proj
+                                  or persistent_grid(B, H, n_gates, device, elem) is None):
+        shape = "step"
+    return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
+
+
+@lru_cache(maxsize=None)
+def _params(kernel) -> tuple[str, ...]:
+    return tuple(inspect.signature(kernel.fn).parameters)
+
+
+def launch(kernel, p: Plan, width: str | None = None, **args) -> None:
+    """``kernel[grid](**args)`` with the plan's grid, block sizes and warps. ``args`` must
+    name every other parameter of the kernel, and nothing else."""
+    params = _params(kernel)
+    meta = {k: v for k, v in p.meta.items() if k in params}
+    given = set(args) | set(meta)
+    if given != set(params):
+        raise TypeError(f"{kernel.fn.__name__}: missing {sorted(set(params) - given)}, "
+                        f"unknown {sorted(given - set(params))}")
+    kernel[p.grid(width)](**args, **meta, num_warps=p.meta["num_warps"])
+
+
+def run(p: Plan, T: int, reverse: bool, *, backward: bool, sequence: Callable[[], None],
+        step: Callable[[int, int, int], None], persistent: Callable[[], None] | None = None) -> None:
+    """Run the plan's shape: ``sequence()`` or ``persistent()`` once, or ``step(s, t, prev)``
+    per time step in processing order (reversed for a backward; ``prev`` is the time index
+    of the step before t in the forward order, -1 at the first)."""
+    if p.shape == "sequence":
+        sequence()
+    elif p.shape == "persistent":
+        persistent()
+    else:
+        steps = list(time_steps(T, reverse))
+        for s, t, prev in (reversed(steps) if backward else steps):
+            step(s, t, prev)
+
+
+def barrier_counters(p: Plan, device: torch.device) -> torch.Tensor:
+    """Zeroed grid_barrier counters of a persistent launch, one per batch block."""
+    return torch.zeros(p.grid()[0], device=device, dtype=torch.int32)
+
+
+def carry_dh(p: Plan, dg_t, w_hh, dh, direct, lens, has_lengths: bool, t: int, precision: str) -> None:
+    """The step kernels' dh_{t-1} = dgates_t @ W_hh (+ direct), in place on dh (B, P):
+    carry_dh_step_kernel, shared by every cell."""
+    launch(carry_dh_step_kernel, p, "P", dg_ptr=dg_t, G=dg_t.shape[-1], w_ptr=w_hh,
+           direct_ptr=direct if direct is not None else dh, dh_ptr=dh, len_ptr=lens, t=t, B=p.B, N=p.P,
+           HAS_DIRECT=direct is not None, HAS_LENGTHS=has_lengths, PRECISION=precision)
