@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Optional
 
 import torch
@@ -102,22 +103,22 @@ class Cell:
     extra_grads: Callable
 
     # -- derived names, used to build the op schemas and the backend calls
-    @property
+    @cached_property
     def forward_args(self) -> tuple[str, ...]:
         return ("x_proj", "w_hh", *self.extras, *(f"{s}0" for s in self.states), "lengths", "reverse",
                 *(a for a, *_ in self.attrs))
 
-    @property
+    @cached_property
     def forward_results(self) -> tuple[str, ...]:
         return ("y", *(f"{s}_n" for s in self.states), *self.workspace)
 
-    @property
+    @cached_property
     def grad_args(self) -> tuple[str, ...]:
         """The backward op's arguments: upstream gradients, then what the forward saved."""
         return ("dy", *(f"d{s}_n" for s in self.states), "w_hh", *self.extras, *(f"{s}0" for s in self.states),
                 "y", *self.workspace, "lengths", "reverse", *(a for a, *_ in self.attrs))
 
-    @property
+    @cached_property
     def grad_results(self) -> tuple[str, ...]:
         return ("dx_proj", "dw_hh", *(f"d{e}" for e in self.extras), *(f"d{s}0" for s in self.states))
 
