@@ -25,10 +25,8 @@ Kernel shapes, chosen by ``_common.kernel_shape`` from the weight size:
 python -m fastrnn.kernels.resources reports each kernel's registers, spills and shared
 memory compiled for sm_90, without a GPU.
 
-fp32 precision policy (as nn.LSTM on cuDNN): the recurrent products use TF32 when
-``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default) and IEEE fp32 when it is not;
-cuDNN's RNN follows the same flag (aten/src/ATen/native/cudnn/RNN.cpp sets the RNN
-descriptor's math type from it). fp16/bf16 inputs: the recurrent products take fp16/bf16
+fp32 precision policy: the TF32 rule of :mod:`fastrnn.numerics` (as nn.LSTM on cuDNN, TF32
+exactly when ``torch.backends.cudnn.allow_tf32`` is set). fp16/bf16 inputs: the recurrent products take fp16/bf16
 operands (the fp32 state rounded to the weights' dtype) with fp32 accumulation, as cuDNN's
 RNNs do; state, cell math and workspaces stay fp32, outputs are in the input dtype.
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (IEEE).
@@ -37,18 +35,9 @@ import torch
 
 from . import gru, lstm, rnn
 
-__all__ = [
-    "lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward",
-    "lstm_recurrence_forward", "lstm_recurrence_backward",
-    "gru_recurrence_forward", "gru_recurrence_backward",
-    "rnn_recurrence_forward", "rnn_recurrence_backward",
-]
+from fastrnn.numerics import dot_precision
 
-
-def dot_precision(t: torch.Tensor) -> str:
-    if t.device.type == "cuda" and t.dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
-        return "tf32"
-    return "ieee"
+__all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
 
 
 def _check(x: torch.Tensor) -> None:
@@ -89,48 +78,3 @@ def rnn_forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, workspace=True
 def rnn_backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity):
     """-> dx_proj (T, B, H), dh0 (B, H), fp32."""
     return rnn.backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, dot_precision(dy))
-
-
-# -- transitional: removed when the shared post-loop lands -------------------------------
-from fastrnn.reference import _h_prev  # noqa: E402
-
-
-def _grad_w(dpre, h):
-    """dpre^T h summed over (T, B)."""
-    return dpre.reshape(-1, dpre.shape[-1]).t() @ h.reshape(-1, h.shape[-1])
-
-
-def lstm_recurrence_forward(x_proj, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
-    return lstm_forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse)
-
-
-def lstm_recurrence_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, y, gates, cs, lengths=None, reverse=False):
-    dx, dh0, dc0, dh_out = lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse)
-    H, dtype = cs.shape[-1], dy.dtype
-    dw_hh = _grad_w(dx, _h_prev(y, h0, lengths, reverse).to(dx.dtype)).to(dtype)
-    dw_hr = _grad_w(dh_out, gates[..., 3 * H:] * torch.tanh(cs)).to(dtype) if w_hr is not None else None
-    return dx.to(dtype), dw_hh, dw_hr, dh0.to(dtype), dc0.to(dtype)
-
-
-def gru_recurrence_forward(x_proj, w_hh, b_hn, h0, lengths=None, reverse=False):
-    return gru_forward(x_proj, w_hh, b_hn, h0, lengths, reverse)
-
-
-def gru_recurrence_backward(dy, dh_n, w_hh, b_hn, h0, y, gates, lengths=None, reverse=False):
-    hp = _h_prev(y, h0, lengths, reverse).to(torch.float32)
-    dx, dh0 = gru_backward(dy, dh_n, w_hh, hp, gates, lengths, reverse)
-    H, dtype = dh0.shape[-1], dy.dtype
-    dgh = torch.cat([dx[..., :2 * H], dx[..., 2 * H:] * gates[..., :H]], dim=-1)
-    db_hn = dgh[..., 2 * H:].sum((0, 1)).to(dtype) if b_hn is not None else None
-    return dx.to(dtype), _grad_w(dgh, hp).to(dtype), db_hn, dh0.to(dtype)
-
-
-def rnn_recurrence_forward(x_proj, w_hh, h0, lengths=None, reverse=False, nonlinearity="tanh"):
-    return rnn_forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity)
-
-
-def rnn_recurrence_backward(dy, dh_n, w_hh, h0, y, lengths=None, reverse=False, nonlinearity="tanh"):
-    da, dh0 = rnn_backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity)
-    dw_hh = _grad_w(da, _h_prev(y, h0, lengths, reverse).to(da.dtype)).to(dy.dtype)
-    return da.to(dy.dtype), dw_hh, dh0.to(dy.dtype)
-# -- end transitional ----------------------------------------------------------------------
