@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(TRITON != "available", reason=f"triton backend: 
 fastrnn.backends._import("fastrnn.kernels")
 from fastrnn.kernels import lstm as lstm_kernels  # noqa: E402
 from fastrnn.kernels._common import cell_param, sigmoid, tanh  # noqa: E402
+
 DEV = "cuda" if CUDA and not INTERP else "cpu"
 
 
