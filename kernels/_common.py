@@ -242,6 +242,27 @@ def matmul_rows(acc, a_ptr, stride_a, rows, row_mask, K, w_ptr, stride_wk, strid
 
 
 @triton.jit
+def load_cell_params(ptr, jj, H, HAS: tl.constexpr, ROWS: tl.constexpr):
+    """The (ROWS, BH) fp32 tile [r, j] = ptr[r*H + jj[j]] of a cell's per-unit parameters
+    ((ROWS, H) contiguous), zero past H; 0.0 when the cell has none (HAS false). Kernels
+    load it once (before the time loop where they have one) and hand it to the cell."""
+    if HAS:
+        rr = tl.arange(0, ROWS)
+        cp = tl.load(ptr + rr[:, None] * H + jj[None, :], mask=(jj < H)[None, :], other=0.0).to(tl.float32)
+    else:
+        cp = 0.0
+    return cp
+
+
+@triton.jit
+def cell_param(cp, r: tl.constexpr):
+    """Row r of a load_cell_params tile as a (1, BH) tile, which broadcasts over the batch
+    rows of the cell's (BB, BH) operands."""
+    rr = tl.arange(0, cp.shape[0])
+    return tl.sum(tl.where(rr[:, None] == r, cp, 0.0), axis=0)[None, :]
+
+
+@triton.jit
 def step_index(s, T, REVERSE: tl.constexpr):
     """Time index of the s-th step processed in forward order."""
     if REVERSE:

@@ -10,8 +10,19 @@
 * Persistent kernels (no projection; only when forced): programs tile batch x hidden,
   keep their W_hh slice on chip for all T steps and meet at a grid barrier each step.
 
-The cell math is ``_lstm_cell`` / ``_lstm_cell_backward``, used by every shape. ``forward``
-and ``backward`` at the end name the tensors of each kernel; launch.py picks the shape and
+Every kernel takes its cell as a constexpr @triton.jit helper (forward kernels CELL,
+backward kernels CELL_BACKWARD) plus an optional (n, H) tile of per-unit cell parameters
+(cp_ptr, HAS_CELL_PARAMS, CP_ROWS); the LSTM passes ``_lstm_cell`` / ``_lstm_cell_backward``
+(LSTM_CELL) and no parameters. Any LSTM-shaped cell (four gates, state (h, c), the gate
+activations and c_t enough to undo a step) is one more such pair with the same arguments:
+    CELL(a_i, a_f, a_g, a_o, c_prev, cp) -> i, f, g, o, c_t, m_t
+    CELL_BACKWARD(i, f, g, o, c_t, c_prev, dm, dc, cp) -> da_i, da_f, da_g, da_o, dc_prev
+with cp the (CP_ROWS, BH) parameter tile (rows read with ``cell_param``). The kernels mask
+inactive steps and store the results. Gradients of per-unit parameters are not computed
+here: where a parameter multiplies a state inside a pre-activation (a peephole: a_i += p*c_prev),
+its gradient is sum over (t, b) of da * state, one reduction after the loop over dx_proj and
+cs/c0, which the caller has, like dW_hh (deterministic, no atomics). ``forward`` and
+``backward`` at the end name the tensors of each kernel; launch.py picks the shape and
 launches them.
 
 Backward of one step (m_t = o*tanh(c_t), h_t = m_t or m_t @ W_hr^T):
@@ -23,14 +34,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (active_rows, alloc, gate_tile, gate_tile_t, grid_barrier, load_rows, load_rows_l2,
+from ._common import (active_rows, alloc, gate_tile, gate_tile_t, grid_barrier, load_cell_params, load_rows,
+                      load_rows_l2,
                       matmul_rows, mm, program_tile, sigmoid, step_index, store_rows, tanh)
 from .launch import barrier_counters, carry_dh, launch, plan, run
 
 
 @triton.jit
-def _lstm_cell(xi, xf, xg, xo, c_prev):
-    """Pre-activations -> activated gates, c_t, m_t = o*tanh(c_t). The only copy of the math."""
+def _lstm_cell(xi, xf, xg, xo, c_prev, cp):
+    """Pre-activations -> activated gates, c_t, m_t = o*tanh(c_t). The only copy of the math.
+    cp: the (CP_ROWS, BH) tile of per-unit cell parameters (``cell_param``); none here."""
     i = sigmoid(xi)
     f = sigmoid(xf)
     g = tanh(xg)
@@ -40,8 +53,8 @@ def _lstm_cell(xi, xf, xg, xo, c_prev):
 
 
 @triton.jit
-def _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc):
-    """dm: gradient reaching m_t; dc: reaching c_t from later steps.
+def _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc, cp):
+    """dm: gradient reaching m_t; dc: reaching c_t from later steps; cp as in _lstm_cell.
     Returns d(pre-activations) and dc_{t-1}."""
     tc = tanh(c)
     dct = dc + dm * o * (1.0 - tc * tc)
@@ -59,14 +72,14 @@ def _store_gates(ptr, rows, rmask, jj, H, a2, i, f, g, o):
 
 
 @triton.jit
-def _lstm_step(x_ptr, sxb, gates_ptr, cs_ptr, rows, rmask, jj, H, a2, ri, rf, rg, ro, c):
+def _lstm_step(x_ptr, sxb, gates_ptr, cs_ptr, rows, rmask, jj, H, a2, ri, rf, rg, ro, c, cp, CELL: tl.constexpr):
     """One step on the units jj, given the recurrent products r* = h_{t-1} @ W_hh^T of each
     gate: adds x_proj[t] (rows at x_ptr, stride sxb), applies the cell, writes the gates
     (zero where inactive) and the carried c_t to gates[t] / cs[t]. Returns (c_t, m_t)."""
-    i, f, g, o, c_new, m = _lstm_cell(load_rows(x_ptr, sxb, rows, rmask, jj, H) + ri,
+    i, f, g, o, c_new, m = CELL(load_rows(x_ptr, sxb, rows, rmask, jj, H) + ri,
                                       load_rows(x_ptr + H, sxb, rows, rmask, jj, H) + rf,
                                       load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H) + rg,
-                                      load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H) + ro, c)
+                                      load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H) + ro, c, cp)
     _store_gates(gates_ptr, rows, rmask, jj, H, a2, i, f, g, o)
     c = tl.where(a2, c_new, c)
     store_rows(cs_ptr, H, rows, rmask, jj, H, c)
@@ -82,12 +95,14 @@ def lstm_fwd_seq_kernel(
     w_ptr,                  # w_hh (4H, P) contiguous
     wr_ptr,                 # w_hr (P, H) contiguous, when HAS_PROJ
     h0_ptr, c0_ptr,         # (B, P), (B, H) contiguous
+    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     y_ptr,                  # out (T, B, P), input dtype
     gates_ptr, cs_ptr,      # out workspace (T, B, 4H) activated gates, (T, B, H) carried c; fp32
     hn_ptr, cn_ptr,         # out (B, P), (B, H) fp32: final state
     T, B, H, P,
     REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CELL: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
@@ -101,12 +116,13 @@ def lstm_fwd_seq_kernel(
         w_r = gate_tile_t(wr_ptr, 0, 0, P, H, BH, BP)  # [j, p] = W_hr[p, j]
     h = load_rows(h0_ptr, P, rows, rmask, pp, P)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
+    cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         c, m = _lstm_step(x_ptr + t * sxt, sxb, gates_ptr + t * B * 4 * H, cs_ptr + t * B * H, rows, rmask, jj, H,
                           a2, mm(h, w_i, PRECISION), mm(h, w_f, PRECISION), mm(h, w_g, PRECISION),
-                          mm(h, w_o, PRECISION), c)
+                          mm(h, w_o, PRECISION), c, cp, CELL)
         if HAS_PROJ:
             h_new = mm(m, w_r, PRECISION)
         else:
@@ -124,12 +140,14 @@ def lstm_bwd_seq_kernel(
     w_ptr, wr_ptr,          # w_hh (4H, P), w_hr (P, H), contiguous
     c0_ptr,                 # (B, H)
     gates_ptr, cs_ptr,      # forward workspace, fp32
+    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     dg_ptr,                 # out (T, B, 4H) fp32: dgates = d x_proj
     dhout_ptr,              # out (T, B, P) fp32: gradient reaching h_t at active steps (HAS_PROJ)
     dh0_ptr, dc0_ptr,       # out (B, P), (B, H) fp32
     T, B, H, P,
     REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CELL_BACKWARD: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
@@ -143,6 +161,7 @@ def lstm_bwd_seq_kernel(
         w_r = gate_tile(wr_ptr, 0, 0, P, H, BP, BH)  # [p, j] = W_hr[p, j]
     dh = load_rows(dhn_ptr, P, rows, rmask, pp, P)
     dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
+    cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     m2 = rmask[:, None] & (jj < H)[None, :]
     for s in range(0, T):
         fs = T - 1 - s  # the forward step being undone
@@ -167,7 +186,7 @@ def lstm_bwd_seq_kernel(
         first = tl.full((1, BH), fs, tl.int32) == 0
         c_prev = (tl.load(cs_ptr + prev * B * H + off, mask=m2 & ~first, other=0.0)
                   + tl.load(c0_ptr + off, mask=m2 & first, other=0.0).to(tl.float32))
-        di, df, dg, do, dc_prev = _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc)
+        di, df, dg, do, dc_prev = CELL_BACKWARD(i, f, g, o, c, c_prev, dm, dc, cp)
         di = tl.where(a2, di, 0.0)
         df = tl.where(a2, df, 0.0)
         dg = tl.where(a2, dg, 0.0)
@@ -189,12 +208,14 @@ def lstm_fwd_step_kernel(
     x_ptr, sxb,             # x_proj[t] (B, 4H), row stride sxb, last dim contiguous
     w_ptr,                  # w_hh (4H, P) contiguous
     hprev_ptr, cprev_ptr,   # h_{t-1} (B, P) fp32; c_{t-1} (B, H) (c0 or cs[prev])
+    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
     len_ptr, t,             # lengths (B,) int64 when HAS_LENGTHS; the time index
     gates_ptr, c_ptr,       # out gates[t] (B, 4H), cs[t] (B, H); fp32
     m_ptr,                  # out (B, H) fp32: m_t, when HAS_PROJ (lstm_proj_step_kernel follows)
     hnxt_ptr, y_ptr,        # out h_t (B, P) fp32 and y[t] (B, P), when not HAS_PROJ
     B, H, P,
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CELL: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
@@ -207,7 +228,8 @@ def lstm_fwd_step_kernel(
                       matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + H * P, 1, P, jj, jm, BK, PRECISION),
                       matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 2 * H * P, 1, P, jj, jm, BK, PRECISION),
                       matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 3 * H * P, 1, P, jj, jm, BK, PRECISION),
-                      load_rows(cprev_ptr, H, rows, rmask, jj, H))
+                      load_rows(cprev_ptr, H, rows, rmask, jj, H),
+                      load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS), CELL)
     if HAS_PROJ:
         store_rows(m_ptr, H, rows, rmask, jj, H, m)
     else:
@@ -257,10 +279,12 @@ def lstm_bwd_step_kernel(
     gates_ptr, c_ptr,       # gates[t] (B, 4H), cs[t] (B, H); fp32
     cprev_ptr,              # c_{t-1} (B, H): c0 or cs[prev]
     dc_ptr,                 # carried dc (B, H) fp32, updated in place (own tile only)
+    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
     len_ptr, t,
     dg_ptr,                 # out dgates[t] (B, 4H) fp32
     B, H, P,
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CELL_BACKWARD: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
@@ -276,8 +300,9 @@ def lstm_bwd_step_kernel(
     g = load_rows(gates_ptr + 2 * H, 4 * H, rows, rmask, jj, H)
     o = load_rows(gates_ptr + 3 * H, 4 * H, rows, rmask, jj, H)
     dc = load_rows(dc_ptr, H, rows, rmask, jj, H)
-    di, df, dg, do, dc_prev = _lstm_cell_backward(
-        i, f, g, o, load_rows(c_ptr, H, rows, rmask, jj, H), load_rows(cprev_ptr, H, rows, rmask, jj, H), dm, dc)
+    di, df, dg, do, dc_prev = CELL_BACKWARD(
+        i, f, g, o, load_rows(c_ptr, H, rows, rmask, jj, H), load_rows(cprev_ptr, H, rows, rmask, jj, H), dm, dc,
+        load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS))
     _store_gates(dg_ptr, rows, rmask, jj, H, a2, di, df, dg, do)
     store_rows(dc_ptr, H, rows, rmask, jj, H, tl.where(a2, dc_prev, dc))
 
@@ -293,6 +318,7 @@ def lstm_bwd_step_kernel(
 def lstm_fwd_persistent_kernel(
     x_ptr, sxt, sxb,        # x_proj (T, B, 4H); strides of t and b, last dim contiguous
     w_ptr,                  # w_hh (4H, H) contiguous
+    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
     c0_ptr, len_ptr,        # (B, H); lengths (B,) int64 when HAS_LENGTHS
     y_ptr,                  # out (T, B, H), input dtype
     gates_ptr, cs_ptr,      # out workspace (T, B, 4H), (T, B, H); fp32
@@ -301,6 +327,7 @@ def lstm_fwd_persistent_kernel(
     count_ptr,              # (n_b,) int32 zeros: barrier counter of each batch block
     T, B, H,
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CELL: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
@@ -312,6 +339,7 @@ def lstm_fwd_persistent_kernel(
     w_g = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
     w_o = gate_tile_t(w_ptr, 3, j0, H, H, BK, BH)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
+    cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     for s in range(0, T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
@@ -320,7 +348,7 @@ def lstm_fwd_persistent_kernel(
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         c, m = _lstm_step(x_ptr + t * sxt, sxb, gates_ptr + t * B * 4 * H, cs_ptr + t * B * H, rows, rmask, jj, H,
                           a2, mm(h, w_i, PRECISION), mm(h, w_f, PRECISION), mm(h, w_g, PRECISION),
-                          mm(h, w_o, PRECISION), c)
+                          mm(h, w_o, PRECISION), c, cp, CELL)
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
@@ -335,12 +363,14 @@ def lstm_bwd_persistent_kernel(
     w_ptr,                  # w_hh (4H, H) contiguous
     c0_ptr,                 # (B, H)
     gates_ptr, cs_ptr,      # forward workspace, fp32
+    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
     len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
     dg_ptr,                 # out (T, B, 4H) fp32, also how programs exchange dgates
     dh0_ptr, dc0_ptr,       # out (B, H) fp32
     count_ptr,              # (n_b,) int32 zeros
     T, B, H,
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CELL_BACKWARD: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
@@ -354,6 +384,7 @@ def lstm_bwd_persistent_kernel(
     w_o = gate_tile(w_ptr, 3, j0, H, H, BK, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
+    cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     off = rows[:, None] * H + jj[None, :]
     for s in range(0, T):
         fs = T - 1 - s
@@ -365,10 +396,10 @@ def lstm_bwd_persistent_kernel(
         first = tl.full((1, BH), fs, tl.int32) == 0
         c_prev = (tl.load(cs_ptr + prev * B * H + off, mask=own & ~first, other=0.0)
                   + tl.load(c0_ptr + off, mask=own & first, other=0.0).to(tl.float32))
-        di, df, dg, do, dc_prev = _lstm_cell_backward(
+        di, df, dg, do, dc_prev = CELL_BACKWARD(
             load_rows(gt, 4 * H, rows, rmask, jj, H), load_rows(gt + H, 4 * H, rows, rmask, jj, H),
             load_rows(gt + 2 * H, 4 * H, rows, rmask, jj, H), load_rows(gt + 3 * H, 4 * H, rows, rmask, jj, H),
-            load_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H), c_prev, dm, dc)
+            load_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H), c_prev, dm, dc, cp)
         dgt = dg_ptr + t * B * 4 * H
         _store_gates(dgt, rows, rmask, jj, H, a2, di, df, dg, do)
         dc = tl.where(a2, dc_prev, dc)
@@ -386,8 +417,29 @@ def lstm_bwd_persistent_kernel(
 # ---------------------------------------------------------------------------------------
 # Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
 # ---------------------------------------------------------------------------------------
-def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
-    """-> y (T, B, P) and h_n (B, P), c_n (B, H) in the input dtype; gates (T, B, 4H), cs (T, B, H) fp32."""
+LSTM_CELL = (_lstm_cell, _lstm_cell_backward)
+
+
+def _cell_args(cell, cell_params, H, device, backward):
+    """The cell arguments of every LSTM kernel: the forward (or backward) helper of ``cell``
+    (a pair like LSTM_CELL) and its per-unit parameters ``cell_params`` ((n, H), or None),
+    zero-padded to a power-of-two row count as fp32 for load_cell_params."""
+    out = {"CELL_BACKWARD" if backward else "CELL": cell[1 if backward else 0]}
+    if cell_params is None:
+        return dict(out, cp_ptr=torch.empty(1, device=device), HAS_CELL_PARAMS=False, CP_ROWS=1)
+    n = cell_params.shape[0]
+    if cell_params.dim() != 2 or cell_params.shape[1] != H:
+        raise ValueError(f"cell parameters must be (n, {H}), got {tuple(cell_params.shape)}")
+    rows = triton.next_power_of_2(n)
+    cp = torch.zeros(rows, H, device=device, dtype=torch.float32)
+    cp[:n] = cell_params
+    return dict(out, cp_ptr=cp, HAS_CELL_PARAMS=True, CP_ROWS=rows)
+
+
+def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_CELL, cell_params=None):
+    """-> y (T, B, P) and h_n (B, P), c_n (B, H) in the input dtype; gates (T, B, 4H), cs (T, B, H) fp32.
+    ``cell``: (forward, backward) @triton.jit helpers with _lstm_cell's interface (an
+    LSTM-shaped cell), ``cell_params`` its per-unit parameters (n, H) or None."""
     T, B, G = x_proj.shape
     H, P = G // 4, w_hh.shape[1]
     proj = w_hr is not None
@@ -403,6 +455,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     w_hr = w_hr.contiguous() if proj else w_hh  # any valid pointer when unused
     lens = lengths if lengths is not None else cs
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    cellargs = _cell_args(cell, cell_params, H, dev, backward=False)
     p = plan(4, H, P, proj, w_hh.element_size(), B, dev)
     # h_{t-1} and h_t of the step and persistent kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, P, device=dev, dtype=f32)
@@ -412,12 +465,12 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     def sequence():
         launch(lstm_fwd_seq_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
                wr_ptr=w_hr, h0_ptr=h0.contiguous(), c0_ptr=c0, len_ptr=lens, y_ptr=y, gates_ptr=gates, cs_ptr=cs,
-               hn_ptr=hbuf[T % 2], cn_ptr=c_n, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags)
+               hn_ptr=hbuf[T % 2], cn_ptr=c_n, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags, **cellargs)
 
     def persistent():
         launch(lstm_fwd_persistent_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
                c0_ptr=c0, len_ptr=lens, y_ptr=y, gates_ptr=gates, cs_ptr=cs, hbuf_ptr=hbuf, cn_ptr=c_n,
-               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags)
+               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags, **cellargs)
 
     mbuf = alloc(B, H, device=dev, dtype=f32) if proj and p.shape == "step" else hbuf  # m_t before W_hr
 
@@ -425,7 +478,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
         hprev, hnxt = hbuf[s % 2], hbuf[(s + 1) % 2]
         launch(lstm_fwd_step_kernel, p, "H", x_ptr=x_proj[t], sxb=x_proj.stride(1), w_ptr=w_hh, hprev_ptr=hprev,
                cprev_ptr=c0 if prev < 0 else cs[prev], len_ptr=lens, t=t, gates_ptr=gates[t], c_ptr=cs[t],
-               m_ptr=mbuf, hnxt_ptr=hnxt, y_ptr=y[t], B=B, H=H, P=P, HAS_PROJ=proj, **flags)
+               m_ptr=mbuf, hnxt_ptr=hnxt, y_ptr=y[t], B=B, H=H, P=P, HAS_PROJ=proj, **flags, **cellargs)
         if proj:
             launch(lstm_proj_step_kernel, p, "P", m_ptr=mbuf, wr_ptr=w_hr, hprev_ptr=hprev, len_ptr=lens, t=t,
                    hnxt_ptr=hnxt, y_ptr=y[t], B=B, H=H, P=P, **flags)
@@ -436,7 +489,8 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision):
     return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precision):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precision, cell=LSTM_CELL,
+             cell_params=None):
     """-> dx_proj (T, B, 4H), dh0 (B, P), dc0 (B, H), dh_out (T, B, P) (with w_hr; else an
     empty (0,) tensor), all fp32."""
     T, B, G = gates.shape
@@ -451,6 +505,7 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
     w_hr = w_hr.contiguous() if proj else w_hh  # any valid pointer when unused
     lens = lengths if lengths is not None else dg
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
+    cellargs = _cell_args(cell, cell_params, H, dev, backward=True)
     p = plan(4, H, P, proj, w_hh.element_size(), B, dev)
     dh = alloc(B, P, device=dev, dtype=f32)
     dc = alloc(B, H, device=dev, dtype=f32)
@@ -458,12 +513,12 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
     def sequence():
         launch(lstm_bwd_seq_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, dcn_ptr=dc_n, w_ptr=w_hh, wr_ptr=w_hr, c0_ptr=c0,
                gates_ptr=gates, cs_ptr=cs, len_ptr=lens, dg_ptr=dg, dhout_ptr=dhout if proj else dg,
-               dh0_ptr=dh, dc0_ptr=dc, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags)
+               dh0_ptr=dh, dc0_ptr=dc, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags, **cellargs)
 
     def persistent():
         launch(lstm_bwd_persistent_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, dcn_ptr=dc_n, w_ptr=w_hh, c0_ptr=c0,
                gates_ptr=gates, cs_ptr=cs, len_ptr=lens, dg_ptr=dg, dh0_ptr=dh, dc0_ptr=dc,
-               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags)
+               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags, **cellargs)
 
     dt = alloc(B, P, device=dev, dtype=f32) if proj and p.shape == "step" else dh  # dh + dy[t] before W_hr
 
@@ -476,7 +531,7 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
                    dhout_ptr=dhout[t], B=B, P=P, HAS_LENGTHS=lengths is not None)
         launch(lstm_bwd_step_kernel, p, "H", dh_ptr=dh, dy_ptr=dy[t], dt_ptr=dt, wr_ptr=w_hr, gates_ptr=gates[t],
                c_ptr=cs[t], cprev_ptr=c0 if prev < 0 else cs[prev], dc_ptr=dc, len_ptr=lens, t=t, dg_ptr=dg[t],
-               B=B, H=H, P=P, HAS_PROJ=proj, **flags)
+               B=B, H=H, P=P, HAS_PROJ=proj, **flags, **cellargs)
         carry_dh(p, dg[t], w_hh, dh, None, lens, lengths is not None, t, precision)
 
     run(p, T, reverse, backward=True, sequence=sequence, step=step, persistent=persistent)

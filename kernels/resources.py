@@ -29,21 +29,25 @@ TARGET = GPUTarget("cuda", 90, 32)
 # int64 lengths, the int32 barrier counters)
 INPUT_DTYPE_ARGS = {"x_ptr", "w_ptr", "wr_ptr", "h0_ptr", "c0_ptr", "y_ptr", "bhn_ptr", "dy_ptr", "dhn_ptr", "dcn_ptr"}
 
+# the LSTM kernels' cell, as lstm.forward / lstm.backward pass it by default
+LSTM_FWD = dict(CELL=lstm.LSTM_CELL[0], HAS_CELL_PARAMS=False, CP_ROWS=1)
+LSTM_BWD = dict(CELL_BACKWARD=lstm.LSTM_CELL[1], HAS_CELL_PARAMS=False, CP_ROWS=1)
+
 # (name, kernel, weight tiles, flags) of each shape; block sizes and warps come from
 # launch.blocks, the launchers' own source
 SEQUENCE = [
-    ("lstm_fwd_seq", lstm.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False)),
-    ("lstm_bwd_seq", lstm.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False)),
+    ("lstm_fwd_seq", lstm.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False, **LSTM_FWD)),
+    ("lstm_bwd_seq", lstm.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False, **LSTM_BWD)),
     ("gru_fwd_seq", gru.gru_fwd_seq_kernel, 3, dict(REVERSE=False, HAS_BHN=True)),
     ("gru_bwd_seq", gru.gru_bwd_seq_kernel, 3, dict(REVERSE=False)),
     ("rnn_fwd_seq", rnn.rnn_fwd_seq_kernel, 1, dict(REVERSE=False, RELU=False)),
     ("rnn_bwd_seq", rnn.rnn_bwd_seq_kernel, 1, dict(REVERSE=False, RELU=True)),
 ]
 STEP = [
-    ("lstm_fwd_step", lstm.lstm_fwd_step_kernel, 4, dict(HAS_PROJ=False)),
+    ("lstm_fwd_step", lstm.lstm_fwd_step_kernel, 4, dict(HAS_PROJ=False, **LSTM_FWD)),
     ("lstm_proj_step", lstm.lstm_proj_step_kernel, 4, {}),
     ("lstm_dt_step", lstm.lstm_dt_step_kernel, 4, {}),
-    ("lstm_bwd_step", lstm.lstm_bwd_step_kernel, 4, dict(HAS_PROJ=True)),
+    ("lstm_bwd_step", lstm.lstm_bwd_step_kernel, 4, dict(HAS_PROJ=True, **LSTM_BWD)),
     ("carry_dh_step", _common.carry_dh_step_kernel, 4, dict(HAS_DIRECT=True)),
     ("gru_fwd_step", gru.gru_fwd_step_kernel, 3, dict(HAS_BHN=True)),
     ("gru_bwd_step", gru.gru_bwd_step_kernel, 3, {}),
@@ -51,8 +55,8 @@ STEP = [
     ("rnn_bwd_step", rnn.rnn_bwd_step_kernel, 1, dict(RELU=True)),
 ]
 PERSISTENT = [
-    ("lstm_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False)),
-    ("lstm_bwd_persistent", lstm.lstm_bwd_persistent_kernel, 4, dict(REVERSE=False)),
+    ("lstm_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_FWD)),
+    ("lstm_bwd_persistent", lstm.lstm_bwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_BWD)),
     ("gru_fwd_persistent", gru.gru_fwd_persistent_kernel, 3, dict(REVERSE=False, HAS_BHN=True)),
     ("gru_bwd_persistent", gru.gru_bwd_persistent_kernel, 3, dict(REVERSE=False)),
 ]

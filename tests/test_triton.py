@@ -21,8 +21,11 @@ CUDA = torch.cuda.is_available()
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 TRITON = fastrnn.available_backends()["triton"]
 pytestmark = pytest.mark.skipif(TRITON != "available", reason=f"triton backend: {TRITON}")
-if TRITON == "available":
-    from fastrnn.kernels._common import sigmoid, tanh
+# the kernels import without a device (the compile lane compiles _shifted_cell below)
+fastrnn.backends._import("fastrnn.kernels")
+from fastrnn.kernels import lstm as lstm_kernels  # noqa: E402
+from fastrnn.kernels._common import cell_param, sigmoid, tanh  # noqa: E402
+
 DEV = "cuda" if CUDA and not INTERP else "cpu"
 
 
@@ -276,6 +279,77 @@ def test_tiny_activations_vs_torch_nn(family, kw, scale, shape, monkeypatch):
     worse = [f"{a.name}: {a.rel_rms:.2e} vs torch.nn {b.rel_rms:.2e}" for a, b in zip(ours.rows, theirs.rows)
              if a.rel_rms > 4 * max(b.rel_rms, 2.0 ** -24)]
     assert not worse, "\n".join(worse)
+
+
+# An LSTM-shaped cell that is not the LSTM, with three per-unit parameters p (rows of the
+# cell-parameter tile): i = sigmoid(a_i + p2), f = sigmoid(a_f + p1), m = o * tanh(p0 * c).
+# It runs through the LSTM kernels unchanged: a new LSTM-shaped cell is this pair, nothing more.
+@triton.jit
+def _shifted_cell(xi, xf, xg, xo, c_prev, cp):
+    i = sigmoid(xi + cell_param(cp, 2))
+    f = sigmoid(xf + cell_param(cp, 1))
+    g = tanh(xg)
+    o = sigmoid(xo)
+    c = f * c_prev + i * g
+    return i, f, g, o, c, o * tanh(cell_param(cp, 0) * c)
+
+
+@triton.jit
+def _shifted_cell_backward(i, f, g, o, c, c_prev, dm, dc, cp):
+    p0 = cell_param(cp, 0)
+    tc = tanh(p0 * c)
+    dct = dc + dm * o * p0 * (1.0 - tc * tc)
+    return (dct * g * i * (1.0 - i), dct * c_prev * f * (1.0 - f), dct * i * (1.0 - g * g),
+            dm * tc * o * (1.0 - o), dct * f)
+
+
+def _shifted_reference(x, w_hh, w_hr, h0, c0, lengths, reverse, p):
+    h, c, ys = h0, c0, [None] * x.shape[0]
+    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+        a_i, a_f, a_g, a_o = (x[t] + h @ w_hh.T).chunk(4, 1)
+        c_new = torch.sigmoid(a_f + p[1]) * c + torch.sigmoid(a_i + p[2]) * torch.tanh(a_g)
+        m = torch.sigmoid(a_o) * torch.tanh(p[0] * c_new)
+        h_new = m @ w_hr.T if w_hr is not None else m
+        act = (t < lengths)[:, None]
+        h, c, ys[t] = torch.where(act, h_new, h), torch.where(act, c_new, c), torch.where(act, h_new, 0.0)
+    return torch.stack(ys), h, c
+
+
+@pytest.mark.parametrize("kernel", ["sequence", "step", "persistent"])
+@pytest.mark.parametrize("proj", [False, True], ids=["noproj", "proj"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_lstm_kernels_take_another_cell(kernel, proj, reverse, monkeypatch):
+    """The LSTM kernels with _shifted_cell instead of the LSTM cell, against its float64
+    torch reference at the fp32 bound: outputs, final state, and the gradients of x_proj,
+    h0, c0 (lengths given, so inactive steps are covered; with a projection, "persistent"
+    runs the step kernels)."""
+    from fastrnn.numerics import bound, rel_rms
+
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", kernel)
+    g = torch.Generator().manual_seed(0)
+    T, B, H, P = 6, 5, 20, (7 if proj else 20)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x, w_hh, h0, c0 = r(T, B, 4 * H), r(4 * H, P) * 0.4, r(B, P), r(B, H)
+    w_hr = r(P, H) * 0.4 if proj else None
+    p = torch.stack([1.0 + 0.5 * r(H), r(H), r(H)])
+    lengths = torch.tensor([6, 3, 1, 5, 6])
+    dy, dhn, dcn = r(T, B, P), r(B, P), r(B, H)
+
+    leaves = [v.clone().requires_grad_() for v in (x, h0, c0)]
+    ref = _shifted_reference(*leaves[:1], w_hh, w_hr, *leaves[1:], lengths, reverse, p)
+    ref_grads = torch.autograd.grad(ref, leaves, (dy, dhn, dcn))
+
+    f32 = lambda v: None if v is None else v.float().to(DEV)  # noqa: E731
+    cell = (_shifted_cell, _shifted_cell_backward)
+    lens = lengths.to(DEV)
+    y, h_n, c_n, gates, cs = lstm_kernels.forward(f32(x), f32(w_hh), f32(w_hr), f32(h0), f32(c0), lens, reverse,
+                                                  "ieee", cell=cell, cell_params=f32(p))
+    dx, dh0, dc0, _ = lstm_kernels.backward(f32(dy), f32(dhn), f32(dcn), f32(w_hh), f32(w_hr), f32(c0), gates, cs,
+                                            lens, reverse, "ieee", cell=cell, cell_params=f32(p))
+    got = {"y": y, "h_n": h_n, "c_n": c_n, "dx_proj": dx, "dh0": dh0, "dc0": dc0}
+    want = dict(zip(got, (*ref, *ref_grads)))
+    errors = {k: rel_rms(got[k].cpu(), want[k]) for k in got}
+    assert all(e <= bound(torch.float32) for e in errors.values()), errors
 
 
 @pytest.mark.skipif(not CUDA or INTERP, reason="needs a CUDA device")

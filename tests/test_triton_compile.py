@@ -46,3 +46,21 @@ def test_compiles_for_sm90(name, kernel, constexprs, warps, dtype):
     res = _resources()
     r = res.resources(res.compile_for_hopper(kernel, constexprs, warps, dtype))
     assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r
+
+
+CELL_CASES = [c for c in _resources().configs(64, "fp32") if "CELL" in c[2] or "CELL_BACKWARD" in c[2]]
+
+
+@pytest.mark.parametrize("name,kernel,constexprs,warps,dtype", CELL_CASES,
+                         ids=[c[0].replace(" ", "-") for c in CELL_CASES])
+def test_lstm_kernels_compile_with_another_cell(name, kernel, constexprs, warps, dtype):
+    """The LSTM kernels compile for sm_90 with another LSTM-shaped cell passed as a
+    constexpr, one with per-unit parameters (tests/test_triton.py's _shifted_cell)."""
+    from test_triton import _shifted_cell, _shifted_cell_backward
+
+    res = _resources()
+    cell = {"CELL": _shifted_cell} if "CELL" in constexprs else {"CELL_BACKWARD": _shifted_cell_backward}
+    r = res.resources(res.compile_for_hopper(kernel, {**constexprs, **cell, "HAS_CELL_PARAMS": True, "CP_ROWS": 4},
+                                             warps, dtype))
+    assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r
+    print(name, r)
