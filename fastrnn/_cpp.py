@@ -35,10 +35,9 @@ rnn_backward = _C.rnn_backward
 # -- transitional: removed when the shared post-loop lands
 # The old entry points over the new ones, with the post-loop work (h_prev, dW_hh, dW_hr, db_hn)
 # done here as the C++ backend did it before.
-def _h_prev(y, h0, lengths, reverse):
-    from .reference import _h_prev
+import torch  # noqa: E402
 
-    return _h_prev(y, h0, lengths, reverse)
+from .reference import _h_prev  # noqa: E402
 
 
 def lstm_recurrence_forward(x_proj, w_hh, w_hr, h0, c0, lengths=None, reverse=False, workspace=True):
@@ -67,8 +66,7 @@ def gru_recurrence_backward(dy, dh_n, w_hh, b_hn, h0, y, gates, lengths=None, re
     dx, dh0 = gru_backward(dy, dh_n, w_hh, hp, gates, lengths, reverse)
     T, B, G = dx.shape
     H = G // 3
-    dgh = dx.clone()
-    dgh[..., 2 * H:] *= gates[..., :H]
+    dgh = torch.cat([dx[..., :2 * H], dx[..., 2 * H:] * gates[..., :H]], 2)
     dw_hh = dgh.view(T * B, G).t() @ hp.view(T * B, H)
     db_hn = dgh[..., 2 * H:].sum((0, 1)) if b_hn is not None else None
     return dx, dw_hh, db_hn, dh0
