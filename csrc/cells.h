@@ -122,6 +122,9 @@ template <> FASTRNN_INLINE double tanh_<double>(double x) { return std::tanh(x);
 //                 (GRU: the reset gate scales only the recurrent part of n). The backward's
 //                 product operand is then a separate dgh row, not dx.
 //   WORKSPACE     width of the per-step row the forward keeps for the backward (0: none)
+//   IN_PLACE      the workspace row is also the `pre` row (WORKSPACE == GATES): the loop forms
+//                 x_proj + product in it and the cell overwrites it with its activations.
+//                 A separate pre row cost the LSTM one more (B, 4H) stream per step.
 //   SAVED         width of the per-step row the backward reads as `saved` (the workspace;
 //                 the Elman RNN reads its output y instead)
 //   HAS_C         a second carried state c of width H (LSTM), kept per step as cs
@@ -134,7 +137,7 @@ template <> FASTRNN_INLINE double tanh_<double>(double x) { return std::tanh(x);
 // may be null. Inactive rows (t >= length) are the loop's business, not the cell's.
 // ---------------------------------------------------------------------------------------
 
-// LSTM. pre (4H): i, f, g, o pre-activations; ws (4H): their activations.
+// LSTM. gates = ws (4H): i, f, g, o pre-activations in, activations out (IN_PLACE).
 //   c = f*c_prev + i*g,  out = o*tanh(c)
 // Backward, dm = dout:
 //   dc_t = dc + dm*o*(1-tanh(c)^2); dgates = [dc_t*g*i(1-i), dc_t*c_prev*f(1-f),
@@ -143,16 +146,18 @@ template <typename T>
 struct Lstm {
   using Scalar = T;
   static constexpr int GATES = 4, WORKSPACE = 4, SAVED = 4;
-  static constexpr bool X_IN_PRODUCT = true, HAS_C = true, H_DIRECT = false, PROJECTION = true;
+  static constexpr bool X_IN_PRODUCT = true, IN_PLACE = true, HAS_C = true, H_DIRECT = false, PROJECTION = true;
 
-  FASTRNN_INLINE void forward(int64_t H, const T* __restrict pre, const T*, const T*,
-                              const T* __restrict c_prev, T* __restrict ws, T* __restrict c,
-                              T* __restrict out) const {
+  FASTRNN_INLINE void forward(int64_t H, const T*, const T*, const T*, const T* __restrict c_prev,
+                              T* __restrict gates, T* __restrict c, T* __restrict out) const {
+    T* gi = gates;
+    T* gf = gates + H;
+    T* gg = gates + 2 * H;
+    T* go = gates + 3 * H;
     for (int64_t j = 0; j < H; ++j) {
-      T i = sigmoid<T>(pre[j]), f = sigmoid<T>(pre[H + j]), g = tanh_<T>(pre[2 * H + j]),
-        o = sigmoid<T>(pre[3 * H + j]);
+      T i = sigmoid<T>(gi[j]), f = sigmoid<T>(gf[j]), g = tanh_<T>(gg[j]), o = sigmoid<T>(go[j]);
       T cj = f * c_prev[j] + i * g;
-      ws[j] = i; ws[H + j] = f; ws[2 * H + j] = g; ws[3 * H + j] = o;
+      gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
       c[j] = cj;
       out[j] = o * tanh_<T>(cj);
     }
@@ -184,7 +189,7 @@ template <typename T>
 struct Gru {
   using Scalar = T;
   static constexpr int GATES = 3, WORKSPACE = 4, SAVED = 4;
-  static constexpr bool X_IN_PRODUCT = false, HAS_C = false, H_DIRECT = true, PROJECTION = false;
+  static constexpr bool X_IN_PRODUCT = false, IN_PLACE = false, HAS_C = false, H_DIRECT = true, PROJECTION = false;
   const T* b_hn;  // (H) or null
 
   template <bool HAS_BHN>
@@ -232,7 +237,7 @@ template <typename T, bool RELU>
 struct Rnn {
   using Scalar = T;
   static constexpr int GATES = 1, WORKSPACE = 0, SAVED = 1;
-  static constexpr bool X_IN_PRODUCT = true, HAS_C = false, H_DIRECT = false, PROJECTION = false;
+  static constexpr bool X_IN_PRODUCT = true, IN_PLACE = false, HAS_C = false, H_DIRECT = false, PROJECTION = false;
 
   FASTRNN_INLINE void forward(int64_t H, const T* __restrict a, const T*, const T*, const T*, T*, T*,
                               T* __restrict h) const {

@@ -45,7 +45,7 @@ struct ForwardArgs {
   T* c_n;                          // (B, H) with HAS_C
   T* ws;                           // (T or 1, B, WORKSPACE*H)
   T* cs;                           // (T or 2, B, H) with HAS_C: the carried c of every step
-  T* pre;                          // scratch (B, GATES*H)
+  T* pre;                          // scratch (B, GATES*H) unless IN_PLACE
   T* m;                            // scratch (B, H) with a projection
 };
 
@@ -54,24 +54,26 @@ template <class Cell, class Isa>
 FASTRNN_INLINE void forward_loop(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a) {
   using T = typename Cell::Scalar;
   const int64_t B = a.B, H = a.H, P = a.P, GH = Cell::GATES * H, WH = Cell::WORKSPACE * H;
+  static_assert(!Cell::IN_PLACE || Cell::WORKSPACE == Cell::GATES, "IN_PLACE: the workspace row is the pre row");
   const int64_t* L = a.lengths;
   const T* c_prev = a.c0;
   for (int64_t s = 0; s < a.steps; ++s) {
     const int64_t t = step_at(s, a.steps, a.reverse);
     const T* x_t = a.x + t * a.sx0;
+    T* ws = row(a.ws, a.workspace ? t : 0, B * WH);
+    T* pre_t = Cell::IN_PLACE ? ws : a.pre;
     for (int64_t b = 0; b < B; ++b) {
-      T* pre = a.pre + b * GH;
+      T* pre = pre_t + b * GH;
       if (Cell::X_IN_PRODUCT) std::copy(x_t + b * a.sx1, x_t + b * a.sx1 + GH, pre);
       else std::fill(pre, pre + GH, T(0));
     }
-    a.rec->template acc<Isa>(B, a.h, P, a.pre, GH);
-    T* ws = row(a.ws, a.workspace ? t : 0, B * WH);
+    a.rec->template acc<Isa>(B, a.h, P, pre_t, GH);
     T* c = row(a.cs, a.workspace ? t : s % 2, B * H);
     T* y_t = a.y + t * B * P;
     T* out = a.proj ? a.m : y_t;  // rows of width H (P = H without a projection)
     for (int64_t b = 0; b < B; ++b) {
       if (active(L, t, b)) {
-        cell.forward(H, a.pre + b * GH, x_t + b * a.sx1, a.h + b * P, row(c_prev, b, H), row(ws, b, WH),
+        cell.forward(H, pre_t + b * GH, x_t + b * a.sx1, a.h + b * P, row(c_prev, b, H), row(ws, b, WH),
                      row(c, b, H), out + b * H);
       } else {  // state carried; the workspace row is zeroed so every output is defined
         if constexpr (Cell::WORKSPACE > 0) std::fill(ws + b * WH, ws + (b + 1) * WH, T(0));
@@ -286,8 +288,12 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
   }
   auto y = fresh({steps, B, P}, opts);
   auto h = h0.clone();
-  at::Tensor pre = fresh({B, Cell::GATES * H}, opts);
-  a.y = y.data_ptr<T>(); a.h = h.data_ptr<T>(); a.pre = pre.data_ptr<T>();
+  a.y = y.data_ptr<T>(); a.h = h.data_ptr<T>();
+  at::Tensor pre;
+  if (!Cell::IN_PLACE) {
+    pre = fresh({B, Cell::GATES * H}, opts);
+    a.pre = pre.data_ptr<T>();
+  }
   if (Cell::WORKSPACE) {
     ws = fresh({workspace ? steps : 1, B, Cell::WORKSPACE * H}, opts);
     a.ws = ws.data_ptr<T>();
