@@ -17,11 +17,11 @@ def get_extensions():
     from torch.utils.cpp_extension import CppExtension
 
     debug = os.environ.get("DEBUG", "0") == "1"
-    # Portable by default: no -march=native; the hot loops are written for the compiler's
-    # auto-vectoriser at the baseline ISA and use torch's GEMM for the matrix products.
+    # Portable by default: no -march=native; the time loops are built per ISA level with target
+    # attributes and one is picked at run time (csrc/recurrence.h).
     # -fno-trapping-math lets GCC if-convert the float clamps in cells.h (without it, "control
     # flow in loop" keeps the cell loops scalar); -ffp-contract=fast allows FMAs. Neither makes
-    # results depend on anything but the binary and the ISA clone picked at load time.
+    # results depend on anything but the binary and the ISA level picked at run time.
     cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
     # SANITIZE=1 (make sanitize): AddressSanitizer + UBSan, every report fatal
     # (float-cast-overflow is not in -fsanitize=undefined: it catches a NaN or huge float cast to int)

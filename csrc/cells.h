@@ -1,18 +1,21 @@
-// Cell math of the C++ backend: the only place it is written. Every function works on one
-// batch row, over contiguous hidden units, with independent iterations so the compiler
-// vectorises them (float loops are compiled per ISA through target_clones in fastrnn.cpp).
+// Cell math of the C++ backend: the only place it is written. One struct per cell holds its
+// forward and backward pointwise math on one batch row, over contiguous hidden units, with
+// independent iterations so the compiler vectorises them, plus the few facts the time loop
+// (recurrence.h) needs. Everything here is always inlined into the loop's per-ISA instances.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#ifndef FASTRNN_INLINE
 #define FASTRNN_INLINE inline __attribute__((always_inline))
+#endif
 
 namespace fastrnn {
 
 // float activations, written without calls or branches so the cell loops vectorise in every
-// ISA clone, and accurate to a few ulp in RELATIVE error over the whole float range (near 0,
+// ISA instance, and accurate to a few ulp in RELATIVE error over the whole float range (near 0,
 // subnormal results, +-inf; NaN propagates). Over all 2^32 floats against double libm:
 // sigmoid 2.40 ulp, tanh 2.50 ulp at most (csrc/tools/activation_sweep.cpp, per ISA clone).
 FASTRNN_INLINE uint32_t float_bits(float x) {
@@ -111,110 +114,148 @@ template <> FASTRNN_INLINE float tanh_<float>(float x) {
 template <> FASTRNN_INLINE double tanh_<double>(double x) { return std::tanh(x); }
 
 // ---------------------------------------------------------------------------------------
-// LSTM. gates row (4H): i, f, g, o pre-activations in, activations out.
-//   c = f*c_prev + i*g,  m = o*tanh(c)   (m is h, or h before the projection)
+// Cells. What the loops in recurrence.h read from a cell type (all sizes in units of H):
+//   Scalar        float or double
+//   GATES         width of an x_proj row
+//   X_IN_PRODUCT  the x_proj row is added to h_prev @ W_hh^T before the cell (the cell gets the
+//                 sum as `pre`); false: `pre` is the product alone and the cell reads x itself
+//                 (GRU: the reset gate scales only the recurrent part of n). The backward's
+//                 product operand is then a separate dgh row, not dx.
+//   WORKSPACE     width of the per-step row the forward keeps for the backward (0: none)
+//   IN_PLACE      the workspace row is also the `pre` row (WORKSPACE == GATES): the loop forms
+//                 x_proj + product in it and the cell overwrites it with its activations.
+//                 A separate pre row cost the LSTM one more (B, 4H) stream per step.
+//   SAVED         width of the per-step row the backward reads as `saved` (the workspace;
+//                 the Elman RNN reads its output y instead)
+//   HAS_C         a second carried state c of width H (LSTM), kept per step as cs
+//   H_DIRECT      h_prev also reaches h_t outside the product (GRU's z*h_prev): the backward
+//                 writes that part of dh_prev to dh_direct, the product is added to it
+//   PROJECTION    the cell may have an output projection h = out @ W_hr^T (the loop applies it)
+// forward(H, pre, x, h_prev, c_prev, ws, c, out): out (H) is h, or the input of the projection.
+// backward(H, saved, c, c_prev, h_prev, dout, dc, dx, dgh, dh_direct): dout is the gradient
+// reaching out; dc the gradient reaching c (in), c_prev (out). Pointers a cell does not use
+// may be null. Inactive rows (t >= length) are the loop's business, not the cell's.
 // ---------------------------------------------------------------------------------------
-template <typename T>
-FASTRNN_INLINE void lstm_fwd_row(int64_t H, T* __restrict gates, const T* __restrict c_prev,
-                                 T* __restrict c, T* __restrict m) {
-  T* gi = gates;
-  T* gf = gates + H;
-  T* gg = gates + 2 * H;
-  T* go = gates + 3 * H;
-  for (int64_t j = 0; j < H; ++j) {
-    T i = sigmoid<T>(gi[j]), f = sigmoid<T>(gf[j]), g = tanh_<T>(gg[j]), o = sigmoid<T>(go[j]);
-    T cj = f * c_prev[j] + i * g;
-    gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
-    c[j] = cj;
-    m[j] = o * tanh_<T>(cj);
-  }
-}
 
-// dm: gradient reaching m; dc: gradient reaching c (in), reaching c_prev (out).
+// LSTM. gates = ws (4H): i, f, g, o pre-activations in, activations out (IN_PLACE).
+//   c = f*c_prev + i*g,  out = o*tanh(c)
+// Backward, dm = dout:
 //   dc_t = dc + dm*o*(1-tanh(c)^2); dgates = [dc_t*g*i(1-i), dc_t*c_prev*f(1-f),
 //   dc_t*i*(1-g^2), dm*tanh(c)*o(1-o)];  dc_prev = dc_t*f
 template <typename T>
-FASTRNN_INLINE void lstm_bwd_row(int64_t H, const T* __restrict gates, const T* __restrict c,
-                                 const T* __restrict c_prev, const T* __restrict dm,
-                                 T* __restrict dc, T* __restrict dgates) {
-  for (int64_t j = 0; j < H; ++j) {
-    T i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
-    T tc = tanh_<T>(c[j]);
-    T dct = dc[j] + dm[j] * o * (T(1) - tc * tc);
-    dgates[j] = dct * g * i * (T(1) - i);
-    dgates[H + j] = dct * c_prev[j] * f * (T(1) - f);
-    dgates[2 * H + j] = dct * i * (T(1) - g * g);
-    dgates[3 * H + j] = dm[j] * tc * o * (T(1) - o);
-    dc[j] = dct * f;
-  }
-}
+struct Lstm {
+  using Scalar = T;
+  static constexpr int GATES = 4, WORKSPACE = 4, SAVED = 4;
+  static constexpr bool X_IN_PRODUCT = true, IN_PLACE = true, HAS_C = true, H_DIRECT = false, PROJECTION = true;
 
-// ---------------------------------------------------------------------------------------
-// GRU (torch.nn's: b_hn inside the reset product). x: x_proj row (3H), gh: h_prev @ W_hh^T
-// row (3H). Writes acts (4H) = r, z, n, hn and h.
-// ---------------------------------------------------------------------------------------
-template <typename T, bool HAS_BHN>
-FASTRNN_INLINE void gru_fwd_units(int64_t H, const T* __restrict x, const T* __restrict gh,
-                                  const T* __restrict b_hn, const T* __restrict h_prev,
-                                  T* __restrict acts, T* __restrict h) {
-  for (int64_t j = 0; j < H; ++j) {
-    T r = sigmoid<T>(x[j] + gh[j]);
-    T z = sigmoid<T>(x[H + j] + gh[H + j]);
-    T hn = gh[2 * H + j];
-    if (HAS_BHN) hn += b_hn[j];
-    T n = tanh_<T>(x[2 * H + j] + r * hn);
-    acts[j] = r; acts[H + j] = z; acts[2 * H + j] = n; acts[3 * H + j] = hn;
-    h[j] = (T(1) - z) * n + z * h_prev[j];
+  FASTRNN_INLINE void forward(int64_t H, const T*, const T*, const T*, const T* __restrict c_prev,
+                              T* __restrict gates, T* __restrict c, T* __restrict out) const {
+    T* gi = gates;
+    T* gf = gates + H;
+    T* gg = gates + 2 * H;
+    T* go = gates + 3 * H;
+    for (int64_t j = 0; j < H; ++j) {
+      T i = sigmoid<T>(gi[j]), f = sigmoid<T>(gf[j]), g = tanh_<T>(gg[j]), o = sigmoid<T>(go[j]);
+      T cj = f * c_prev[j] + i * g;
+      gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
+      c[j] = cj;
+      out[j] = o * tanh_<T>(cj);
+    }
   }
-}
 
-// One loop per bias case: with `b_hn ? b_hn[j] : 0` inside the loop GCC left it scalar,
-// and the cell cost ~6x the step's product (B=8, H=128); vectorised, GRU forward there
-// went from ~5.2 ms to ~1.2 ms for T=100.
+  FASTRNN_INLINE void backward(int64_t H, const T* __restrict gates, const T* __restrict c,
+                               const T* __restrict c_prev, const T*, const T* __restrict dm,
+                               T* __restrict dc, T* __restrict dgates, T*, T*) const {
+    for (int64_t j = 0; j < H; ++j) {
+      T i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
+      T tc = tanh_<T>(c[j]);
+      T dct = dc[j] + dm[j] * o * (T(1) - tc * tc);
+      dgates[j] = dct * g * i * (T(1) - i);
+      dgates[H + j] = dct * c_prev[j] * f * (T(1) - f);
+      dgates[2 * H + j] = dct * i * (T(1) - g * g);
+      dgates[3 * H + j] = dm[j] * tc * o * (T(1) - o);
+      dc[j] = dct * f;
+    }
+  }
+};
+
+// GRU (torch.nn's: b_hn inside the reset product). x: x_proj row (3H), pre: h_prev @ W_hh^T
+// row (3H). ws (4H) = r, z, n, hn.
+//   r = sig(x_r + gh_r), z = sig(x_z + gh_z), hn = gh_n + b_hn, n = tanh(x_n + r*hn),
+//   h = (1-z)*n + z*h_prev
+// Backward, dh = dout: dx (3H) = [dar, daz, dan], dgh (3H) = [dar, daz, dan*r] (the gradient
+// of h_prev @ W_hh^T), dh_direct = dh*z.
 template <typename T>
-FASTRNN_INLINE void gru_fwd_row(int64_t H, const T* x, const T* gh, const T* b_hn, const T* h_prev, T* acts,
-                                T* h) {
-  if (b_hn) gru_fwd_units<T, true>(H, x, gh, b_hn, h_prev, acts, h);
-  else gru_fwd_units<T, false>(H, x, gh, b_hn, h_prev, acts, h);
-}
+struct Gru {
+  using Scalar = T;
+  static constexpr int GATES = 3, WORKSPACE = 4, SAVED = 4;
+  static constexpr bool X_IN_PRODUCT = false, IN_PLACE = false, HAS_C = false, H_DIRECT = true, PROJECTION = false;
+  const T* b_hn;  // (H) or null
 
-// dh: gradient reaching h_t. Writes dx (3H) = [dar, daz, dan], dgh (3H) = [dar, daz, dan*r]
-// (the gradient of h_prev @ W_hh^T) and dh_direct = dh*z.
-template <typename T>
-FASTRNN_INLINE void gru_bwd_row(int64_t H, const T* __restrict acts, const T* __restrict h_prev,
-                                const T* __restrict dh, T* __restrict dx, T* __restrict dgh,
-                                T* __restrict dh_direct) {
-  for (int64_t j = 0; j < H; ++j) {
-    T r = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
-    T dan = dh[j] * (T(1) - z) * (T(1) - n * n);
-    T dar = dan * hn * r * (T(1) - r);
-    T daz = dh[j] * (h_prev[j] - n) * z * (T(1) - z);
-    dx[j] = dar; dx[H + j] = daz; dx[2 * H + j] = dan;
-    dgh[j] = dar; dgh[H + j] = daz; dgh[2 * H + j] = dan * r;
-    dh_direct[j] = dh[j] * z;
+  template <bool HAS_BHN>
+  FASTRNN_INLINE void forward_units(int64_t H, const T* __restrict gh, const T* __restrict x,
+                                    const T* __restrict h_prev, T* __restrict acts,
+                                    T* __restrict h) const {
+    const T* __restrict bhn = b_hn;
+    for (int64_t j = 0; j < H; ++j) {
+      T r = sigmoid<T>(x[j] + gh[j]);
+      T z = sigmoid<T>(x[H + j] + gh[H + j]);
+      T hn = gh[2 * H + j];
+      if (HAS_BHN) hn += bhn[j];
+      T n = tanh_<T>(x[2 * H + j] + r * hn);
+      acts[j] = r; acts[H + j] = z; acts[2 * H + j] = n; acts[3 * H + j] = hn;
+      h[j] = (T(1) - z) * n + z * h_prev[j];
+    }
   }
-}
 
-// ---------------------------------------------------------------------------------------
-// Elman RNN. a: pre-activation row in, h out. Backward uses act'(.) from the output.
-// ---------------------------------------------------------------------------------------
-template <typename T>
-FASTRNN_INLINE void rnn_fwd_row(int64_t H, bool relu, const T* __restrict a, T* __restrict h) {
-  if (relu) {
-    for (int64_t j = 0; j < H; ++j) h[j] = a[j] > T(0) ? a[j] : T(0);
-  } else {
-    for (int64_t j = 0; j < H; ++j) h[j] = tanh_<T>(a[j]);
+  // One loop per bias case: with `b_hn ? b_hn[j] : 0` inside the loop GCC left it scalar,
+  // and the cell cost ~6x the step's product (B=8, H=128); vectorised, GRU forward there
+  // went from ~5.2 ms to ~1.2 ms for T=100.
+  FASTRNN_INLINE void forward(int64_t H, const T* pre, const T* x, const T* h_prev, const T*, T* ws, T*,
+                              T* out) const {
+    if (b_hn) forward_units<true>(H, pre, x, h_prev, ws, out);
+    else forward_units<false>(H, pre, x, h_prev, ws, out);
   }
-}
 
-template <typename T>
-FASTRNN_INLINE void rnn_bwd_row(int64_t H, bool relu, const T* __restrict h, const T* __restrict dh,
-                                T* __restrict da) {
-  if (relu) {
-    for (int64_t j = 0; j < H; ++j) da[j] = h[j] > T(0) ? dh[j] : T(0);
-  } else {
-    for (int64_t j = 0; j < H; ++j) da[j] = dh[j] * (T(1) - h[j] * h[j]);
+  FASTRNN_INLINE void backward(int64_t H, const T* __restrict acts, const T*, const T*,
+                               const T* __restrict h_prev, const T* __restrict dh, T*,
+                               T* __restrict dx, T* __restrict dgh, T* __restrict dh_direct) const {
+    for (int64_t j = 0; j < H; ++j) {
+      T r = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
+      T dan = dh[j] * (T(1) - z) * (T(1) - n * n);
+      T dar = dan * hn * r * (T(1) - r);
+      T daz = dh[j] * (h_prev[j] - n) * z * (T(1) - z);
+      dx[j] = dar; dx[H + j] = daz; dx[2 * H + j] = dan;
+      dgh[j] = dar; dgh[H + j] = daz; dgh[2 * H + j] = dan * r;
+      dh_direct[j] = dh[j] * z;
+    }
   }
-}
+};
+
+// Elman RNN: h = act(pre). The backward takes act'(.) from the output h (saved = y).
+template <typename T, bool RELU>
+struct Rnn {
+  using Scalar = T;
+  static constexpr int GATES = 1, WORKSPACE = 0, SAVED = 1;
+  static constexpr bool X_IN_PRODUCT = true, IN_PLACE = false, HAS_C = false, H_DIRECT = false, PROJECTION = false;
+
+  FASTRNN_INLINE void forward(int64_t H, const T* __restrict a, const T*, const T*, const T*, T*, T*,
+                              T* __restrict h) const {
+    if (RELU) {
+      for (int64_t j = 0; j < H; ++j) h[j] = a[j] > T(0) ? a[j] : T(0);
+    } else {
+      for (int64_t j = 0; j < H; ++j) h[j] = tanh_<T>(a[j]);
+    }
+  }
+
+  FASTRNN_INLINE void backward(int64_t H, const T* __restrict h, const T*, const T*, const T*,
+                               const T* __restrict dh, T*, T* __restrict da, T*, T*) const {
+    if (RELU) {
+      for (int64_t j = 0; j < H; ++j) da[j] = h[j] > T(0) ? dh[j] : T(0);
+    } else {
+      for (int64_t j = 0; j < H; ++j) da[j] = dh[j] * (T(1) - h[j] * h[j]);
+    }
+  }
+};
 
 }  // namespace fastrnn

@@ -98,8 +98,8 @@ def _lstm_bwd(proj):
     P = P_ if proj else H_
     return ("lstm_backward", [torch.randn(T_, B_, P), torch.randn(B_, P), torch.randn(B_, H_),
                               torch.randn(4 * H_, P), torch.randn(P, H_) if proj else None,
-                              torch.randn(B_, P), torch.randn(B_, H_), torch.randn(T_, B_, P),
-                              torch.rand(T_, B_, 4 * H_), torch.randn(T_, B_, H_), torch.tensor([3, 2]), False], {})
+                              torch.randn(B_, H_), torch.rand(T_, B_, 4 * H_), torch.randn(T_, B_, H_),
+                              torch.tensor([3, 2]), False], {})
 
 
 def _gru_fwd():
@@ -109,8 +109,7 @@ def _gru_fwd():
 
 def _gru_bwd():
     return ("gru_backward", [torch.randn(T_, B_, H_), torch.randn(B_, H_), torch.randn(3 * H_, H_),
-                             torch.randn(H_), torch.randn(B_, H_), torch.randn(T_, B_, H_),
-                             torch.rand(T_, B_, 4 * H_), torch.tensor([3, 2]), False], {})
+                             torch.randn(T_, B_, H_), torch.rand(T_, B_, 4 * H_), torch.tensor([3, 2]), False], {})
 
 
 def _rnn_fwd():
@@ -120,8 +119,7 @@ def _rnn_fwd():
 
 def _rnn_bwd():
     return ("rnn_backward", [torch.randn(T_, B_, H_), torch.randn(B_, H_), torch.randn(H_, H_),
-                             torch.randn(B_, H_), torch.rand(T_, B_, H_).tanh(), torch.tensor([3, 2]), False,
-                             "tanh"], {})
+                             torch.rand(T_, B_, H_).tanh(), torch.tensor([3, 2]), False, "tanh"], {})
 
 
 ENTRIES = [("lstm_fwd", _lstm_fwd(False)), ("lstm_fwd_proj", _lstm_fwd(True)), ("lstm_bwd", _lstm_bwd(False)),
@@ -183,5 +181,4 @@ def test_lstm_backward_state_width_must_match_without_projection(delta):
     P = H + delta
     with pytest.raises(RuntimeError, match="must have shape"):
         _C.lstm_backward(torch.randn(T, B, P), torch.randn(B, P), torch.randn(B, H), torch.randn(4 * H, P), None,
-                         torch.randn(B, P), torch.randn(B, H), torch.randn(T, B, P), torch.rand(T, B, 4 * H),
-                         torch.randn(T, B, H), None, False)
+                         torch.randn(B, H), torch.rand(T, B, 4 * H), torch.randn(T, B, H), None, False)

@@ -1,0 +1,229 @@
+// fastrnn C++ CPU backend (fastrnn._C): argument checks and the Python entry points.
+// The backend runs only the time loop of a recurrence (recurrence.h over the cells of
+// cells.h, per-step products in gemm.h); the weight gradients are computed after the loop
+// by the caller. float32 and float64; every output is a fresh buffer.
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+#include "recurrence.h"
+
+namespace fastrnn {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Argument checks: direct calls with bad arguments raise, never crash.
+// ---------------------------------------------------------------------------------------
+// Everything past these checks relies on them: the kernels index every buffer with the sizes
+// derived from x_proj (forward) or the saved workspace (backward), so one tensor of another
+// shape would be read or written out of bounds. Strides are free: each tensor is made contiguous.
+void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like,
+                  std::vector<int64_t> shape) {
+  TORCH_CHECK(t.device().is_cpu(), "fastrnn cpp backend: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.layout() == at::kStrided, "fastrnn cpp backend: ", name, " must be a dense (strided) tensor, got ",
+              t.layout());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "fastrnn cpp backend: ", name, " has dtype ",
+              t.scalar_type(), ", expected ", like.scalar_type());
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fastrnn cpp backend: ", name, " must have shape ",
+              at::IntArrayRef(shape), ", got ", t.sizes());
+}
+
+// x_proj: rows of each (t, b) must be contiguous; any strides between rows are accepted.
+at::Tensor rows_contiguous(const at::Tensor& x) {
+  return x.stride(2) == 1 ? x : x.contiguous();
+}
+
+// The tensor all other sizes are derived from: x_proj forward, the saved workspace backward.
+std::tuple<int64_t, int64_t, int64_t> check_x(const at::Tensor& x, int64_t gates,
+                                              const c10::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(x.device().is_cpu(), "fastrnn cpp backend: x_proj must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.layout() == at::kStrided, "fastrnn cpp backend: x_proj must be a dense (strided) tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "fastrnn cpp backend supports float32 and float64, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 3, "fastrnn cpp backend: x_proj must be 3-D (T, B, G), got ", x.dim(), "-D");
+  TORCH_CHECK(x.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  TORCH_CHECK(x.size(2) % gates == 0, "fastrnn cpp backend: x_proj's last dim ", x.size(2),
+              " is not a multiple of ", gates);
+  if (lengths) {
+    TORCH_CHECK(lengths->device().is_cpu() && lengths->scalar_type() == at::kLong &&
+                    lengths->dim() == 1 && lengths->size(0) == x.size(1),
+                "fastrnn cpp backend: lengths must be a CPU int64 tensor of shape (", x.size(1), ")");
+  }
+  return {x.size(0), x.size(1), x.size(2) / gates};
+}
+
+// Lengths outside [0, T] index nothing, but would silently mean something else (a length
+// above T runs T steps), so they are refused like any other inconsistent argument.
+const int64_t* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t T, at::Tensor& keep) {
+  if (!lengths) return nullptr;
+  TORCH_CHECK(lengths->layout() == at::kStrided, "fastrnn cpp backend: lengths must be a dense tensor");
+  keep = lengths->contiguous();
+  const int64_t* L = keep.data_ptr<int64_t>();
+  for (int64_t b = 0; b < keep.numel(); ++b) {
+    TORCH_CHECK(L[b] >= 0 && L[b] <= T, "fastrnn cpp backend: lengths[", b, "] = ", L[b],
+                " is outside [0, ", T, "]");
+  }
+  return L;
+}
+
+// A 2-D tensor's size(dim) for deriving the other shapes (size() itself would throw an
+// IndexError, not the RuntimeError of every other argument error).
+int64_t size_2d(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.dim() == 2, "fastrnn cpp backend: ", name, " must be 2-D, got ", t.dim(), "-D");
+  return t.size(dim);
+}
+
+bool is_relu(const std::string& nonlinearity) {
+  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", "fastrnn: Unknown nonlinearity '",
+              nonlinearity, "'. Select from 'tanh' or 'relu'.");
+  return nonlinearity == "relu";
+}
+
+// =======================================================================================
+// Entry points (time-major; P = proj_size or H)
+// =======================================================================================
+// -> y (T,B,P), h_n (B,P), c_n (B,H), gates (T,B,4H) activated i,f,g,o, cs (T,B,H) carried c_t
+std::vector<at::Tensor> lstm_forward(const at::Tensor& x_proj, const at::Tensor& w_hh,
+                                     const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                                     const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,
+                                     bool reverse, bool workspace) {
+  auto [T, B, H] = check_x(x_proj, 4, lengths);
+  const int64_t P = w_hr ? size_2d(*w_hr, "w_hr", 0) : H;
+  check_tensor(w_hh, "w_hh", x_proj, {4 * H, P});
+  if (w_hr) check_tensor(*w_hr, "w_hr", x_proj, {P, H});
+  check_tensor(h0, "h0", x_proj, {B, P});
+  check_tensor(c0, "c0", x_proj, {B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, T, keep);
+  const auto x = rows_contiguous(x_proj);
+  const auto w_hr_c = w_hr ? w_hr->contiguous() : at::Tensor();
+  const auto c0_c = c0.contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
+    return forward(Lstm<scalar_t>{}, x, w_hh.contiguous(), w_hr ? &w_hr_c : nullptr, h0.contiguous(), &c0_c, L,
+                   reverse, workspace);
+  });
+}
+
+// -> dx_proj (T,B,4H), dh0 (B,P), dc0 (B,H), dh_out (T,B,P) or (0,) without w_hr
+std::vector<at::Tensor> lstm_backward(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+                                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
+                                      const at::Tensor& c0, const at::Tensor& gates, const at::Tensor& cs,
+                                      const c10::optional<at::Tensor>& lengths, bool reverse) {
+  auto [T, B, H] = check_x(gates, 4, lengths);
+  // without a projection the kernel's dh rows are H long: P must be H, not just consistent
+  const int64_t P = w_hr ? size_2d(*w_hr, "w_hr", 0) : H;
+  check_tensor(dy, "dy", gates, {T, B, P});
+  check_tensor(dh_n, "dh_n", gates, {B, P});
+  check_tensor(dc_n, "dc_n", gates, {B, H});
+  check_tensor(w_hh, "w_hh", gates, {4 * H, P});
+  if (w_hr) check_tensor(*w_hr, "w_hr", gates, {P, H});
+  check_tensor(c0, "c0", gates, {B, H});
+  check_tensor(cs, "cs", gates, {T, B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, T, keep);
+  const auto w_hr_c = w_hr ? w_hr->contiguous() : at::Tensor();
+  const auto dc_n_c = dc_n.contiguous(), c0_c = c0.contiguous(), cs_c = cs.contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    return backward(Lstm<scalar_t>{}, dy.contiguous(), dh_n.contiguous(), &dc_n_c, w_hh.contiguous(),
+                    w_hr ? &w_hr_c : nullptr, &c0_c, gates.contiguous(), &cs_c, nullptr, L, reverse);
+  });
+}
+
+// -> y (T,B,H), h_n (B,H), acts (T,B,4H) = r, z, n, hn
+std::vector<at::Tensor> gru_forward(const at::Tensor& x_proj, const at::Tensor& w_hh,
+                                    const c10::optional<at::Tensor>& b_hn, const at::Tensor& h0,
+                                    const c10::optional<at::Tensor>& lengths, bool reverse, bool workspace) {
+  auto [T, B, H] = check_x(x_proj, 3, lengths);
+  check_tensor(w_hh, "w_hh", x_proj, {3 * H, H});
+  if (b_hn) check_tensor(*b_hn, "b_hn", x_proj, {H});
+  check_tensor(h0, "h0", x_proj, {B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, T, keep);
+  const auto x = rows_contiguous(x_proj);
+  const auto bc = b_hn ? b_hn->contiguous() : at::Tensor();
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
+    const Gru<scalar_t> cell{b_hn ? bc.data_ptr<scalar_t>() : nullptr};
+    return forward(cell, x, w_hh.contiguous(), nullptr, h0.contiguous(), nullptr, L, reverse, workspace);
+  });
+}
+
+// h_prev (T,B,H): the state each step started from. -> dx_proj (T,B,3H) = [dar, daz, dan], dh0 (B,H)
+std::vector<at::Tensor> gru_backward(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh,
+                                     const at::Tensor& h_prev, const at::Tensor& acts,
+                                     const c10::optional<at::Tensor>& lengths, bool reverse) {
+  auto [T, B, H] = check_x(acts, 4, lengths);
+  check_tensor(dy, "dy", acts, {T, B, H});
+  check_tensor(dh_n, "dh_n", acts, {B, H});
+  check_tensor(w_hh, "w_hh", acts, {3 * H, H});
+  check_tensor(h_prev, "h_prev", acts, {T, B, H});
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, T, keep);
+  const auto h_prev_c = h_prev.contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gru_backward", [&] {
+    return backward(Gru<scalar_t>{nullptr}, dy.contiguous(), dh_n.contiguous(), nullptr, w_hh.contiguous(), nullptr,
+                    nullptr, acts.contiguous(), nullptr, &h_prev_c, L, reverse);
+  });
+}
+
+// -> y (T,B,H), h_n (B,H); workspace is accepted for a uniform signature (there is none)
+std::vector<at::Tensor> rnn_forward(const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& h0,
+                                    const c10::optional<at::Tensor>& lengths, bool reverse,
+                                    const std::string& nonlinearity, bool /*workspace*/) {
+  auto [T, B, H] = check_x(x_proj, 1, lengths);
+  check_tensor(w_hh, "w_hh", x_proj, {H, H});
+  check_tensor(h0, "h0", x_proj, {B, H});
+  const bool relu = is_relu(nonlinearity);
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, T, keep);
+  const auto x = rows_contiguous(x_proj);
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward", [&] {
+    const auto w = w_hh.contiguous(), h = h0.contiguous();
+    return relu ? forward(Rnn<scalar_t, true>{}, x, w, nullptr, h, nullptr, L, reverse, false)
+                : forward(Rnn<scalar_t, false>{}, x, w, nullptr, h, nullptr, L, reverse, false);
+  });
+}
+
+// y: the forward's output (act' is taken from it). -> dx_proj (T,B,H), dh0 (B,H)
+std::vector<at::Tensor> rnn_backward(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh,
+                                     const at::Tensor& y, const c10::optional<at::Tensor>& lengths, bool reverse,
+                                     const std::string& nonlinearity) {
+  auto [T, B, H] = check_x(y, 1, lengths);
+  check_tensor(dy, "dy", y, {T, B, H});
+  check_tensor(dh_n, "dh_n", y, {B, H});
+  check_tensor(w_hh, "w_hh", y, {H, H});
+  const bool relu = is_relu(nonlinearity);
+  at::Tensor keep;
+  const int64_t* L = lengths_ptr(lengths, T, keep);
+  return AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rnn_backward", [&] {
+    const auto d = dy.contiguous(), dh = dh_n.contiguous(), w = w_hh.contiguous(), yc = y.contiguous();
+    return relu ? backward(Rnn<scalar_t, true>{}, d, dh, nullptr, w, nullptr, nullptr, yc, nullptr, nullptr, L, reverse)
+                : backward(Rnn<scalar_t, false>{}, d, dh, nullptr, w, nullptr, nullptr, yc, nullptr, nullptr, L,
+                           reverse);
+  });
+}
+
+}  // namespace
+}  // namespace fastrnn
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastrnn C++ CPU backend: the time loops of LSTM / GRU / RNN (float32, float64)";
+  using namespace fastrnn;
+  m.def("lstm_forward", &lstm_forward, "LSTM time loop, forward", py::arg("x_proj"), py::arg("w_hh"),
+        py::arg("w_hr"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("workspace") = true);
+  m.def("lstm_backward", &lstm_backward, "LSTM time loop, backward", py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"), py::arg("gates"), py::arg("cs"),
+        py::arg("lengths"), py::arg("reverse"));
+  m.def("gru_forward", &gru_forward, "GRU time loop, forward", py::arg("x_proj"), py::arg("w_hh"),
+        py::arg("b_hn"), py::arg("h0"), py::arg("lengths"), py::arg("reverse"), py::arg("workspace") = true);
+  m.def("gru_backward", &gru_backward, "GRU time loop, backward", py::arg("dy"), py::arg("dh_n"), py::arg("w_hh"),
+        py::arg("h_prev"), py::arg("acts"), py::arg("lengths"), py::arg("reverse"));
+  m.def("rnn_forward", &rnn_forward, "Elman RNN time loop, forward", py::arg("x_proj"), py::arg("w_hh"),
+        py::arg("h0"), py::arg("lengths"), py::arg("reverse"), py::arg("nonlinearity"),
+        py::arg("workspace") = true);
+  m.def("rnn_backward", &rnn_backward, "Elman RNN time loop, backward", py::arg("dy"), py::arg("dh_n"),
+        py::arg("w_hh"), py::arg("y"), py::arg("lengths"), py::arg("reverse"), py::arg("nonlinearity"));
+  m.def("set_poison", [](bool on) { g_poison = on; }, "NaN-fill every buffer the kernels write (tests)");
+  m.def("uses_blas", &use_blas, "whether a (M x K) @ (K x N) step product goes to BLAS");
+}

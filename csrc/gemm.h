@@ -1,0 +1,215 @@
+// The per-step recurrent product of the C++ backend: C[0:M] += A[0:M] @ W, through a
+// register-blocked kernel written for small matrices (where a dispatched GEMM costs more in
+// overhead than in arithmetic) or through torch's BLAS for large ones (see use_blas).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#define FASTRNN_INLINE inline __attribute__((always_inline))
+
+namespace fastrnn {
+
+// Every buffer a kernel writes comes from fresh(): NaN-filled when the test harness asks
+// (fastrnn._cpp sets this from FASTRNN_POISON), so an element a kernel forgets to write, or
+// reads before writing, fails the parity checks instead of passing by luck.
+inline bool g_poison = false;
+
+inline at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (g_poison) return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+  return at::empty(sizes, options);
+}
+
+// ---------------------------------------------------------------------------------------
+// C[m, :] += A[m, :] @ W  (A: M x K, row stride lda; W: K x N row-major, ldw; C: ldc).
+// The product is summed from zero and added to C once: accumulating into C (which holds the
+// input projection and biases) rounded every small product at C's magnitude, and with inputs
+// and weights at 1e-6 scale that made an Elman RNN's output ~1 ulp RMS off instead of ~0.3.
+// An RB x (CV * 64 bytes) block of C is held in vector registers across the whole K loop
+// (written with GCC vector types: with plain arrays GCC kept the accumulators on the stack
+// and did a load-FMA-store per k); W rows stream from cache. The block shape is chosen per
+// ISA so the accumulators fit the register file (AVX-512: 32 zmm, AVX2: 16 ymm, SSE: 16 xmm).
+// These are always inlined into the per-ISA instance of the kernel (recurrence.h), which
+// compiles them for that ISA.
+// ---------------------------------------------------------------------------------------
+template <typename T> struct Vec64;
+template <> struct Vec64<float> { typedef float type __attribute__((vector_size(64))); };
+template <> struct Vec64<double> { typedef double type __attribute__((vector_size(64))); };
+
+template <typename T>
+FASTRNN_INLINE typename Vec64<T>::type vload(const T* p) {
+  typename Vec64<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+FASTRNN_INLINE void vstore(T* p, typename Vec64<T>::type v) { std::memcpy(p, &v, sizeof(v)); }
+
+// RB rows x CV vectors of C, accumulated over all K.
+template <typename T, int RB, int CV>
+FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
+                               int64_t ldc) {
+  typedef typename Vec64<T>::type V;
+  constexpr int VN = sizeof(V) / sizeof(T);
+  V acc[RB][CV];
+  for (int r = 0; r < RB; ++r)
+    for (int v = 0; v < CV; ++v) acc[r][v] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V w[CV];
+    for (int v = 0; v < CV; ++v) w[v] = vload<T>(W + k * ldw + v * VN);
+    for (int r = 0; r < RB; ++r) {
+      const T a = A[r * lda + k];
+      for (int v = 0; v < CV; ++v) acc[r][v] += a * w[v];
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int v = 0; v < CV; ++v) vstore<T>(C + r * ldc + v * VN, vload<T>(C + r * ldc + v * VN) + acc[r][v]);
+}
+
+// One row of C (a matrix-vector step, B = 1): a single chain of FMAs per accumulator would
+// wait on FMA latency every k, so CV column vectors and KS partial sums over k run in parallel
+// and are added at the end (a fixed order: results stay reproducible).
+template <typename T, int CV, int KS>
+FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* c) {
+  typedef typename Vec64<T>::type V;
+  constexpr int VN = sizeof(V) / sizeof(T);
+  V acc[KS][CV];
+  for (int s = 0; s < KS; ++s)
+    for (int v = 0; v < CV; ++v) acc[s][v] = V{};
+  int64_t k = 0;
+  for (; k + KS <= K; k += KS)
+    for (int s = 0; s < KS; ++s) {
+      const T x = a[k + s];
+      for (int v = 0; v < CV; ++v) acc[s][v] += x * vload<T>(W + (k + s) * ldw + v * VN);
+    }
+  for (; k < K; ++k)
+    for (int v = 0; v < CV; ++v) acc[0][v] += a[k] * vload<T>(W + k * ldw + v * VN);
+  for (int s = 1; s < KS; ++s)
+    for (int v = 0; v < CV; ++v) acc[0][v] += acc[s][v];
+  for (int v = 0; v < CV; ++v) vstore<T>(c + v * VN, vload<T>(c + v * VN) + acc[0][v]);
+}
+
+// Columns past the last full vector: plain loops (few, and the compiler vectorises them).
+template <typename T>
+FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t N, const T* A,
+                                   int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
+  T sum[64 / sizeof(T)];  // fewer columns than one vector
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = n0; j < N; ++j) sum[j - n0] = T(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const T a = A[r * lda + k];
+      for (int64_t j = n0; j < N; ++j) sum[j - n0] += a * W[k * ldw + j];
+    }
+    for (int64_t j = n0; j < N; ++j) C[r * ldc + j] += sum[j - n0];
+  }
+}
+
+// Rows [m, m + RB) of C against all of W, in RB x (CV vectors) blocks.
+template <typename T, int RB, int CV>
+FASTRNN_INLINE void gemm_rows(int64_t m, int64_t K, int64_t N, const T* A, int64_t lda, const T* W,
+                              int64_t ldw, T* C, int64_t ldc) {
+  constexpr int64_t VN = 64 / sizeof(T);
+  const T* a = A + m * lda;
+  T* c = C + m * ldc;
+  int64_t n = 0;
+  for (; n + CV * VN <= N; n += CV * VN) gemm_block<T, RB, CV>(K, a, lda, W + n, ldw, c + n, ldc);
+  for (; n + VN <= N; n += VN) gemm_block<T, RB, 1>(K, a, lda, W + n, ldw, c + n, ldc);
+  if (n < N) gemm_cols_tail<T>(RB, K, n, N, a, lda, W, ldw, c, ldc);
+}
+
+// Tall blocks first: W streams through the cache once per RB1 rows of C, and at the step
+// sizes here W^T is larger than L1, so every pass is an L2 stream. Then RB2-row blocks,
+// then single rows (CVR vectors wide).
+template <typename T, class Shape>
+FASTRNN_INLINE void gemm_acc(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* W,
+                             int64_t ldw, T* C, int64_t ldc) {
+  constexpr int64_t VN = 64 / sizeof(T);
+  constexpr int RB1 = Shape::RB1, CV1 = Shape::CV1, RB2 = Shape::RB2, CV2 = Shape::CV2, CVR = Shape::CVR;
+  int64_t m = 0;
+  for (; m + RB1 <= M; m += RB1) gemm_rows<T, RB1, CV1>(m, K, N, A, lda, W, ldw, C, ldc);
+  for (; m + RB2 <= M; m += RB2) gemm_rows<T, RB2, CV2>(m, K, N, A, lda, W, ldw, C, ldc);
+  for (; m < M; ++m) {
+    const T* a = A + m * lda;
+    T* c = C + m * ldc;
+    int64_t n = 0;
+    for (; n + CVR * VN <= N; n += CVR * VN) gemm_row<T, CVR, 2>(K, a, W + n, ldw, c + n);
+    for (; n + VN <= N; n += VN) gemm_row<T, 1, 4>(K, a, W + n, ldw, c + n);
+    if (n < N) gemm_cols_tail<T>(1, K, n, N, a, lda, W, ldw, c, ldc);
+  }
+}
+
+// Block shapes per ISA level, in 64-byte vectors (recurrence.h picks one with the level).
+// AVX-512: 8 x 2 beat 4 x 2 by 5-12% forward and backward at B = 8..32, H = 64..128, and
+// 8 x 3 and 6 x 3 by less or not at all (interleaved runs in one process, single thread).
+struct GemmShapeAvx512 {  // 16 (8) of 32 zmm
+  static constexpr int RB1 = 8, CV1 = 2, RB2 = 4, CV2 = 2, CVR = 4;
+};
+struct GemmShapeAvx2 {  // 8 of 16 ymm
+  static constexpr int RB1 = 4, CV1 = 1, RB2 = 4, CV2 = 1, CVR = 2;
+};
+struct GemmShapeBaseline {  // 8 of 16 xmm
+  static constexpr int RB1 = 2, CV1 = 1, RB2 = 2, CV2 = 1, CVR = 1;
+};
+
+// The register-blocked kernel wins while a step's product is small: at (B=8, K=128, N=512)
+// it ran a step in about half the time of at::addmm_ on this project's 2-core CPU, while
+// at (B=64, K=512, N=2048) BLAS (threaded, cache-blocked) was several times faster.
+// The crossover measured there lies between 2^21 and 2^23 multiply-adds. Re-measured with
+// the 8-row blocks: at 6M-8M multiply-adds a step (GRU/LSTM B=32, H=256) BLAS still won by
+// 10-25% forward and backward, so the threshold stays at 2^22.
+inline bool use_blas(int64_t M, int64_t K, int64_t N) { return M * K * N > (int64_t(1) << 22); }
+
+// A row-major copy of a (K x N) matrix that is usually a transposed view. Copied in square
+// tiles so both the reads and the writes stay in L1: Tensor::contiguous() took about 30 us
+// for a 64 x 256 transpose here, a fixed cost as large as 25 LSTM steps at B=1, H=64.
+template <typename T>
+at::Tensor row_major_copy(const at::Tensor& w) {
+  if (w.is_contiguous()) return w;
+  const int64_t K = w.size(0), N = w.size(1), sk = w.stride(0), sn = w.stride(1);
+  auto out = fresh({K, N}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  constexpr int64_t TILE = 16;
+  for (int64_t k0 = 0; k0 < K; k0 += TILE)
+    for (int64_t n0 = 0; n0 < N; n0 += TILE) {
+      const int64_t k1 = std::min(K, k0 + TILE), n1 = std::min(N, n0 + TILE);
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t n = n0; n < n1; ++n) dst[k * N + n] = src[k * sk + n * sn];
+    }
+  return out;
+}
+
+// The per-step product C += A @ W with the choice above. W (K x N) may be a transposed
+// view: BLAS takes it as is, the kernel gets a row-major copy made once per call.
+// acc<Isa> runs the kernel instance of the ISA the calling loop was compiled for.
+template <typename T>
+struct StepGemm {
+  at::Tensor w;    // K x N view for BLAS
+  at::Tensor wc;   // K x N row-major copy for the kernel (owned: wp points into it)
+  const T* wp;
+  int64_t K, N;
+  bool blas;
+  StepGemm(const at::Tensor& w_kn, int64_t M)
+      : w(w_kn), K(w_kn.size(0)), N(w_kn.size(1)), blas(use_blas(M, w_kn.size(0), w_kn.size(1))) {
+    wc = blas ? w_kn : row_major_copy<T>(w_kn);
+    wp = blas ? nullptr : wc.data_ptr<T>();
+  }
+  // C[0:M] += A[0:M] @ W ; A with row stride lda, C with row stride ldc.
+  template <class Isa>
+  FASTRNN_INLINE void acc(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
+    if (M == 0) return;
+    if (blas) blas_acc(M, A, lda, C, ldc);
+    else Isa::template gemm<T>(M, K, N, A, lda, wp, N, C, ldc);
+  }
+  __attribute__((noinline)) void blas_acc(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
+    auto opts = w.options();
+    auto a = torch::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+    auto c = torch::from_blob(C, {M, N}, {ldc, 1}, opts);
+    c.addmm_(a, w);
+  }
+};
+
+}  // namespace fastrnn
