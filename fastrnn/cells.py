@@ -266,7 +266,7 @@ def _gru_extra_grads(dgh, loop_grads, t):
     if t["b_hn"] is None:
         return (None,)
     H = dgh.shape[-1] // 3
-    return (dgh[..., 2 * H :].reshape(-1, H).sum(0),)
+    return (dgh[..., 2 * H :].sum((0, 1)),)
 
 
 def _gru_loop_inputs(mode, w, bias):

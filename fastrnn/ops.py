@@ -97,7 +97,9 @@ def _check(cell: Cell, named: dict) -> None:
 def _fresh(out: tuple, inputs: tuple) -> tuple:
     """Custom ops may not return an input, a view of one, or two views of one buffer: copy
     any output whose storage was already seen (cheap insurance over every backend)."""
-
+    ids = {id(t) for t in out}
+    if len(ids) == len(out) and all(t._base is None for t in out) and not ids & {id(t) for t in inputs}:
+        return out  # every output is a distinct base tensor that is not an input: nothing can alias
     def key(t):
         return t.untyped_storage().data_ptr() if t.numel() else None
 
@@ -125,6 +127,10 @@ def _native(backend: str, args: tuple) -> tuple[tuple, Optional[torch.dtype]]:
     return tuple(a.float() if isinstance(a, Tensor) and a.dtype == low else a for a in args), low
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool) -> tuple:
     named = dict(zip(cell.forward_args, args))
     _check(cell, named)
@@ -133,7 +139,7 @@ def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool) -> tupl
     n = 1 + len(cell.states)
     if low is not None:
         out = tuple(t.to(low) for t in out[:n]) + out[n:]
-    if not workspace:  # whatever the backend kept, the op's contract is: empty
+    if not workspace and any(w.numel() for w in out[n:]):  # the op's contract: empty workspaces
         acc = acc_dtype(named["x_proj"].dtype)
         out = out[:n] + tuple(named["x_proj"].new_empty(0, dtype=acc) for _ in cell.workspace)
     return _fresh(out, args)
@@ -146,7 +152,7 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     native, _ = _native(backend, args)
     named = dict(zip(cell.grad_args, native))
     acc = acc_dtype(named["dy"].dtype)
-    hp = reference.h_prev(named["y"].to(acc), named["h0"].to(acc), named["lengths"], named["reverse"])
+    hp = reference.h_prev(_as(named["y"], acc), _as(named["h0"], acc), named["lengths"], named["reverse"])
     named["h_prev"] = hp
     loop = backends.implementation(backend, f"{cell.name}_backward")(*(named[a] for a in cell.backward_args))
     n = 1 + len(cell.states)
@@ -157,7 +163,7 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     d_extras = cell.extra_grads(dgh, loop_grads, named)
     out = (dx, dw_hh, *d_extras, *dstates0)
     # custom ops return Tensors: an empty one stands for the gradient of an absent extra
-    out = tuple(args[0].new_empty(0) if t is None else t.to(dtype) for t in out)
+    out = tuple(args[0].new_empty(0) if t is None else _as(t, dtype) for t in out)
     return _fresh(out, args)
 
 
@@ -275,8 +281,11 @@ class Recurrence:
         if not ctx.kept_workspace:
             raise RuntimeError(f"fastrnn: {cell.name}_recurrence ran with workspace=False: it kept nothing to "
                                "differentiate; run it with workspace=True when a backward follows")
-        out = _call(self.backward_op, self.backward_body, *grads[:n_diff], named["w_hh"], *extras, *states0, y,
-                    *workspace, lengths, ctx.reverse, *ctx.attrs, ctx.backend)
+        args = (*grads[:n_diff], named["w_hh"], *extras, *states0, y, *workspace, lengths, ctx.reverse, *ctx.attrs,
+                ctx.backend)
+        # the saved tensors were plain when the forward ran; only the upstream gradients can
+        # come wrapped or batched (is_grads_batched, gradcheck)
+        out = self.backward_body(*args) if _eager(grads[:n_diff]) else self.backward_op(*args)
         d_extras = tuple(None if e is None else g for e, g in zip(extras, out[2 : 2 + len(extras)]))
         return (out[0], out[1], *d_extras, *out[2 + len(extras) :], *tail)
 
@@ -314,11 +323,6 @@ class Recurrence:
         if needs_grad:
             return self.function.apply(*args)
         return self.forward_body(*args, workspace=False)
-
-
-def _call(op, body, *args):
-    """``op(*args)`` through the dispatcher, or its body directly in plain eager mode."""
-    return body(*args) if _eager(args) else op(*args)
 
 
 def _differentiable_grads(recurrence, inputs: tuple, grad_outputs: tuple) -> list:
