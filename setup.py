@@ -2,6 +2,7 @@
 Triton kernels (kernels/) into the package as fastrnn.kernels. Metadata lives in pyproject.toml.
 DEBUG=1 builds the extension with -O0 -g; SANITIZE=1 with AddressSanitizer and UBSan (see
 `make sanitize`)."""
+
 import glob
 import os
 
@@ -25,8 +26,11 @@ def get_extensions():
     cxx = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
     # SANITIZE=1 (make sanitize): AddressSanitizer + UBSan, every report fatal
     # (float-cast-overflow is not in -fsanitize=undefined: it catches a NaN or huge float cast to int)
-    san = (["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
-           if os.environ.get("SANITIZE") == "1" else [])
+    san = (
+        ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+        if os.environ.get("SANITIZE") == "1"
+        else []
+    )
     return [
         CppExtension(
             "fastrnn._C",

@@ -7,6 +7,7 @@ Prints a table, writes DIR/results.json (header: device, versions, commit, date;
 per config and provider: median and 20/80% quantiles, tokens/s, speedup over torch.nn, peak
 memory) and PNG plots into DIR. Default DIR: bench/results/<device>/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,18 @@ def main(argv=None) -> int:
     print(f"{hdr['device_name']} | torch {hdr['torch']} | triton {hdr['triton']} | {len(todo)} measurements -> {out}")
     rows, done, t0 = [], {}, time.time()
     for k, (cfg, prov) in enumerate(todo, 1):
-        print(f"\r[{k}/{len(todo)}] {cfg.label()} {prov:<16} {time.time() - t0:6.0f}s", end="", file=sys.stderr, flush=True)
+        print(
+            f"\r[{k}/{len(todo)}] {cfg.label()} {prov:<16} {time.time() - t0:6.0f}s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
         key = (shape_key(cfg), prov)
         if key not in done:  # an anchor that lies on a sweep is measured once
             done[key] = measure(cfg, prov, device, min_run)
         rows.append({**done[key], "sweep": cfg.sweep})
     print(file=sys.stderr)
+
     def peer_key(r):
         return (r["cell"], r["mode"], r["T"], r["B"], r["I"], r["H"], r["sweep"], r["dtype"])
 
@@ -68,13 +75,17 @@ def main(argv=None) -> int:
         r["speedup_vs_torch_nn"] = t / r["median_s"] if t else None
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"header": hdr, "rows": rows}, f, indent=1)
-    print(f"{'config':<44} {'provider':<16} {'median ms':>10} {'p20-p80 ms':>17} {'Mtok/s':>8} {'vs nn':>7} {'peak':>8}")
+    print(
+        f"{'config':<44} {'provider':<16} {'median ms':>10} {'p20-p80 ms':>17} {'Mtok/s':>8} {'vs nn':>7} {'peak':>8}"
+    )
     for r in rows:
         dt = "" if r["dtype"] == "float32" else f" {r['dtype']}"
         label = f"{r['cell']} {r['mode']}{dt} T={r['T']} B={r['B']} H={r['H']} ({r['sweep']})"
-        print(f"{label:<44} {r['provider']:<16} {r['median_s']*1e3:>10.3f} "
-              f"{r['p20_s']*1e3:>8.3f}-{r['p80_s']*1e3:<8.3f} {r['tokens_per_s']/1e6:>8.3f} "
-              f"{(r['speedup_vs_torch_nn'] or 0):>6.2f}x {_fmt_bytes(r['peak_bytes']):>8}")
+        print(
+            f"{label:<44} {r['provider']:<16} {r['median_s'] * 1e3:>10.3f} "
+            f"{r['p20_s'] * 1e3:>8.3f}-{r['p80_s'] * 1e3:<8.3f} {r['tokens_per_s'] / 1e6:>8.3f} "
+            f"{(r['speedup_vs_torch_nn'] or 0):>6.2f}x {_fmt_bytes(r['peak_bytes']):>8}"
+        )
     if a.suite == "default":
         for path in plots.plot(os.path.join(out, "results.json"), out):
             print("wrote", path)

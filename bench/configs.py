@@ -1,6 +1,7 @@
 """Benchmark configurations: a sweep over hidden size and batch at fixed T, a sweep over
 sequence length, and two named anchors from the literature (suite "default"); and the GPU
 goal grid of the persistent-kernel work (suite "gpu_goals", see bench/gpu_goals.py)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -13,8 +14,8 @@ class Config:
     B: int
     I: int
     H: int
-    mode: str          # "fwd" (no_grad) or "fwdbwd"
-    sweep: str         # "hidden", "seq", an anchor name or "goal"
+    mode: str  # "fwd" (no_grad) or "fwdbwd"
+    sweep: str  # "hidden", "seq", an anchor name or "goal"
     dtype: str = "float32"
 
     def label(self) -> str:
@@ -64,8 +65,12 @@ def gpu_goal_configs(cells, modes) -> list[Config]:
             if cell == "gru" and mode == "fwd":
                 continue
             for dtype in ("bfloat16", "float32"):
-                out += [Config(cell, T, B, H, H, mode, "goal", dtype)
-                        for B in (1, 16, 64) for H in (256, 512, 1024) for T in (100, 1024)]
+                out += [
+                    Config(cell, T, B, H, H, mode, "goal", dtype)
+                    for B in (1, 16, 64)
+                    for H in (256, 512, 1024)
+                    for T in (100, 1024)
+                ]
             if cell == "lstm":
                 a = ANCHORS["flashrnn"]
                 out.append(Config(cell, a["T"], a["B"], a["I"], a["H"], mode, "flashrnn", "float16"))
@@ -75,4 +80,3 @@ def gpu_goal_configs(cells, modes) -> list[Config]:
 def shape_key(cfg: Config) -> tuple:
     """Configs with equal keys are the same measurement (an anchor may lie on a sweep)."""
     return (cfg.cell, cfg.mode, cfg.T, cfg.B, cfg.I, cfg.H, cfg.dtype)
-

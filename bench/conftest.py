@@ -1,4 +1,5 @@
 """Makes `pytest bench` import the bench package from the repository root."""
+
 import os
 import sys
 

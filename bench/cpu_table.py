@@ -6,6 +6,7 @@ blocked_autorange median each, and the row gives the median of the per-round rat
 t(torch.nn) / t(fastrnn) with their range. Forward is under no_grad; forward+backward backpropagates a
 random upstream gradient through the output. ``--json PATH`` keeps the raw numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,16 @@ def measure(row, backend, min_run_time, rounds):
 
     def run(m):
         if mode == "fwd":
+
             def f():
                 with torch.no_grad():
                     m(x)
         else:
+
             def f():
                 out = m(x)[0]
                 (out.data if packed else out).backward(g)
+
         return f
 
     f_nn, f_ours = run(theirs), run(ours)
@@ -78,11 +82,25 @@ def measure(row, backend, min_run_time, rounds):
         t_nn.append(_median(f_nn, min_run_time))
         t_ours.append(_median(f_ours, min_run_time))
     ratios = sorted(a / b for a, b in zip(t_nn, t_ours))
-    return {"name": name, "cell": cell, "T": T, "B": B, "input": I, "hidden": H, "mode": mode,
-            "packed": packed, "goal": goal, "torch_nn_s": statistics.median(t_nn),
-            "fastrnn_s": statistics.median(t_ours), "speedup": statistics.median(ratios),
-            "speedup_min": ratios[0], "speedup_max": ratios[-1], "rounds": rounds,
-            "torch_nn_rounds_s": t_nn, "fastrnn_rounds_s": t_ours}
+    return {
+        "name": name,
+        "cell": cell,
+        "T": T,
+        "B": B,
+        "input": I,
+        "hidden": H,
+        "mode": mode,
+        "packed": packed,
+        "goal": goal,
+        "torch_nn_s": statistics.median(t_nn),
+        "fastrnn_s": statistics.median(t_ours),
+        "speedup": statistics.median(ratios),
+        "speedup_min": ratios[0],
+        "speedup_max": ratios[-1],
+        "rounds": rounds,
+        "torch_nn_rounds_s": t_nn,
+        "fastrnn_rounds_s": t_ours,
+    }
 
 
 def main(argv=None):
@@ -96,10 +114,16 @@ def main(argv=None):
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = ""
-    header = {"device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "backend": a.backend, "commit": commit, "rounds": a.rounds,
-              "min_run_time_s": a.min_run_time,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    header = {
+        "device": device_name(torch.device("cpu")),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "backend": a.backend,
+        "commit": commit,
+        "rounds": a.rounds,
+        "min_run_time_s": a.min_run_time,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     print(f"torch {header['torch']}, {header['threads']} threads, fastrnn backend {a.backend}")
     print(f"{'case':<34} {'torch.nn ms':>12} {'fastrnn ms':>11} {'speedup':>8} {'(range)':>13} {'goal':>6}")
     rows = []
@@ -107,9 +131,11 @@ def main(argv=None):
         r = measure(row, a.backend, a.min_run_time, a.rounds)
         rows.append(r)
         ok = "ok" if r["speedup"] >= r["goal"] else "MISS"
-        print(f"{r['name']:<34} {r['torch_nn_s']*1e3:>12.3f} {r['fastrnn_s']*1e3:>11.3f} "
-              f"{r['speedup']:>7.2f}x  ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}x) {r['goal']:>5.1f}x {ok}",
-              flush=True)
+        print(
+            f"{r['name']:<34} {r['torch_nn_s'] * 1e3:>12.3f} {r['fastrnn_s'] * 1e3:>11.3f} "
+            f"{r['speedup']:>7.2f}x  ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}x) {r['goal']:>5.1f}x {ok}",
+            flush=True,
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)

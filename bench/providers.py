@@ -7,6 +7,7 @@ torch.nn module (same weights), so every provider computes the same function.
   strongest variant of PyTorch's benchmarks/fastrnns)
 * ``python_loop``: a Python loop over the torch.nn cell, what users write for variants today
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,20 +101,25 @@ TRITON_SHAPES = ("sequence", "step", "persistent")
 
 
 def providers(cell: str, device: torch.device, suite: str = "default") -> list[str]:
-    names = [f"fastrnn[{b}]" for b, s in fastrnn.available_backends().items()
-             if s == "available" and b != "reference" and fastrnn.backends._REGISTRY[b].runs_on(device)
-             and not (b == "triton" and device.type == "cpu")]
+    names = [
+        f"fastrnn[{b}]"
+        for b, s in fastrnn.available_backends().items()
+        if s == "available"
+        and b != "reference"
+        and fastrnn.backends._REGISTRY[b].runs_on(device)
+        and not (b == "triton" and device.type == "cpu")
+    ]
     if suite == "gpu_goals":
         # the loop providers would take minutes per T=1024 config and are not the peer here
         pinned = [f"fastrnn[triton:{s}]" for s in TRITON_SHAPES] if "fastrnn[triton]" in names else []
         return names + pinned + ["torch.nn"]
-    return names + ["torch.nn", "jit_premul", "python_loop"]
+    return [*names, "torch.nn", "jit_premul", "python_loop"]
 
 
 def kernel_shape_of(provider: str):
     """The pinned Triton kernel shape of a provider name, or None."""
     if provider.startswith("fastrnn[triton:"):
-        return provider[len("fastrnn[triton:"):-1]
+        return provider[len("fastrnn[triton:") : -1]
     return None
 
 
@@ -124,7 +130,7 @@ def build(provider: str, cell: str, ref: nn.Module) -> nn.Module:
         return JitPremul(cell, ref)
     if provider == "python_loop":
         return PythonLoop(cell, ref)
-    backend = provider[len("fastrnn["):-1].split(":")[0]
+    backend = provider[len("fastrnn[") : -1].split(":")[0]
     m = FAST[cell](ref.input_size, ref.hidden_size, backend=backend).to(ref.weight_ih_l0)
     m.load_state_dict(ref.state_dict())
     return m

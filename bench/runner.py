@@ -1,4 +1,5 @@
 """Timing and memory measurement of one (config, provider) pair, and the results header."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,14 +41,20 @@ def header(device: torch.device) -> dict:
         commit = ""
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
     return {
-        "device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "triton": triton_version, "fastrnn": fastrnn.__version__,
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "fastrnn": fastrnn.__version__,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
-        "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -60,6 +67,7 @@ def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
     x = torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype)
     g = torch.randn(cfg.T, cfg.B, cfg.H, device=device, dtype=dtype)
     if cfg.mode == "fwd":
+
         def run():
             with torch.no_grad():
                 model(x)
@@ -70,6 +78,7 @@ def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
             for p in params:
                 p.grad = None
             model(x)[0].backward(g)
+
     shape = kernel_shape_of(provider)
     if shape is None:
         return run
@@ -84,12 +93,15 @@ def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
                 del os.environ["FASTRNN_TRITON_KERNEL"]
             else:
                 os.environ["FASTRNN_TRITON_KERNEL"] = old
+
     return fn
 
 
 # What the CPU profiler's native code prints on every use: kineto's stage markers and the
 # allocator's note about blocks allocated before profiling began (they are not in the sum).
-_PROFILER_NOISE = re.compile(r"profiler_start|profiler_stop|Completed Stage|CPUAllocator\.cpp.*allocated before the profiling")
+_PROFILER_NOISE = re.compile(
+    r"profiler_start|profiler_stop|Completed Stage|CPUAllocator\.cpp.*allocated before the profiling"
+)
 
 
 @contextlib.contextmanager
@@ -124,8 +136,10 @@ def _peak_bytes(fn, device: torch.device):
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with _profiler_noise_filtered(), torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _profiler_noise_filtered(),
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn()
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     cur = peak = 0
@@ -146,5 +160,12 @@ def measure(cfg: Config, provider: str, device: torch.device, min_run_time: floa
         m = tb.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
         times = np.asarray(m.times)
         med, q20, q80 = float(np.median(times)), float(np.quantile(times, 0.2)), float(np.quantile(times, 0.8))
-    return {**cfg.asdict(), "provider": provider, "median_s": med, "p20_s": q20, "p80_s": q80,
-            "tokens_per_s": cfg.T * cfg.B / med, "peak_bytes": _peak_bytes(fn, device)}
+    return {
+        **cfg.asdict(),
+        "provider": provider,
+        "median_s": med,
+        "p20_s": q20,
+        "p80_s": q80,
+        "tokens_per_s": cfg.T * cfg.B / med,
+        "peak_bytes": _peak_bytes(fn, device),
+    }

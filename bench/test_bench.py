@@ -4,6 +4,7 @@
 
 Not part of ``make test``. Configs are the quick sweep of ``python -m bench``.
 """
+
 import pytest
 import torch
 
@@ -12,8 +13,11 @@ from bench.providers import providers
 from bench.runner import _workload
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-CASES = [(cfg, prov) for cfg in configs(DEVICE.type, ["lstm", "gru", "rnn"], ["fwd", "fwdbwd"], quick=True)
-         for prov in providers(cfg.cell, DEVICE)]
+CASES = [
+    (cfg, prov)
+    for cfg in configs(DEVICE.type, ["lstm", "gru", "rnn"], ["fwd", "fwdbwd"], quick=True)
+    for prov in providers(cfg.cell, DEVICE)
+]
 
 
 @pytest.mark.parametrize("cfg,provider", CASES, ids=[f"{c.cell}-{c.mode}-T{c.T}-B{c.B}-H{c.H}-{p}" for c, p in CASES])
@@ -22,6 +26,7 @@ def test_recurrence(benchmark, cfg, provider):
     benchmark.extra_info.update(cfg.asdict(), provider=provider, tokens=cfg.T * cfg.B)
     fn = _workload(cfg, provider, DEVICE)
     if DEVICE.type == "cuda":
+
         def run():
             fn()
             torch.cuda.synchronize()

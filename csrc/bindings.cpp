@@ -18,21 +18,18 @@ namespace {
 // Everything past these checks relies on them: the kernels index every buffer with the sizes
 // derived from x_proj (forward) or the saved workspace (backward), so one tensor of another
 // shape would be read or written out of bounds. Strides are free: each tensor is made contiguous.
-void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like,
-                  std::vector<int64_t> shape) {
+void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& like, std::vector<int64_t> shape) {
   TORCH_CHECK(t.device().is_cpu(), "fastrnn cpp backend: ", name, " must be a CPU tensor, got ", t.device());
   TORCH_CHECK(t.layout() == at::kStrided, "fastrnn cpp backend: ", name, " must be a dense (strided) tensor, got ",
               t.layout());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "fastrnn cpp backend: ", name, " has dtype ",
-              t.scalar_type(), ", expected ", like.scalar_type());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "fastrnn cpp backend: ", name, " has dtype ", t.scalar_type(),
+              ", expected ", like.scalar_type());
   TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fastrnn cpp backend: ", name, " must have shape ",
               at::IntArrayRef(shape), ", got ", t.sizes());
 }
 
 // x_proj: rows of each (t, b) must be contiguous; any strides between rows are accepted.
-at::Tensor rows_contiguous(const at::Tensor& x) {
-  return x.stride(2) == 1 ? x : x.contiguous();
-}
+at::Tensor rows_contiguous(const at::Tensor& x) { return x.stride(2) == 1 ? x : x.contiguous(); }
 
 // The tensor all other sizes are derived from: x_proj forward, the saved workspace backward.
 std::tuple<int64_t, int64_t, int64_t> check_x(const at::Tensor& x, int64_t gates,
@@ -43,11 +40,11 @@ std::tuple<int64_t, int64_t, int64_t> check_x(const at::Tensor& x, int64_t gates
               "fastrnn cpp backend supports float32 and float64, got ", x.scalar_type());
   TORCH_CHECK(x.dim() == 3, "fastrnn cpp backend: x_proj must be 3-D (T, B, G), got ", x.dim(), "-D");
   TORCH_CHECK(x.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
-  TORCH_CHECK(x.size(2) % gates == 0, "fastrnn cpp backend: x_proj's last dim ", x.size(2),
-              " is not a multiple of ", gates);
+  TORCH_CHECK(x.size(2) % gates == 0, "fastrnn cpp backend: x_proj's last dim ", x.size(2), " is not a multiple of ",
+              gates);
   if (lengths) {
-    TORCH_CHECK(lengths->device().is_cpu() && lengths->scalar_type() == at::kLong &&
-                    lengths->dim() == 1 && lengths->size(0) == x.size(1),
+    TORCH_CHECK(lengths->device().is_cpu() && lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
+                    lengths->size(0) == x.size(1),
                 "fastrnn cpp backend: lengths must be a CPU int64 tensor of shape (", x.size(1), ")");
   }
   return {x.size(0), x.size(1), x.size(2) / gates};
@@ -61,8 +58,7 @@ const int64_t* lengths_ptr(const c10::optional<at::Tensor>& lengths, int64_t T, 
   keep = lengths->contiguous();
   const int64_t* L = keep.data_ptr<int64_t>();
   for (int64_t b = 0; b < keep.numel(); ++b) {
-    TORCH_CHECK(L[b] >= 0 && L[b] <= T, "fastrnn cpp backend: lengths[", b, "] = ", L[b],
-                " is outside [0, ", T, "]");
+    TORCH_CHECK(L[b] >= 0 && L[b] <= T, "fastrnn cpp backend: lengths[", b, "] = ", L[b], " is outside [0, ", T, "]");
   }
   return L;
 }
@@ -75,8 +71,8 @@ int64_t size_2d(const at::Tensor& t, const char* name, int64_t dim) {
 }
 
 bool is_relu(const std::string& nonlinearity) {
-  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", "fastrnn: Unknown nonlinearity '",
-              nonlinearity, "'. Select from 'tanh' or 'relu'.");
+  TORCH_CHECK(nonlinearity == "tanh" || nonlinearity == "relu", "fastrnn: Unknown nonlinearity '", nonlinearity,
+              "'. Select from 'tanh' or 'relu'.");
   return nonlinearity == "relu";
 }
 
@@ -85,9 +81,8 @@ bool is_relu(const std::string& nonlinearity) {
 // =======================================================================================
 // -> y (T,B,P), h_n (B,P), c_n (B,H), gates (T,B,4H) activated i,f,g,o, cs (T,B,H) carried c_t
 std::vector<at::Tensor> lstm_forward(const at::Tensor& x_proj, const at::Tensor& w_hh,
-                                     const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
-                                     const at::Tensor& c0, const c10::optional<at::Tensor>& lengths,
-                                     bool reverse, bool workspace) {
+                                     const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
+                                     const c10::optional<at::Tensor>& lengths, bool reverse, bool workspace) {
   auto [T, B, H] = check_x(x_proj, 4, lengths);
   const int64_t P = w_hr ? size_2d(*w_hr, "w_hr", 0) : H;
   check_tensor(w_hh, "w_hh", x_proj, {4 * H, P});
@@ -100,8 +95,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& x_proj, const at::Tensor&
   const auto w_hr_c = w_hr ? w_hr->contiguous() : at::Tensor();
   const auto c0_c = c0.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
-    return forward(Lstm<scalar_t>{}, x, w_hh.contiguous(), w_hr ? &w_hr_c : nullptr, h0.contiguous(), &c0_c, L,
-                   reverse, workspace);
+    return forward(Lstm<scalar_t>{}, x, w_hh.contiguous(), w_hr ? &w_hr_c : nullptr, h0.contiguous(), &c0_c, L, reverse,
+                   workspace);
   });
 }
 
@@ -209,21 +204,19 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& dy, const at::Tensor& dh_
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastrnn C++ CPU backend: the time loops of LSTM / GRU / RNN (float32, float64)";
   using namespace fastrnn;
-  m.def("lstm_forward", &lstm_forward, "LSTM time loop, forward", py::arg("x_proj"), py::arg("w_hh"),
-        py::arg("w_hr"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("workspace") = true);
-  m.def("lstm_backward", &lstm_backward, "LSTM time loop, backward", py::arg("dy"), py::arg("dh_n"),
-        py::arg("dc_n"), py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"), py::arg("gates"), py::arg("cs"),
-        py::arg("lengths"), py::arg("reverse"));
-  m.def("gru_forward", &gru_forward, "GRU time loop, forward", py::arg("x_proj"), py::arg("w_hh"),
-        py::arg("b_hn"), py::arg("h0"), py::arg("lengths"), py::arg("reverse"), py::arg("workspace") = true);
+  m.def("lstm_forward", &lstm_forward, "LSTM time loop, forward", py::arg("x_proj"), py::arg("w_hh"), py::arg("w_hr"),
+        py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("reverse"), py::arg("workspace") = true);
+  m.def("lstm_backward", &lstm_backward, "LSTM time loop, backward", py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        py::arg("w_hh"), py::arg("w_hr"), py::arg("c0"), py::arg("gates"), py::arg("cs"), py::arg("lengths"),
+        py::arg("reverse"));
+  m.def("gru_forward", &gru_forward, "GRU time loop, forward", py::arg("x_proj"), py::arg("w_hh"), py::arg("b_hn"),
+        py::arg("h0"), py::arg("lengths"), py::arg("reverse"), py::arg("workspace") = true);
   m.def("gru_backward", &gru_backward, "GRU time loop, backward", py::arg("dy"), py::arg("dh_n"), py::arg("w_hh"),
         py::arg("h_prev"), py::arg("acts"), py::arg("lengths"), py::arg("reverse"));
-  m.def("rnn_forward", &rnn_forward, "Elman RNN time loop, forward", py::arg("x_proj"), py::arg("w_hh"),
-        py::arg("h0"), py::arg("lengths"), py::arg("reverse"), py::arg("nonlinearity"),
-        py::arg("workspace") = true);
-  m.def("rnn_backward", &rnn_backward, "Elman RNN time loop, backward", py::arg("dy"), py::arg("dh_n"),
-        py::arg("w_hh"), py::arg("y"), py::arg("lengths"), py::arg("reverse"), py::arg("nonlinearity"));
+  m.def("rnn_forward", &rnn_forward, "Elman RNN time loop, forward", py::arg("x_proj"), py::arg("w_hh"), py::arg("h0"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("nonlinearity"), py::arg("workspace") = true);
+  m.def("rnn_backward", &rnn_backward, "Elman RNN time loop, backward", py::arg("dy"), py::arg("dh_n"), py::arg("w_hh"),
+        py::arg("y"), py::arg("lengths"), py::arg("reverse"), py::arg("nonlinearity"));
   m.def("set_poison", [](bool on) { g_poison = on; }, "NaN-fill every buffer the kernels write (tests)");
   m.def("uses_blas", &use_blas, "whether a (M x K) @ (K x N) step product goes to BLAS");
 }

@@ -148,8 +148,8 @@ struct Lstm {
   static constexpr int GATES = 4, WORKSPACE = 4, SAVED = 4;
   static constexpr bool X_IN_PRODUCT = true, IN_PLACE = true, HAS_C = true, H_DIRECT = false, PROJECTION = true;
 
-  FASTRNN_INLINE void forward(int64_t H, const T*, const T*, const T*, const T* __restrict c_prev,
-                              T* __restrict gates, T* __restrict c, T* __restrict out) const {
+  FASTRNN_INLINE void forward(int64_t H, const T*, const T*, const T*, const T* __restrict c_prev, T* __restrict gates,
+                              T* __restrict c, T* __restrict out) const {
     T* gi = gates;
     T* gf = gates + H;
     T* gg = gates + 2 * H;
@@ -157,15 +157,17 @@ struct Lstm {
     for (int64_t j = 0; j < H; ++j) {
       T i = sigmoid<T>(gi[j]), f = sigmoid<T>(gf[j]), g = tanh_<T>(gg[j]), o = sigmoid<T>(go[j]);
       T cj = f * c_prev[j] + i * g;
-      gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
+      gi[j] = i;
+      gf[j] = f;
+      gg[j] = g;
+      go[j] = o;
       c[j] = cj;
       out[j] = o * tanh_<T>(cj);
     }
   }
 
-  FASTRNN_INLINE void backward(int64_t H, const T* __restrict gates, const T* __restrict c,
-                               const T* __restrict c_prev, const T*, const T* __restrict dm,
-                               T* __restrict dc, T* __restrict dgates, T*, T*) const {
+  FASTRNN_INLINE void backward(int64_t H, const T* __restrict gates, const T* __restrict c, const T* __restrict c_prev,
+                               const T*, const T* __restrict dm, T* __restrict dc, T* __restrict dgates, T*, T*) const {
     for (int64_t j = 0; j < H; ++j) {
       T i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
       T tc = tanh_<T>(c[j]);
@@ -194,8 +196,7 @@ struct Gru {
 
   template <bool HAS_BHN>
   FASTRNN_INLINE void forward_units(int64_t H, const T* __restrict gh, const T* __restrict x,
-                                    const T* __restrict h_prev, T* __restrict acts,
-                                    T* __restrict h) const {
+                                    const T* __restrict h_prev, T* __restrict acts, T* __restrict h) const {
     const T* __restrict bhn = b_hn;
     for (int64_t j = 0; j < H; ++j) {
       T r = sigmoid<T>(x[j] + gh[j]);
@@ -203,7 +204,10 @@ struct Gru {
       T hn = gh[2 * H + j];
       if (HAS_BHN) hn += bhn[j];
       T n = tanh_<T>(x[2 * H + j] + r * hn);
-      acts[j] = r; acts[H + j] = z; acts[2 * H + j] = n; acts[3 * H + j] = hn;
+      acts[j] = r;
+      acts[H + j] = z;
+      acts[2 * H + j] = n;
+      acts[3 * H + j] = hn;
       h[j] = (T(1) - z) * n + z * h_prev[j];
     }
   }
@@ -211,22 +215,27 @@ struct Gru {
   // One loop per bias case: with `b_hn ? b_hn[j] : 0` inside the loop GCC left it scalar,
   // and the cell cost ~6x the step's product (B=8, H=128); vectorised, GRU forward there
   // went from ~5.2 ms to ~1.2 ms for T=100.
-  FASTRNN_INLINE void forward(int64_t H, const T* pre, const T* x, const T* h_prev, const T*, T* ws, T*,
-                              T* out) const {
-    if (b_hn) forward_units<true>(H, pre, x, h_prev, ws, out);
-    else forward_units<false>(H, pre, x, h_prev, ws, out);
+  FASTRNN_INLINE void forward(int64_t H, const T* pre, const T* x, const T* h_prev, const T*, T* ws, T*, T* out) const {
+    if (b_hn)
+      forward_units<true>(H, pre, x, h_prev, ws, out);
+    else
+      forward_units<false>(H, pre, x, h_prev, ws, out);
   }
 
-  FASTRNN_INLINE void backward(int64_t H, const T* __restrict acts, const T*, const T*,
-                               const T* __restrict h_prev, const T* __restrict dh, T*,
-                               T* __restrict dx, T* __restrict dgh, T* __restrict dh_direct) const {
+  FASTRNN_INLINE void backward(int64_t H, const T* __restrict acts, const T*, const T*, const T* __restrict h_prev,
+                               const T* __restrict dh, T*, T* __restrict dx, T* __restrict dgh,
+                               T* __restrict dh_direct) const {
     for (int64_t j = 0; j < H; ++j) {
       T r = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
       T dan = dh[j] * (T(1) - z) * (T(1) - n * n);
       T dar = dan * hn * r * (T(1) - r);
       T daz = dh[j] * (h_prev[j] - n) * z * (T(1) - z);
-      dx[j] = dar; dx[H + j] = daz; dx[2 * H + j] = dan;
-      dgh[j] = dar; dgh[H + j] = daz; dgh[2 * H + j] = dan * r;
+      dx[j] = dar;
+      dx[H + j] = daz;
+      dx[2 * H + j] = dan;
+      dgh[j] = dar;
+      dgh[H + j] = daz;
+      dgh[2 * H + j] = dan * r;
       dh_direct[j] = dh[j] * z;
     }
   }
@@ -248,8 +257,8 @@ struct Rnn {
     }
   }
 
-  FASTRNN_INLINE void backward(int64_t H, const T* __restrict h, const T*, const T*, const T*,
-                               const T* __restrict dh, T*, T* __restrict da, T*, T*) const {
+  FASTRNN_INLINE void backward(int64_t H, const T* __restrict h, const T*, const T*, const T*, const T* __restrict dh,
+                               T*, T* __restrict da, T*, T*) const {
     if (RELU) {
       for (int64_t j = 0; j < H; ++j) da[j] = h[j] > T(0) ? dh[j] : T(0);
     } else {

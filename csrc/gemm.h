@@ -46,12 +46,13 @@ FASTRNN_INLINE typename Vec64<T>::type vload(const T* p) {
   return v;
 }
 template <typename T>
-FASTRNN_INLINE void vstore(T* p, typename Vec64<T>::type v) { std::memcpy(p, &v, sizeof(v)); }
+FASTRNN_INLINE void vstore(T* p, typename Vec64<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
 
 // RB rows x CV vectors of C, accumulated over all K.
 template <typename T, int RB, int CV>
-FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
-                               int64_t ldc) {
+FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
   typedef typename Vec64<T>::type V;
   constexpr int VN = sizeof(V) / sizeof(T);
   V acc[RB][CV];
@@ -94,8 +95,8 @@ FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* 
 
 // Columns past the last full vector: plain loops (few, and the compiler vectorises them).
 template <typename T>
-FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t N, const T* A,
-                                   int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
+FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t N, const T* A, int64_t lda, const T* W,
+                                   int64_t ldw, T* C, int64_t ldc) {
   T sum[64 / sizeof(T)];  // fewer columns than one vector
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = n0; j < N; ++j) sum[j - n0] = T(0);
@@ -109,8 +110,8 @@ FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t 
 
 // Rows [m, m + RB) of C against all of W, in RB x (CV vectors) blocks.
 template <typename T, int RB, int CV>
-FASTRNN_INLINE void gemm_rows(int64_t m, int64_t K, int64_t N, const T* A, int64_t lda, const T* W,
-                              int64_t ldw, T* C, int64_t ldc) {
+FASTRNN_INLINE void gemm_rows(int64_t m, int64_t K, int64_t N, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
+                              int64_t ldc) {
   constexpr int64_t VN = 64 / sizeof(T);
   const T* a = A + m * lda;
   T* c = C + m * ldc;
@@ -124,8 +125,8 @@ FASTRNN_INLINE void gemm_rows(int64_t m, int64_t K, int64_t N, const T* A, int64
 // sizes here W^T is larger than L1, so every pass is an L2 stream. Then RB2-row blocks,
 // then single rows (CVR vectors wide).
 template <typename T, class Shape>
-FASTRNN_INLINE void gemm_acc(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* W,
-                             int64_t ldw, T* C, int64_t ldc) {
+FASTRNN_INLINE void gemm_acc(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
+                             int64_t ldc) {
   constexpr int64_t VN = 64 / sizeof(T);
   constexpr int RB1 = Shape::RB1, CV1 = Shape::CV1, RB2 = Shape::RB2, CV2 = Shape::CV2, CVR = Shape::CVR;
   int64_t m = 0;
@@ -187,8 +188,8 @@ at::Tensor row_major_copy(const at::Tensor& w) {
 // acc<Isa> runs the kernel instance of the ISA the calling loop was compiled for.
 template <typename T>
 struct StepGemm {
-  at::Tensor w;    // K x N view for BLAS
-  at::Tensor wc;   // K x N row-major copy for the kernel (owned: wp points into it)
+  at::Tensor w;   // K x N view for BLAS
+  at::Tensor wc;  // K x N row-major copy for the kernel (owned: wp points into it)
   const T* wp;
   int64_t K, N;
   bool blas;
@@ -201,8 +202,10 @@ struct StepGemm {
   template <class Isa>
   FASTRNN_INLINE void acc(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
     if (M == 0) return;
-    if (blas) blas_acc(M, A, lda, C, ldc);
-    else Isa::template gemm<T>(M, K, N, A, lda, wp, N, C, ldc);
+    if (blas)
+      blas_acc(M, A, lda, C, ldc);
+    else
+      Isa::template gemm<T>(M, K, N, A, lda, wp, N, C, ldc);
   }
   __attribute__((noinline)) void blas_acc(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc) const {
     auto opts = w.options();

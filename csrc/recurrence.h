@@ -32,21 +32,21 @@ FASTRNN_INLINE P* row(P* base, int64_t i, int64_t width) {
 // (t, b) rows are contiguous with strides sx0, sx1.
 template <typename T>
 struct ForwardArgs {
-  int64_t steps, B, H, P;          // P: width of h (proj_size, or H)
-  const T* x;                      // x_proj (T, B, GATES*H)
+  int64_t steps, B, H, P;  // P: width of h (proj_size, or H)
+  const T* x;              // x_proj (T, B, GATES*H)
   int64_t sx0, sx1;
-  const T* c0;                     // (B, H) with HAS_C
-  const int64_t* lengths;          // (B) or null
-  bool reverse, workspace;         // workspace: keep every step's ws and cs for a backward
-  const StepGemm<T>* rec;          // W_hh^T (P x GATES*H)
-  const StepGemm<T>* proj;         // W_hr^T (H x P), or null
-  T* y;                            // (T, B, P)
-  T* h;                            // (B, P): h0 in, h_n out
-  T* c_n;                          // (B, H) with HAS_C
-  T* ws;                           // (T or 1, B, WORKSPACE*H)
-  T* cs;                           // (T or 2, B, H) with HAS_C: the carried c of every step
-  T* pre;                          // scratch (B, GATES*H) unless IN_PLACE
-  T* m;                            // scratch (B, H) with a projection
+  const T* c0;              // (B, H) with HAS_C
+  const int64_t* lengths;   // (B) or null
+  bool reverse, workspace;  // workspace: keep every step's ws and cs for a backward
+  const StepGemm<T>* rec;   // W_hh^T (P x GATES*H)
+  const StepGemm<T>* proj;  // W_hr^T (H x P), or null
+  T* y;                     // (T, B, P)
+  T* h;                     // (B, P): h0 in, h_n out
+  T* c_n;                   // (B, H) with HAS_C
+  T* ws;                    // (T or 1, B, WORKSPACE*H)
+  T* cs;                    // (T or 2, B, H) with HAS_C: the carried c of every step
+  T* pre;                   // scratch (B, GATES*H) unless IN_PLACE
+  T* m;                     // scratch (B, H) with a projection
 };
 
 // Inactive rows keep their state and write y = 0 and zero workspace rows.
@@ -64,8 +64,10 @@ FASTRNN_INLINE void forward_loop(const Cell& cell, const ForwardArgs<typename Ce
     T* pre_t = Cell::IN_PLACE ? ws : a.pre;
     for (int64_t b = 0; b < B; ++b) {
       T* pre = pre_t + b * GH;
-      if (Cell::X_IN_PRODUCT) std::copy(x_t + b * a.sx1, x_t + b * a.sx1 + GH, pre);
-      else std::fill(pre, pre + GH, T(0));
+      if (Cell::X_IN_PRODUCT)
+        std::copy(x_t + b * a.sx1, x_t + b * a.sx1 + GH, pre);
+      else
+        std::fill(pre, pre + GH, T(0));
     }
     a.rec->template acc<Isa>(B, a.h, P, pre_t, GH);
     T* c = row(a.cs, a.workspace ? t : s % 2, B * H);
@@ -73,8 +75,8 @@ FASTRNN_INLINE void forward_loop(const Cell& cell, const ForwardArgs<typename Ce
     T* out = a.proj ? a.m : y_t;  // rows of width H (P = H without a projection)
     for (int64_t b = 0; b < B; ++b) {
       if (active(L, t, b)) {
-        cell.forward(H, pre_t + b * GH, x_t + b * a.sx1, a.h + b * P, row(c_prev, b, H), row(ws, b, WH),
-                     row(c, b, H), out + b * H);
+        cell.forward(H, pre_t + b * GH, x_t + b * a.sx1, a.h + b * P, row(c_prev, b, H), row(ws, b, WH), row(c, b, H),
+                     out + b * H);
       } else {  // state carried; the workspace row is zeroed so every output is defined
         if constexpr (Cell::WORKSPACE > 0) std::fill(ws + b * WH, ws + (b + 1) * WH, T(0));
         if constexpr (Cell::HAS_C) std::copy(c_prev + b * H, c_prev + (b + 1) * H, c + b * H);
@@ -85,8 +87,10 @@ FASTRNN_INLINE void forward_loop(const Cell& cell, const ForwardArgs<typename Ce
       a.proj->template acc<Isa>(B, a.m, H, y_t, P);
     }
     for (int64_t b = 0; b < B; ++b) {
-      if (active(L, t, b)) std::copy(y_t + b * P, y_t + (b + 1) * P, a.h + b * P);
-      else std::fill(y_t + b * P, y_t + (b + 1) * P, T(0));
+      if (active(L, t, b))
+        std::copy(y_t + b * P, y_t + (b + 1) * P, a.h + b * P);
+      else
+        std::fill(y_t + b * P, y_t + (b + 1) * P, T(0));
     }
     c_prev = c;
   }
@@ -96,23 +100,23 @@ FASTRNN_INLINE void forward_loop(const Cell& cell, const ForwardArgs<typename Ce
 template <typename T>
 struct BackwardArgs {
   int64_t steps, B, H, P;
-  const T* dy;                     // (T, B, P)
-  const T* saved;                  // (T, B, SAVED*H): the forward's workspace (RNN: y)
-  const T* cs;                     // (T, B, H) with HAS_C
-  const T* c0;                     // (B, H) with HAS_C
-  const T* h_prev;                 // (T, B, H) with H_DIRECT: the state each step started from
+  const T* dy;      // (T, B, P)
+  const T* saved;   // (T, B, SAVED*H): the forward's workspace (RNN: y)
+  const T* cs;      // (T, B, H) with HAS_C
+  const T* c0;      // (B, H) with HAS_C
+  const T* h_prev;  // (T, B, H) with H_DIRECT: the state each step started from
   const int64_t* lengths;
   bool reverse;
-  const StepGemm<T>* rec;          // W_hh (GATES*H x P)
-  const StepGemm<T>* proj;         // W_hr (P x H), or null
-  T* dx;                           // (T, B, GATES*H): dx_proj
-  T* dh;                           // (B, P): dh_n in, dh0 out
-  T* dc;                           // (B, H) with HAS_C: dc_n in, dc0 out
-  T* dh_out;                       // (T, B, P) with a projection: the gradient reaching h_t
-  T* dht;                          // scratch (B, P)
-  T* dhnew;                        // scratch (B, P)
-  T* dm;                           // scratch (B, H) with a projection
-  T* dgh;                          // scratch (B, GATES*H) without X_IN_PRODUCT
+  const StepGemm<T>* rec;   // W_hh (GATES*H x P)
+  const StepGemm<T>* proj;  // W_hr (P x H), or null
+  T* dx;                    // (T, B, GATES*H): dx_proj
+  T* dh;                    // (B, P): dh_n in, dh0 out
+  T* dc;                    // (B, H) with HAS_C: dc_n in, dc0 out
+  T* dh_out;                // (T, B, P) with a projection: the gradient reaching h_t
+  T* dht;                   // scratch (B, P)
+  T* dhnew;                 // scratch (B, P)
+  T* dm;                    // scratch (B, H) with a projection
+  T* dgh;                   // scratch (B, GATES*H) without X_IN_PRODUCT
 };
 
 // Reverse time. Inactive rows write zero dx rows and carry dh, dc through.
@@ -131,8 +135,10 @@ FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename 
     if (a.proj) {
       T* o = a.dh_out + t * B * P;
       for (int64_t b = 0; b < B; ++b) {
-        if (active(L, t, b)) std::copy(a.dht + b * P, a.dht + (b + 1) * P, o + b * P);
-        else std::fill(o + b * P, o + (b + 1) * P, T(0));
+        if (active(L, t, b))
+          std::copy(a.dht + b * P, a.dht + (b + 1) * P, o + b * P);
+        else
+          std::fill(o + b * P, o + (b + 1) * P, T(0));
       }
       std::fill(a.dm, a.dm + B * H, T(0));
       a.proj->template acc<Isa>(B, a.dht, P, a.dm, H);
@@ -144,9 +150,8 @@ FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename 
     for (int64_t b = 0; b < B; ++b) {
       const int64_t tb = t * B + b;
       if (active(L, t, b)) {
-        cell.backward(H, a.saved + tb * SH, row(a.cs, tb, H), row(c_prev, b, H), row(a.h_prev, tb, H),
-                      dout + b * H, row(a.dc, b, H), dx_t + b * GH, Cell::X_IN_PRODUCT ? nullptr : dg + b * GH,
-                      a.dhnew + b * P);
+        cell.backward(H, a.saved + tb * SH, row(a.cs, tb, H), row(c_prev, b, H), row(a.h_prev, tb, H), dout + b * H,
+                      row(a.dc, b, H), dx_t + b * GH, Cell::X_IN_PRODUCT ? nullptr : dg + b * GH, a.dhnew + b * P);
       } else {
         std::fill(dx_t + b * GH, dx_t + (b + 1) * GH, T(0));
         if (!Cell::X_IN_PRODUCT) std::fill(dg + b * GH, dg + (b + 1) * GH, T(0));
@@ -181,22 +186,21 @@ FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename 
 #define FASTRNN_TARGET(t)
 #endif
 
-#define FASTRNN_DEFINE_ISA(NAME, TARGET, SHAPE)                                                        \
-  struct NAME {                                                                                      \
-    template <typename T>                                                                            \
-    TARGET __attribute__((noinline)) static void gemm(int64_t M, int64_t K, int64_t N, const T* A,  \
-                                                      int64_t lda, const T* W, int64_t ldw, T* C,    \
-                                                      int64_t ldc) {                                 \
-      gemm_acc<T, SHAPE>(M, K, N, A, lda, W, ldw, C, ldc);                                           \
-    }                                                                                                \
-    template <class Cell>                                                                            \
-    TARGET static void forward(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a) {      \
-      forward_loop<Cell, NAME>(cell, a);                                                             \
-    }                                                                                                \
-    template <class Cell>                                                                            \
-    TARGET static void backward(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a) {    \
-      backward_loop<Cell, NAME>(cell, a);                                                            \
-    }                                                                                                \
+#define FASTRNN_DEFINE_ISA(NAME, TARGET, SHAPE)                                                                 \
+  struct NAME {                                                                                                 \
+    template <typename T>                                                                                       \
+    TARGET __attribute__((noinline)) static void gemm(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, \
+                                                      const T* W, int64_t ldw, T* C, int64_t ldc) {             \
+      gemm_acc<T, SHAPE>(M, K, N, A, lda, W, ldw, C, ldc);                                                      \
+    }                                                                                                           \
+    template <class Cell>                                                                                       \
+    TARGET static void forward(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a) {                 \
+      forward_loop<Cell, NAME>(cell, a);                                                                        \
+    }                                                                                                           \
+    template <class Cell>                                                                                       \
+    TARGET static void backward(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a) {               \
+      backward_loop<Cell, NAME>(cell, a);                                                                       \
+    }                                                                                                           \
   };
 
 #if FASTRNN_X86_ISAS
@@ -213,9 +217,8 @@ inline IsaLevel detect_isa_level() {
 #if FASTRNN_X86_ISAS
   __builtin_cpu_init();
 #if defined(__clang__)
-  const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-                  __builtin_cpu_supports("f16c") && __builtin_cpu_supports("lzcnt") &&
+  const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+                  __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("lzcnt") &&
                   __builtin_cpu_supports("movbe") && __builtin_cpu_supports("popcnt");
   const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
@@ -250,8 +253,7 @@ template <class Cell>
 void run_backward_loop(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a) {
   using Fn = void (*)(const Cell&, const BackwardArgs<typename Cell::Scalar>&);
 #if FASTRNN_X86_ISAS
-  static const Fn fn =
-      pick_isa<Fn>(&IsaAvx512::backward<Cell>, &IsaAvx2::backward<Cell>, &IsaBaseline::backward<Cell>);
+  static const Fn fn = pick_isa<Fn>(&IsaAvx512::backward<Cell>, &IsaAvx2::backward<Cell>, &IsaBaseline::backward<Cell>);
 #else
   static const Fn fn = &IsaBaseline::backward<Cell>;
 #endif
@@ -273,9 +275,16 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
   const auto opts = x.options();
   const int64_t steps = x.size(0), B = x.size(1), H = x.size(2) / Cell::GATES, P = h0.size(1);
   ForwardArgs<T> a{};
-  a.steps = steps; a.B = B; a.H = H; a.P = P;
-  a.x = x.data_ptr<T>(); a.sx0 = x.stride(0); a.sx1 = x.stride(1);
-  a.lengths = lengths; a.reverse = reverse; a.workspace = workspace;
+  a.steps = steps;
+  a.B = B;
+  a.H = H;
+  a.P = P;
+  a.x = x.data_ptr<T>();
+  a.sx0 = x.stride(0);
+  a.sx1 = x.stride(1);
+  a.lengths = lengths;
+  a.reverse = reverse;
+  a.workspace = workspace;
   StepGemm<T> rec(w_hh.t(), B);
   c10::optional<StepGemm<T>> proj;
   a.rec = &rec;
@@ -288,7 +297,8 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
   }
   auto y = fresh({steps, B, P}, opts);
   auto h = h0.clone();
-  a.y = y.data_ptr<T>(); a.h = h.data_ptr<T>();
+  a.y = y.data_ptr<T>();
+  a.h = h.data_ptr<T>();
   at::Tensor pre;
   if (!Cell::IN_PLACE) {
     pre = fresh({B, Cell::GATES * H}, opts);
@@ -302,7 +312,8 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
     a.c0 = c0->data_ptr<T>();
     cs = fresh({workspace ? steps : 2, B, H}, opts);
     c_n = fresh({B, H}, opts);
-    a.cs = cs.data_ptr<T>(); a.c_n = c_n.data_ptr<T>();
+    a.cs = cs.data_ptr<T>();
+    a.c_n = c_n.data_ptr<T>();
   }
   run_forward_loop(cell, a);
   std::vector<at::Tensor> out{y, h};
@@ -324,9 +335,14 @@ std::vector<at::Tensor> backward(const Cell& cell, const at::Tensor& dy, const a
   const int64_t steps = saved.size(0), B = saved.size(1), H = saved.size(2) / Cell::SAVED, P = dh_n.size(1);
   const int64_t GH = Cell::GATES * H;
   BackwardArgs<T> a{};
-  a.steps = steps; a.B = B; a.H = H; a.P = P;
-  a.dy = dy.data_ptr<T>(); a.saved = saved.data_ptr<T>();
-  a.lengths = lengths; a.reverse = reverse;
+  a.steps = steps;
+  a.B = B;
+  a.H = H;
+  a.P = P;
+  a.dy = dy.data_ptr<T>();
+  a.saved = saved.data_ptr<T>();
+  a.lengths = lengths;
+  a.reverse = reverse;
   StepGemm<T> rec(w_hh, B);
   c10::optional<StepGemm<T>> proj;
   a.rec = &rec;
@@ -336,16 +352,22 @@ std::vector<at::Tensor> backward(const Cell& cell, const at::Tensor& dy, const a
     a.proj = &*proj;
     dm = fresh({B, H}, opts);
     dh_out = fresh({steps, B, P}, opts);
-    a.dm = dm.data_ptr<T>(); a.dh_out = dh_out.data_ptr<T>();
+    a.dm = dm.data_ptr<T>();
+    a.dh_out = dh_out.data_ptr<T>();
   }
   auto dx = fresh({steps, B, GH}, opts);
   auto dh = dh_n.clone();
   auto dht = fresh({B, P}, opts);
   auto dhnew = fresh({B, P}, opts);
-  a.dx = dx.data_ptr<T>(); a.dh = dh.data_ptr<T>(); a.dht = dht.data_ptr<T>(); a.dhnew = dhnew.data_ptr<T>();
+  a.dx = dx.data_ptr<T>();
+  a.dh = dh.data_ptr<T>();
+  a.dht = dht.data_ptr<T>();
+  a.dhnew = dhnew.data_ptr<T>();
   if (Cell::HAS_C) {
     dc = dc_n->clone();
-    a.dc = dc.data_ptr<T>(); a.cs = cs->data_ptr<T>(); a.c0 = c0->data_ptr<T>();
+    a.dc = dc.data_ptr<T>();
+    a.cs = cs->data_ptr<T>();
+    a.c0 = c0->data_ptr<T>();
   }
   if (Cell::H_DIRECT) a.h_prev = h_prev->data_ptr<T>();
   if (!Cell::X_IN_PRODUCT) {

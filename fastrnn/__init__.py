@@ -11,13 +11,12 @@ Parameters, so a traced, scripted or exported model runs torch's kernels;
 ``torch.load(f, weights_only=True)`` of a whole model needs
 ``torch.serialization.safe_globals(fastrnn.safe_globals())``.
 """
-from . import backends, cells, functional, numerics, ops, reference, testing  # noqa: F401
+
+from . import _dynamo_support, backends, cells, functional, numerics, ops, reference, testing  # noqa: F401
 from .backends import available_backends
 from .convert import convert
 from .interop import quantize_dynamic, safe_globals
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-
-from . import _dynamo_support
 
 _dynamo_support.install((LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell))
 

@@ -15,6 +15,7 @@ Entry points, time-major (G: gate width, P: proj_size or H):
 With ``workspace=False`` (no backward will follow) gates/cs/acts come back as empty tensors
 and the loop keeps only O(B*H) state. The weight gradients are not computed here.
 """
+
 import os
 
 from . import _C
@@ -28,4 +29,3 @@ gru_forward = _C.gru_forward
 gru_backward = _C.gru_backward
 rnn_forward = _C.rnn_forward
 rnn_backward = _C.rnn_backward
-

@@ -9,6 +9,7 @@ module-wrapping step runs with ``allow_rnn`` patched on when the module is a fas
 If a future torch moves that step, nothing is patched and compiling a fastrnn module
 falls back to a graph break (the compile tests then fail loudly).
 """
+
 from __future__ import annotations
 
 import functools

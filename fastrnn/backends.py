@@ -15,6 +15,7 @@ Resolution of ``"auto"``: the ``FASTRNN_BACKEND`` environment variable if set, e
 for CUDA tensors and cpp for CPU tensors; when that fast backend is missing, the reference
 runs instead and a warning says why, once per process and backend.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,11 +23,11 @@ import importlib.util
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import torch
 
@@ -90,7 +91,7 @@ def _import(module: str) -> ModuleType:
     return mod
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> tuple[ModuleType | None, str]:
     """Import a backend once; returns (module, "") or (None, why it is unavailable)."""
     if name == "triton" and not torch.cuda.is_available() and not _interpreting():
@@ -129,13 +130,14 @@ def _user_stacklevel() -> int:
     seen from the caller of this function: a warning then points at the user's own line,
     whether it came through a layer, a cell or functional."""
     frame, level = sys._getframe(2), 2
-    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
-                                 or frame.f_code.co_filename == _MODULE_CALL):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename == _MODULE_CALL
+    ):
         frame, level = frame.f_back, level + 1
     return level
 
 
-@lru_cache(maxsize=None)
+@cache
 def _warn_fallback(wanted: str, why: str) -> None:
     warnings.warn(
         f"fastrnn: the {wanted} backend is unavailable ({why}); running the pure-PyTorch "
@@ -159,9 +161,7 @@ def resolve(backend: str, device: torch.device) -> str:
         if env and env != "auto":
             backend = env
             if backend not in BACKENDS:
-                raise ValueError(
-                    f"FASTRNN_BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {env!r}"
-                )
+                raise ValueError(f"FASTRNN_BACKEND must be one of {', '.join(map(repr, BACKENDS))}, got {env!r}")
     if backend == "auto":
         wanted = "triton" if device.type == "cuda" else "cpp"
         if not _REGISTRY[wanted].runs_on(device):
@@ -173,9 +173,7 @@ def resolve(backend: str, device: torch.device) -> str:
         return wanted
     spec = _REGISTRY[backend]
     if not spec.runs_on(device):
-        raise RuntimeError(
-            f"fastrnn backend {backend!r} runs on {spec.devices}, but the input is on {device}"
-        )
+        raise RuntimeError(f"fastrnn backend {backend!r} runs on {spec.devices}, but the input is on {device}")
     mod, why = _load(backend)
     if mod is None:
         raise RuntimeError(f"fastrnn backend {backend!r} is unavailable: {why}")

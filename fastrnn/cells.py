@@ -23,9 +23,9 @@ output width (proj_size or H). A step works on batch-major rows (B, .).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -105,8 +105,15 @@ class Cell:
     # -- derived names, used to build the op schemas and the backend calls
     @cached_property
     def forward_args(self) -> tuple[str, ...]:
-        return ("x_proj", "w_hh", *self.extras, *(f"{s}0" for s in self.states), "lengths", "reverse",
-                *(a for a, *_ in self.attrs))
+        return (
+            "x_proj",
+            "w_hh",
+            *self.extras,
+            *(f"{s}0" for s in self.states),
+            "lengths",
+            "reverse",
+            *(a for a, *_ in self.attrs),
+        )
 
     @cached_property
     def forward_results(self) -> tuple[str, ...]:
@@ -115,8 +122,18 @@ class Cell:
     @cached_property
     def grad_args(self) -> tuple[str, ...]:
         """The backward op's arguments: upstream gradients, then what the forward saved."""
-        return ("dy", *(f"d{s}_n" for s in self.states), "w_hh", *self.extras, *(f"{s}0" for s in self.states),
-                "y", *self.workspace, "lengths", "reverse", *(a for a, *_ in self.attrs))
+        return (
+            "dy",
+            *(f"d{s}_n" for s in self.states),
+            "w_hh",
+            *self.extras,
+            *(f"{s}0" for s in self.states),
+            "y",
+            *self.workspace,
+            "lengths",
+            "reverse",
+            *(a for a, *_ in self.attrs),
+        )
 
     @cached_property
     def grad_results(self) -> tuple[str, ...]:
@@ -129,7 +146,7 @@ class Cell:
 # ----------------------------------------------------------------------------------------
 # Small helpers shared by the steps
 # ----------------------------------------------------------------------------------------
-def _fold(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]:
+def _fold(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return None if b_ih is None else b_ih + b_hh
 
 
@@ -172,7 +189,12 @@ def _lstm_step_backward(s, dh, dstates, w_hh, extras, attrs):
     tc = torch.tanh(s.cs)
     dc_t = dc + dm * o * (1 - tc * tc)
     dg_t = torch.cat(
-        [dc_t * g * i * (1 - i), dc_t * s.prev("cs", "c0") * f * (1 - f), dc_t * i * (1 - g * g), dm * tc * o * (1 - o)],
+        [
+            dc_t * g * i * (1 - i),
+            dc_t * s.prev("cs", "c0") * f * (1 - f),
+            dc_t * i * (1 - g * g),
+            dm * tc * o * (1 - o),
+        ],
         dim=-1,
     )
     return dg_t, dg_t, None, (dc_t * f,), (dh if w_hr is not None else None,)
@@ -212,8 +234,15 @@ LSTM = Cell(
     loop_inputs=lambda mode, w, bias: (_fold(w.get("bias_ih"), w.get("bias_hh")), (w.get("weight_hr"),), ()),
     dims=_lstm_dims,
     shapes=lambda T, B, H, P: {
-        "w_hh": (4 * H, P), "w_hr": (P, H), "h0": (B, P), "c0": (B, H),
-        "y": (T, B, P), "h_n": (B, P), "c_n": (B, H), "gates": (T, B, 4 * H), "cs": (T, B, H),
+        "w_hh": (4 * H, P),
+        "w_hr": (P, H),
+        "h0": (B, P),
+        "c0": (B, H),
+        "y": (T, B, P),
+        "h_n": (B, P),
+        "c_n": (B, H),
+        "gates": (T, B, 4 * H),
+        "cs": (T, B, H),
     },
     step=_lstm_step,
     step_backward=_lstm_step_backward,
@@ -244,10 +273,10 @@ def _gru_step(x_t, states, w_hh, extras, attrs):
 
 
 def _gru_step_backward(s, dh, dstates, w_hh, extras, attrs):
-    """    dn = dh*(1-z), dz = dh*(h_{t-1} - n), dan = dn*(1-n^2)
-        dar = dan*hn*r(1-r),  daz = dz*z(1-z),  dhn = dan*r
-        dx_proj_t = [dar, daz, dan];  dgh_t = [dar, daz, dhn] (gradient of h @ W_hh^T)
-        dh_{t-1} = dh*z + dgh_t @ W_hh
+    """dn = dh*(1-z), dz = dh*(h_{t-1} - n), dan = dn*(1-n^2)
+    dar = dan*hn*r(1-r),  daz = dz*z(1-z),  dhn = dan*r
+    dx_proj_t = [dar, daz, dan];  dgh_t = [dar, daz, dhn] (gradient of h @ W_hh^T)
+    dh_{t-1} = dh*z + dgh_t @ W_hh
     """
     r, z, n, hn = s.gates.chunk(4, dim=-1)
     dan = dh * (1 - z) * (1 - n * n)
@@ -293,7 +322,12 @@ GRU = Cell(
     loop_inputs=_gru_loop_inputs,
     dims=lambda x_proj, w_hh, extras: (*x_proj.shape[:2], x_proj.shape[2] // 3, x_proj.shape[2] // 3),
     shapes=lambda T, B, H, P: {
-        "w_hh": (3 * H, H), "b_hn": (H,), "h0": (B, H), "y": (T, B, H), "h_n": (B, H), "gates": (T, B, 4 * H),
+        "w_hh": (3 * H, H),
+        "b_hn": (H,),
+        "h0": (B, H),
+        "y": (T, B, H),
+        "h_n": (B, H),
+        "gates": (T, B, 4 * H),
     },
     step=_gru_step,
     step_backward=_gru_step_backward,
@@ -342,8 +376,11 @@ RNN = Cell(
     backward_args=("dy", "dh_n", "w_hh", "y", "lengths", "reverse", "nonlinearity"),
     loop_grads=(),
     params=_nn_params(1, proj=False),
-    loop_inputs=lambda mode, w, bias: (_fold(w.get("bias_ih"), w.get("bias_hh")), (),
-                                       ("tanh" if mode == "RNN_TANH" else "relu",)),
+    loop_inputs=lambda mode, w, bias: (
+        _fold(w.get("bias_ih"), w.get("bias_hh")),
+        (),
+        ("tanh" if mode == "RNN_TANH" else "relu",),
+    ),
     dims=lambda x_proj, w_hh, extras: (*x_proj.shape, x_proj.shape[2]),
     shapes=lambda T, B, H, P: {"w_hh": (H, H), "h0": (B, H), "y": (T, B, H), "h_n": (B, H)},
     step=_rnn_step,

@@ -1,4 +1,5 @@
 """``fastrnn.convert``: swap torch.nn recurrent modules inside a model for their fastrnn twins."""
+
 from __future__ import annotations
 
 import warnings

@@ -7,9 +7,10 @@ Per layer, ONE GEMM projects the whole sequence for both directions,
 ``x_proj = x @ [W_ih_fwd; W_ih_bwd]^T + bias`` with T*B rows, then one recurrence op runs per
 direction. The reverse direction honours each sequence's own length through ``lengths``.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +25,19 @@ __all__ = ["rnn", "cell", "unpack", "pack"]
 def _layer_weights(cell: cells.Cell, weights: Sequence[Tensor], bias: bool, proj: bool, index: int) -> dict:
     """The parameters of layer-direction ``index`` in torch.nn's flat weight list, by name."""
     names = [p.name for p in cell.layer_params(bias, proj)]
-    return dict(zip(names, weights[index * len(names) : (index + 1) * len(names)]))
+    return dict(zip(names, weights[index * len(names) : (index + 1) * len(names)], strict=True))
 
 
-def _autocast_dtypes(mode: str, device_type: str, *, cell: bool, packed: bool, proj: bool,
-                     states: Sequence[Tensor], weights: Sequence[Tensor]):
+def _autocast_dtypes(
+    mode: str,
+    device_type: str,
+    *,
+    cell: bool,
+    packed: bool,
+    proj: bool,
+    states: Sequence[Tensor],
+    weights: Sequence[Tensor],
+):
     """Under autocast (the caller checked it is on): (the dtype to compute in, the dtypes of
     h and c that torch.nn returns), or None when autocast leaves the call alone.
 
@@ -42,12 +51,20 @@ def _autocast_dtypes(mode: str, device_type: str, *, cell: bool, packed: bool, p
     """
     if any(t.dtype == torch.float64 for t in (*states, *weights) if t is not None):
         return None
-    return autocast_rule(mode, device_type, torch.get_autocast_dtype(device_type), cell=cell,
-                         packed=packed, proj=proj, state_dtype=states[-1].dtype)
+    return autocast_rule(
+        mode,
+        device_type,
+        torch.get_autocast_dtype(device_type),
+        cell=cell,
+        packed=packed,
+        proj=proj,
+        state_dtype=states[-1].dtype,
+    )
 
 
-def autocast_rule(mode: str, device_type: str, low: torch.dtype, *, cell: bool, packed: bool, proj: bool,
-                  state_dtype: torch.dtype):
+def autocast_rule(
+    mode: str, device_type: str, low: torch.dtype, *, cell: bool, packed: bool, proj: bool, state_dtype: torch.dtype
+):
     """See :func:`_autocast_dtypes`; ``state_dtype`` is c0's (LSTM) or h0's dtype."""
     if device_type != "cpu" or (mode == "LSTM" and not cell and not packed and not proj):
         return low, low, low
@@ -75,7 +92,7 @@ def rnn(
     training: bool,
     bidirectional: bool,
     proj_size: int = 0,
-    lengths: Optional[Tensor] = None,
+    lengths: Tensor | None = None,
     backend: str = "auto",
 ):
     """A stack of recurrent layers, torch.nn's semantics.
@@ -92,17 +109,33 @@ def rnn(
     """
     if torch.is_autocast_enabled(input.device.type):
         states = tuple(hx) if mode == "LSTM" else (hx,)
-        plan = _autocast_dtypes(mode, input.device.type, cell=False, packed=lengths is not None,
-                                proj=proj_size > 0, states=states, weights=weights)
+        plan = _autocast_dtypes(
+            mode,
+            input.device.type,
+            cell=False,
+            packed=lengths is not None,
+            proj=proj_size > 0,
+            states=states,
+            weights=weights,
+        )
         if plan is not None:
             compute, h_dtype, c_dtype = plan
             state = tuple(_autocast_cast(s, compute) for s in states)
             with torch.autocast(input.device.type, enabled=False):
-                out, hidden = rnn(mode, _autocast_cast(input, compute), state if mode == "LSTM" else state[0],
-                                  [_autocast_cast(w, compute) for w in weights], bias=bias,
-                                  num_layers=num_layers, dropout=dropout, training=training,
-                                  bidirectional=bidirectional, proj_size=proj_size, lengths=lengths,
-                                  backend=backend)
+                out, hidden = rnn(
+                    mode,
+                    _autocast_cast(input, compute),
+                    state if mode == "LSTM" else state[0],
+                    [_autocast_cast(w, compute) for w in weights],
+                    bias=bias,
+                    num_layers=num_layers,
+                    dropout=dropout,
+                    training=training,
+                    bidirectional=bidirectional,
+                    proj_size=proj_size,
+                    lengths=lengths,
+                    backend=backend,
+                )
             if mode == "LSTM":
                 return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
             return out.to(h_dtype), hidden.to(h_dtype)
@@ -130,10 +163,18 @@ def rnn(
             i = layer * D + d
             _, extras, attrs = loop[d]
             y, *final = ops.recurrence(
-                spec, x_proj[..., d * G : (d + 1) * G] if D > 1 else x_proj, groups[d]["weight_hh"], extras,
-                tuple(s[i] for s in states0), lengths, d == 1, attrs, concrete)
+                spec,
+                x_proj[..., d * G : (d + 1) * G] if D > 1 else x_proj,
+                groups[d]["weight_hh"],
+                extras,
+                tuple(s[i] for s in states0),
+                lengths,
+                d == 1,
+                attrs,
+                concrete,
+            )
             outs.append(y)
-            for acc, f in zip(finals, final):
+            for acc, f in zip(finals, final, strict=True):
                 acc.append(f)
         layer_input = torch.cat(outs, dim=-1) if D > 1 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
@@ -153,16 +194,17 @@ def cell(
     hx: Tensor | tuple[Tensor, Tensor],
     w_ih: Tensor,
     w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
     backend: str = "auto",
 ):
     """One step of a cell on (B, I) input: the recurrence op with T = 1."""
     states = tuple(hx) if mode == "LSTM" else (hx,)
     plan = None
     if torch.is_autocast_enabled(input.device.type):
-        plan = _autocast_dtypes(mode, input.device.type, cell=True, packed=False, proj=False,
-                                states=states, weights=(w_ih, w_hh))
+        plan = _autocast_dtypes(
+            mode, input.device.type, cell=True, packed=False, proj=False, states=states, weights=(w_ih, w_hh)
+        )
     if plan is not None:
         compute, h_dtype, c_dtype = plan
         cast = [_autocast_cast(t, compute) for t in (input, *states, w_ih, w_hh, b_ih, b_hh)]
@@ -174,7 +216,8 @@ def cell(
     concrete = backends.resolve(backend, input.device)
     spec = cells.for_mode(mode)
     bias, extras, attrs = spec.loop_inputs(
-        mode, {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}, b_ih is not None)
+        mode, {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}, b_ih is not None
+    )
     x_proj = (torch.addmm(bias, input, w_ih.t()) if bias is not None else input @ w_ih.t()).unsqueeze(0)
     _, *final = ops.recurrence(spec, x_proj, w_hh, extras, states, None, False, attrs, concrete)
     return tuple(final) if len(final) > 1 else final[0]

@@ -30,6 +30,7 @@ ONNX export of an LSTM with ``proj_size > 0`` raises a ValueError: torch.nn cann
 it either, and ONNX's LSTM operator has no projection (an LSTM node followed by a MatMul
 is not equivalent, since the projected state feeds the next step).
 """
+
 from __future__ import annotations
 
 import copy
@@ -173,6 +174,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype=torch.qint8, map
 
     ours = _fastrnn_classes()
     if qconfig_spec is not None:
+
         def key(k):
             return torch_twin_class(k) if isinstance(k, type) and issubclass(k, ours) else k
 

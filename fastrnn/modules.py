@@ -8,6 +8,7 @@ exception classes and messages; clearer ones where torch.nn's come from deep ins
 or where it silently accepts a wrong shape), normalises the layout once and calls
 :mod:`fastrnn.functional`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,8 +52,10 @@ class _RecurrentLayer:
         H = self.hidden_size
         P = self.proj_size if self.proj_size > 0 else H
         shapes = spec.shapes(1, batch, H, P)
-        zeros = tuple(torch.zeros(self.num_layers * D, *shapes[f"{s}0"], dtype=input.dtype, device=input.device)
-                      for s in spec.states)
+        zeros = tuple(
+            torch.zeros(self.num_layers * D, *shapes[f"{s}0"], dtype=input.dtype, device=input.device)
+            for s in spec.states
+        )
         return zeros if len(zeros) > 1 else zeros[0]
 
     def _check_hx_rank(self, hx, batched: bool) -> None:
@@ -61,8 +64,9 @@ class _RecurrentLayer:
         if self.mode == "LSTM":
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 is_seq = isinstance(hx, (tuple, list))
-                msg = (f"LSTM expects hx to be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}"
-                       + (f" of length {len(hx)}" if is_seq else ""))
+                msg = f"LSTM expects hx to be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}" + (
+                    f" of length {len(hx)}" if is_seq else ""
+                )
                 # torch.nn's classes: indexing hx[1] of a tensor or a 1-tuple is an IndexError,
                 # of a non-sequence a TypeError
                 if isinstance(hx, Tensor) or (is_seq and len(hx) < 2):
@@ -125,10 +129,18 @@ class _RecurrentLayer:
         _check_state_like(x, tuple(hx) if is_lstm else (hx,))
 
         output, hidden = functional.rnn(
-            self.mode, x, hx, self._flat_weights,
-            bias=self.bias, num_layers=self.num_layers, dropout=self.dropout,
-            training=self.training, bidirectional=self.bidirectional, proj_size=self.proj_size,
-            lengths=lengths, backend=getattr(self, "backend", "auto"),
+            self.mode,
+            x,
+            hx,
+            self._flat_weights,
+            bias=self.bias,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            training=self.training,
+            bidirectional=self.bidirectional,
+            proj_size=self.proj_size,
+            lengths=lengths,
+            backend=getattr(self, "backend", "auto"),
         )
 
         if packed:
@@ -224,14 +236,10 @@ class _Cell:
             states = tuple(s.unsqueeze(0) for s in states)
         # the checks ATen's *_cell functions make, with their messages
         if input.size(1) != self.input_size:
-            raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
-            )
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         for idx, s in enumerate(states):
             if input.size(0) != s.size(0):
-                raise RuntimeError(
-                    f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size {s.size(0)}"
-                )
+                raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size {s.size(0)}")
             if s.size(1) != self.hidden_size:
                 raise RuntimeError(
                     f"hidden{idx} has inconsistent hidden_size: got {s.size(1)}, expected {self.hidden_size}"
@@ -248,8 +256,13 @@ class _Cell:
         _check_state_like(input, states)
 
         out = functional.cell(
-            self._mode, input, states if is_lstm else states[0],
-            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+            self._mode,
+            input,
+            states if is_lstm else states[0],
+            self.weight_ih,
+            self.weight_hh,
+            self.bias_ih,
+            self.bias_hh,
             backend=getattr(self, "backend", "auto"),
         )
         if not batched:

@@ -5,7 +5,7 @@ tests, :mod:`fastrnn.testing` and the parity command all read them from here).
 ==========================================  ========  =========================
 compare                                      bound     metric
 ==========================================  ========  =========================
-fp64, any backend vs the reference           1e-9      rel-RMS ``‖a−b‖/‖b‖``
+fp64, any backend vs the reference           1e-9      rel-RMS ``‖a-b‖/‖b‖``
 fp32 vs torch.nn fp32 (IEEE products)        2e-5      per output and gradient
 fp32 on CUDA with TF32 allowed               2e-3
 fp16 / bf16 vs an fp32 reference             1e-2
@@ -53,7 +53,7 @@ def bound(dtype: torch.dtype, *, tf32: bool = False) -> float:
 
 
 def rel_rms(a: Tensor, b: Tensor) -> float:
-    """``‖a − b‖ / ‖b‖`` in float64; the absolute norm where ``b`` is all zeros, inf on NaN."""
+    """``‖a - b‖ / ‖b‖`` in float64; the absolute norm where ``b`` is all zeros, inf on NaN."""
     a, b = a.detach().double(), b.detach().double()
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")

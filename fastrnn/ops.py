@@ -41,8 +41,6 @@ through the reference steps, exact and differentiable for every backend.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -100,6 +98,7 @@ def _fresh(out: tuple, inputs: tuple) -> tuple:
     ids = {id(t) for t in out}
     if len(ids) == len(out) and all(t._base is None for t in out) and not ids & {id(t) for t in inputs}:
         return out  # every output is a distinct base tensor that is not an input: nothing can alias
+
     def key(t):
         return t.untyped_storage().data_ptr() if t.numel() else None
 
@@ -115,7 +114,7 @@ def _fresh(out: tuple, inputs: tuple) -> tuple:
     return tuple(res)
 
 
-def _native(backend: str, args: tuple) -> tuple[tuple, Optional[torch.dtype]]:
+def _native(backend: str, args: tuple) -> tuple[tuple, torch.dtype | None]:
     """``args`` in a dtype ``backend`` runs, and the half dtype to return results in (or None).
 
     float16/bfloat16 on a backend with float32 kernels only (cpp): the operands are widened
@@ -132,7 +131,7 @@ def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool) -> tuple:
-    named = dict(zip(cell.forward_args, args))
+    named = dict(zip(cell.forward_args, args, strict=True))
     _check(cell, named)
     native, low = _native(backend, args)
     out = tuple(backends.implementation(backend, f"{cell.name}_forward")(*native, workspace))
@@ -150,7 +149,7 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     GEMM over T*B rows, the extras' gradients; results in the upstream gradient's dtype."""
     dtype = args[0].dtype
     native, _ = _native(backend, args)
-    named = dict(zip(cell.grad_args, native))
+    named = dict(zip(cell.grad_args, native, strict=True))
     acc = acc_dtype(named["dy"].dtype)
     hp = reference.h_prev(_as(named["y"], acc), _as(named["h0"], acc), named["lengths"], named["reverse"])
     named["h_prev"] = hp
@@ -193,8 +192,12 @@ def _eager(args) -> bool:
 
 
 def _schema(names: tuple, cell: Cell, results: int, tail: str) -> str:
-    types = {"lengths": "Tensor?", "reverse": "bool", **{e: "Tensor?" for e in cell.extras},
-             **{a: t for a, t, _ in cell.attrs}}
+    types = {
+        "lengths": "Tensor?",
+        "reverse": "bool",
+        **dict.fromkeys(cell.extras, "Tensor?"),
+        **{a: t for a, t, _ in cell.attrs},
+    }
     params = ", ".join(f"{types.get(n, 'Tensor')} {n}" for n in names)
     return f"({params}, str backend{tail}) -> ({', '.join(['Tensor'] * results)})"
 
@@ -220,39 +223,50 @@ class Recurrence:
             return _run_backward(cell, args[:-1], args[-1])
 
         fwd = torch.library.custom_op(
-            qual, forward_body, mutates_args=(),
-            schema=_schema(cell.forward_args, cell, len(cell.forward_results), ", bool workspace=True"))
+            qual,
+            forward_body,
+            mutates_args=(),
+            schema=_schema(cell.forward_args, cell, len(cell.forward_results), ", bool workspace=True"),
+        )
         bwd = torch.library.custom_op(
-            qual + "_backward", backward_body, mutates_args=(),
-            schema=_schema(cell.grad_args, cell, len(cell.grad_results), ""))
+            qual + "_backward",
+            backward_body,
+            mutates_args=(),
+            schema=_schema(cell.grad_args, cell, len(cell.grad_results), ""),
+        )
 
         @fwd.register_fake
         def _(*args, **kwargs):
-            named = dict(zip(cell.forward_args, args))
+            named = dict(zip(cell.forward_args, args, strict=False))
             x = named["x_proj"]
             shapes = cell.shapes(*cell.dims(x, named["w_hh"], tuple(named[e] for e in cell.extras)))
             keep = workspace_arg(args, kwargs)
             acc = acc_dtype(x.dtype)
-            return (*(x.new_empty(shapes[r]) for r in cell.forward_results[:n_diff]),
-                    *(x.new_empty(shapes[r] if keep else (0,), dtype=acc) for r in cell.workspace))
+            return (
+                *(x.new_empty(shapes[r]) for r in cell.forward_results[:n_diff]),
+                *(x.new_empty(shapes[r] if keep else (0,), dtype=acc) for r in cell.workspace),
+            )
 
         @bwd.register_fake
         def _(*args):
-            named = dict(zip(cell.grad_args, args))
+            named = dict(zip(cell.grad_args, args, strict=False))
             dy, w_hh = named["dy"], named["w_hh"]
-            return (dy.new_empty(*dy.shape[:2], w_hh.shape[0]), dy.new_empty(w_hh.shape),
-                    *(dy.new_empty(0 if named[e] is None else named[e].shape) for e in cell.extras),
-                    *(dy.new_empty(named[f"{s}0"].shape) for s in cell.states))
+            return (
+                dy.new_empty(*dy.shape[:2], w_hh.shape[0]),
+                dy.new_empty(w_hh.shape),
+                *(dy.new_empty(0 if named[e] is None else named[e].shape) for e in cell.extras),
+                *(dy.new_empty(named[f"{s}0"].shape) for s in cell.states),
+            )
 
         def setup_context(ctx, inputs, output):
-            named = dict(zip(cell.forward_args, inputs))
+            named = dict(zip(cell.forward_args, inputs, strict=False))
             ctx.save_for_backward(*(named[a] for a in self.saved_names), output[0], *output[n_diff:])
             ctx.attrs = tuple(named[a] for a, *_ in cell.attrs)
             ctx.reverse, ctx.backend = named["reverse"], inputs[n_fwd]
             ctx.kept_workspace = workspace_arg(inputs, {})
 
         def backward(ctx, *grads):
-            return self._backward(ctx, grads) + (None,)  # the op's last argument: workspace
+            return (*self._backward(ctx, grads), None)  # the op's last argument: workspace
 
         fwd.register_autograd(backward, setup_context=setup_context)
         self.op = getattr(torch.ops.fastrnn, f"{cell.name}_recurrence")
@@ -265,7 +279,7 @@ class Recurrence:
         cell, n_diff = self.cell, self.n_diff
         saved = ctx.saved_tensors
         k = len(self.saved_names)
-        named = dict(zip(self.saved_names, saved[:k]))
+        named = dict(zip(self.saved_names, saved[:k], strict=True))
         y, workspace = saved[k], saved[k + 1 :]
         extras = tuple(named[e] for e in cell.extras)
         states0 = tuple(named[f"{s}0"] for s in cell.states)
@@ -274,19 +288,34 @@ class Recurrence:
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             ne = len(extras)
             grads = _differentiable_grads(
-                lambda x, w, *rest: reference.recurrence(cell, x, w, rest[:ne], rest[ne:], lengths, ctx.reverse,
-                                                         ctx.attrs),
-                (named["x_proj"], named["w_hh"], *extras, *states0), grads[:n_diff])
+                lambda x, w, *rest: reference.recurrence(
+                    cell, x, w, rest[:ne], rest[ne:], lengths, ctx.reverse, ctx.attrs
+                ),
+                (named["x_proj"], named["w_hh"], *extras, *states0),
+                grads[:n_diff],
+            )
             return (*grads, *tail)
         if not ctx.kept_workspace:
-            raise RuntimeError(f"fastrnn: {cell.name}_recurrence ran with workspace=False: it kept nothing to "
-                               "differentiate; run it with workspace=True when a backward follows")
-        args = (*grads[:n_diff], named["w_hh"], *extras, *states0, y, *workspace, lengths, ctx.reverse, *ctx.attrs,
-                ctx.backend)
+            raise RuntimeError(
+                f"fastrnn: {cell.name}_recurrence ran with workspace=False: it kept nothing to "
+                "differentiate; run it with workspace=True when a backward follows"
+            )
+        args = (
+            *grads[:n_diff],
+            named["w_hh"],
+            *extras,
+            *states0,
+            y,
+            *workspace,
+            lengths,
+            ctx.reverse,
+            *ctx.attrs,
+            ctx.backend,
+        )
         # the saved tensors were plain when the forward ran; only the upstream gradients can
         # come wrapped or batched (is_grads_batched, gradcheck)
         out = self.backward_body(*args) if _eager(grads[:n_diff]) else self.backward_op(*args)
-        d_extras = tuple(None if e is None else g for e, g in zip(extras, out[2 : 2 + len(extras)]))
+        d_extras = tuple(None if e is None else g for e, g in zip(extras, out[2 : 2 + len(extras)], strict=True))
         return (out[0], out[1], *d_extras, *out[2 + len(extras) :], *tail)
 
     def _function(self, setup_context):
@@ -307,12 +336,17 @@ class Recurrence:
             return out
 
         def backward(ctx, *grads):
-            grads = [g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
-                     for g, (shape, dtype, device) in zip(grads, ctx.grad_like)]
+            grads = [
+                g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
+                for g, (shape, dtype, device) in zip(grads, ctx.grad_like, strict=False)
+            ]
             return owner._backward(ctx, grads)
 
-        return type(f"{self.cell.title}Recurrence", (torch.autograd.Function,),
-                    {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+        return type(
+            f"{self.cell.title}Recurrence",
+            (torch.autograd.Function,),
+            {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+        )
 
     def __call__(self, *args):
         """The forward op's results for its arguments up to ``backend`` (the workspace is kept
@@ -346,7 +380,7 @@ lstm, gru, rnn = OPS["lstm"], OPS["gru"], OPS["rnn"]
 # ----------------------------------------------------------------------------------------
 # The one entry point of the functional stack
 # ----------------------------------------------------------------------------------------
-def needs_composite(*tensors: Optional[Tensor]) -> bool:
+def needs_composite(*tensors: Tensor | None) -> bool:
     """Whether a transform the fused ops cannot serve is applied to these tensors.
 
     Forward-mode AD (``torch.autograd.forward_ad`` dual tensors) and the torch.func
@@ -372,8 +406,17 @@ def needs_composite(*tensors: Optional[Tensor]) -> bool:
     return False
 
 
-def recurrence(cell: Cell, x_proj: Tensor, w_hh: Tensor, extras: tuple, states: tuple,
-               lengths: Optional[Tensor], reverse: bool, attrs: tuple, backend: str) -> tuple:
+def recurrence(
+    cell: Cell,
+    x_proj: Tensor,
+    w_hh: Tensor,
+    extras: tuple,
+    states: tuple,
+    lengths: Tensor | None,
+    reverse: bool,
+    attrs: tuple,
+    backend: str,
+) -> tuple:
     """One layer and direction of ``cell``: returns (y (T, B, P), *final states)."""
     if backend == backends.ORACLE or needs_composite(x_proj, w_hh, *extras, *states):
         return reference.recurrence(cell, x_proj, w_hh, extras, states, lengths, reverse, attrs)

@@ -18,8 +18,6 @@ serves the reverse direction, which then starts from h0 at each sequence's own l
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -33,16 +31,16 @@ def _steps(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _active(t: int, lengths: Optional[Tensor]) -> Optional[Tensor]:
+def _active(t: int, lengths: Tensor | None) -> Tensor | None:
     """(B, 1) bool mask of the sequences for which step t is real, or None (all are)."""
     return None if lengths is None else (t < lengths).unsqueeze(1)
 
 
-def _keep(mask: Optional[Tensor], new: Tensor, old: Tensor) -> Tensor:
+def _keep(mask: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
     return new if mask is None else torch.where(mask, new, old)
 
 
-def _zero_inactive(mask: Optional[Tensor], x: Tensor) -> Tensor:
+def _zero_inactive(mask: Tensor | None, x: Tensor) -> Tensor:
     # where, not a multiply: a padded step may hold inf/nan that 0 * x would propagate
     return x if mask is None else torch.where(mask, x, 0.0)
 
@@ -58,14 +56,14 @@ def forward_loop(cell: Cell, x_proj, w_hh, extras, states, lengths, reverse: boo
     for t in _steps(T, reverse):
         m = _active(t, lengths)
         out, new_states, step_ws = cell.step(x_proj[t], states, w_hh, extras, attrs)
-        states = tuple(_keep(m, n, s) for n, s in zip(new_states, states))
+        states = tuple(_keep(m, n, s) for n, s in zip(new_states, states, strict=True))
         ys[t] = _zero_inactive(m, out)
         ws[t] = (*step_ws, *(states[i] for i in cell.saved_states))
     workspace = tuple(torch.stack([w[k] for w in ws]) for k in range(len(cell.workspace)))
     return torch.stack(ys), states, workspace
 
 
-def _to_acc(*tensors: Optional[Tensor]) -> list:
+def _to_acc(*tensors: Tensor | None) -> list:
     return [t.to(acc_dtype(t.dtype)) if isinstance(t, Tensor) and t.is_floating_point() else t for t in tensors]
 
 
@@ -74,12 +72,13 @@ def recurrence(cell: Cell, x_proj, w_hh, extras, states, lengths=None, reverse=F
     fp16/bf16 inputs run in fp32 and the results are cast back, as the kernels do."""
     dtype = x_proj.dtype
     x_proj, w_hh, *rest = _to_acc(x_proj, w_hh, *extras, *states)
-    y, final, _ = forward_loop(cell, x_proj, w_hh, tuple(rest[: len(extras)]), tuple(rest[len(extras):]),
-                               lengths, reverse, attrs)
+    y, final, _ = forward_loop(
+        cell, x_proj, w_hh, tuple(rest[: len(extras)]), tuple(rest[len(extras) :]), lengths, reverse, attrs
+    )
     return (y.to(dtype), *(s.to(dtype) for s in final))
 
 
-def h_prev(y: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool) -> Tensor:
+def h_prev(y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
     """(T, B, P): the state each step started from, for the active steps.
 
     Forward direction: y[t-1] (always active when t is) or h0 at t=0. Reverse: y[t+1] when
@@ -137,14 +136,17 @@ def backward_loop(cell: Cell, named: dict):
         m = _active(t, lengths)
         p = t + 1 if reverse else t - 1
         dx_t, dgh_t, direct, new_rest, out_t = cell.step_backward(
-            _Saved(named, t, p), dh + dy[t], drest, w_hh, extras, attrs)
+            _Saved(named, t, p), dh + dy[t], drest, w_hh, extras, attrs
+        )
         dx[t] = _zero_inactive(m, dx_t)
         carried = dgh_t @ w_hh if direct is None else direct + dgh_t @ w_hh
         dh = _keep(m, carried, dh)
-        drest = tuple(_keep(m, n, o) for n, o in zip(new_rest, drest))
+        drest = tuple(_keep(m, n, o) for n, o in zip(new_rest, drest, strict=True))
         outs[t] = tuple(None if o is None else _zero_inactive(m, o) for o in out_t)
-    loop = tuple(dy.new_empty(0) if outs[0][k] is None else torch.stack([o[k] for o in outs])
-                 for k in range(len(cell.loop_grads)))
+    loop = tuple(
+        dy.new_empty(0) if outs[0][k] is None else torch.stack([o[k] for o in outs])
+        for k in range(len(cell.loop_grads))
+    )
     return (torch.stack(dx), dh, *drest, *loop)
 
 
@@ -156,14 +158,15 @@ def backward_loop(cell: Cell, named: dict):
 def _forward_entry(cell: Cell):
     def forward(*args, workspace: bool = True):
         # the reference always keeps its workspace (the shared layer drops it when unused)
-        named = dict(zip(cell.forward_args, args))
+        named = dict(zip(cell.forward_args, args, strict=False))
         dtype = named["x_proj"].dtype
-        acc = dict(zip(named, _to_acc(*named.values())))
+        acc = dict(zip(named, _to_acc(*named.values()), strict=True))
         extras = tuple(acc[e] for e in cell.extras)
         states = tuple(acc[f"{s}0"] for s in cell.states)
         attrs = tuple(acc[a] for a, *_ in cell.attrs)
-        y, final, ws = forward_loop(cell, acc["x_proj"], acc["w_hh"], extras, states, acc["lengths"],
-                                    acc["reverse"], attrs)
+        y, final, ws = forward_loop(
+            cell, acc["x_proj"], acc["w_hh"], extras, states, acc["lengths"], acc["reverse"], attrs
+        )
         return (y.to(dtype), *(s.to(dtype) for s in final), *ws)
 
     forward.__name__ = f"{cell.name}_forward"
@@ -172,7 +175,7 @@ def _forward_entry(cell: Cell):
 
 def _backward_entry(cell: Cell):
     def backward(*args):
-        named = dict(zip(cell.backward_args, _to_acc(*args)))
+        named = dict(zip(cell.backward_args, _to_acc(*args), strict=True))
         return backward_loop(cell, named)
 
     backward.__name__ = f"{cell.name}_backward"
@@ -182,5 +185,4 @@ def _backward_entry(cell: Cell):
 for _cell in CELLS.values():
     globals()[f"{_cell.name}_forward"] = _forward_entry(_cell)
     globals()[f"{_cell.name}_backward"] = _backward_entry(_cell)
-    __all__ += [f"{_cell.name}_forward", f"{_cell.name}_backward"]
 del _cell

@@ -17,13 +17,14 @@ prints, for every output, final state and gradient, the relative RMS error of fa
 against torch.nn (same dtype) and against the float64 oracle, with the bound from the
 numerics table. Exit status 1 if any row exceeds its bound.
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,8 +70,9 @@ class ParityReport:
         width = max([len(r.name) for r in self.rows] + [6])
         lines = [self.title] if self.title else []
         lines.append(f"{'tensor':<{width}}  {'rel-RMS':>10}  {'bound':>7}  ok")
-        for r in self.rows:
-            lines.append(f"{r.name:<{width}}  {r.rel_rms:>10.3e}  {r.bound:>7.0e}  {'yes' if r.passed else 'NO'}")
+        lines.extend(
+            f"{r.name:<{width}}  {r.rel_rms:>10.3e}  {r.bound:>7.0e}  {'yes' if r.passed else 'NO'}" for r in self.rows
+        )
         lines.append(f"{'all':<{width}}  {'':>10}  {'':>7}  {'yes' if self.passed else 'NO'}")
         return "\n".join(lines)
 
@@ -92,8 +94,9 @@ def _prepare(x: Any, dtype: torch.dtype, device: torch.device, leaves: list):
     if x is None:
         return None
     if isinstance(x, PackedSequence):
-        return PackedSequence(_prepare(x.data, dtype, device, leaves), x.batch_sizes,
-                              x.sorted_indices, x.unsorted_indices)
+        return PackedSequence(
+            _prepare(x.data, dtype, device, leaves), x.batch_sizes, x.sorted_indices, x.unsorted_indices
+        )
     if isinstance(x, (tuple, list)):
         return type(x)(_prepare(t, dtype, device, leaves) for t in x)
     if isinstance(x, Tensor) and x.is_floating_point():
@@ -131,10 +134,10 @@ def _forward(module: nn.Module, inputs: tuple):
 
 def _backward(module: nn.Module, outs: list[Tensor], leaves: list[Tensor], upstream: list[Tensor]):
     params = [p for _, p in module.named_parameters()]
-    loss = sum((o.double() * g.to(o.device)).sum() for o, g in zip(outs, upstream))
+    loss = sum((o.double() * g.to(o.device)).sum() for o, g in zip(outs, upstream, strict=True))
     grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves + params)]
-    return grads[: len(leaves)], grads[len(leaves):]
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves + params, strict=True)]
+    return grads[: len(leaves)], grads[len(leaves) :]
 
 
 def compare(
@@ -143,7 +146,7 @@ def compare(
     *inputs: Any,
     seed: int = 0,
     sync_weights: bool = True,
-    tol: Optional[float] = None,
+    tol: float | None = None,
 ) -> ParityReport:
     """Relative RMS error of ``a`` against ``b`` for every output, final state and gradient.
 
@@ -166,7 +169,7 @@ def compare(
     """
     if sync_weights:
         with torch.no_grad():
-            for pa, pb in zip(a.parameters(), b.parameters()):
+            for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
                 pb.copy_(pa)
     lo = min(_dtype(a), _dtype(b), key=_PRECISION.index)
     limit = tol if tol is not None else bound(lo, tf32=_tf32(a) or _tf32(b))
@@ -177,11 +180,11 @@ def compare(
     gin_a, gp_a = _backward(a, outs_a, leaves_a, upstream)
     gin_b, gp_b = _backward(b, outs_b, leaves_b, upstream)
     report = ParityReport(title=f"{type(a).__name__} ({_dtype(a)}) vs {type(b).__name__} ({_dtype(b)})")
-    for name, x, y in zip(_output_names(a, len(outs_a)), outs_a, outs_b):
+    for name, x, y in zip(_output_names(a, len(outs_a)), outs_a, outs_b, strict=True):
         report.rows.append(ParityRow(name, rel_rms(x, y), limit))
-    for name, x, y in zip(_input_names(a, inputs), gin_a, gin_b):
+    for name, x, y in zip(_input_names(a, inputs), gin_a, gin_b, strict=False):
         report.rows.append(ParityRow(f"grad_{name}", rel_rms(x, y), limit))
-    for (name, _), x, y in zip(a.named_parameters(), gp_a, gp_b):
+    for (name, _), x, y in zip(a.named_parameters(), gp_a, gp_b, strict=True):
         report.rows.append(ParityRow(f"grad_{name}", rel_rms(x, y), limit))
     return report
 
@@ -202,7 +205,10 @@ def oracle(module: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
 # python -m fastrnn.testing
 # ----------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastrnn.testing", description="Parity of a fastrnn layer against torch.nn and the float64 reference.")
+    p = argparse.ArgumentParser(
+        prog="python -m fastrnn.testing",
+        description="Parity of a fastrnn layer against torch.nn and the float64 reference.",
+    )
     p.add_argument("--cell", choices=sorted(cells.CELLS), default="lstm")
     p.add_argument("--input", type=int, default=None, help="input size (default: hidden)")
     p.add_argument("--hidden", type=int, default=128)
@@ -233,8 +239,10 @@ def main(argv=None) -> int:
     ok = True
     import fastrnn
 
-    print(f"fastrnn {fastrnn.__version__}, torch {torch.__version__}, device {a.device}, "
-          f"backend {backends.resolve(a.backend, torch.device(a.device))}")
+    print(
+        f"fastrnn {fastrnn.__version__}, torch {torch.__version__}, device {a.device}, "
+        f"backend {backends.resolve(a.backend, torch.device(a.device))}"
+    )
     print(f"{a.cell.upper()} T={a.seq} B={a.batch} input={in_size} hidden={a.hidden} {kw}\n")
     if dtype in (torch.float16, torch.bfloat16):
         print("torch.nn: skipped (its fp16/bf16 results are not a reference; see the oracle below)\n")

@@ -31,11 +31,12 @@ operands (the fp32 state rounded to the weights' dtype) with fp32 accumulation, 
 RNNs do; state, cell math and workspaces stay fp32, outputs are in the input dtype.
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (IEEE).
 """
+
 import torch
 
-from . import gru, lstm, rnn
-
 from fastrnn.numerics import dot_precision
+
+from . import gru, lstm, rnn
 
 __all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
 

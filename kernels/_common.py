@@ -1,6 +1,7 @@
 """Helpers shared by the cell modules: activations, tiles, the recurrent product, the choice
 among the kernel shapes, the persistent grid's rules and barrier, and the backward step
 that carries dh."""
+
 import os
 
 import torch
@@ -36,7 +37,7 @@ SHAPES = ("sequence", "step", "persistent")
 
 
 def kernel_shape(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> str:
-    """"sequence" (one launch, weights on chip) when the padded weight tiles (``elem``
+    """ "sequence" (one launch, weights on chip) when the padded weight tiles (``elem``
     bytes an element: the weights' dtype) fit RESIDENT_BYTES, else "step" (one launch
     per step, weights streamed from L2).
     FASTRNN_TRITON_KERNEL=sequence|step|persistent forces one (tests, benchmarks).
@@ -77,7 +78,7 @@ def warps_for(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> int:
 # fp32: 3.1e-9 relative at most.
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2_HI = tl.constexpr(0.693145751953125)  # ln 2 to 16 bits: n * _LN2_HI is exact for |n| < 256
-_LN2_LO = tl.constexpr(1.4286068e-06)      # fp32(ln 2 - _LN2_HI)
+_LN2_LO = tl.constexpr(1.4286068e-06)  # fp32(ln 2 - _LN2_HI)
 
 
 @triton.jit
@@ -225,8 +226,21 @@ def store_rows(ptr, stride, rows, row_mask, cols, N, value):
 
 
 @triton.jit
-def matmul_rows(acc, a_ptr, stride_a, rows, row_mask, K, w_ptr, stride_wk, stride_wn, cols, col_mask,
-                BK: tl.constexpr, PRECISION: tl.constexpr):
+def matmul_rows(
+    acc,
+    a_ptr,
+    stride_a,
+    rows,
+    row_mask,
+    K,
+    w_ptr,
+    stride_wk,
+    stride_wn,
+    cols,
+    col_mask,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """acc (BB, BN) += A[rows, 0:K] @ W[0:K, cols], with W[k, n] at w_ptr + k*stride_wk + n*stride_wn.
 
     A and W are read in K-chunks of BK and multiplied as ``mm`` does.
@@ -235,8 +249,9 @@ def matmul_rows(acc, a_ptr, stride_a, rows, row_mask, K, w_ptr, stride_wk, strid
         kk = k0 + tl.arange(0, BK)
         km = kk < K
         a = tl.load(a_ptr + rows[:, None] * stride_a + kk[None, :], mask=row_mask[:, None] & km[None, :], other=0.0)
-        w = tl.load(w_ptr + kk[:, None] * stride_wk + cols[None, :] * stride_wn,
-                    mask=km[:, None] & col_mask[None, :], other=0.0)
+        w = tl.load(
+            w_ptr + kk[:, None] * stride_wk + cols[None, :] * stride_wn, mask=km[:, None] & col_mask[None, :], other=0.0
+        )
         acc += mm(a, w, PRECISION)
     return acc
 
@@ -285,13 +300,21 @@ def active_rows(t, rows, row_mask, len_ptr, HAS_LENGTHS: tl.constexpr):
 
 @triton.jit(do_not_specialize=["t"])
 def carry_dh_step_kernel(
-    dg_ptr, G,              # dgates of step t (B, G) fp32, contiguous
-    w_ptr,                  # w_hh (G, N) contiguous: dh_{t-1} = dgates_t @ W_hh
-    direct_ptr,             # (B, N) fp32 term added to the product (GRU: dh*z), when HAS_DIRECT
-    dh_ptr,                 # (B, N) fp32 carried gradient, updated in place
-    len_ptr, t, B, N,
-    HAS_DIRECT: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    dg_ptr,
+    G,  # dgates of step t (B, G) fp32, contiguous
+    w_ptr,  # w_hh (G, N) contiguous: dh_{t-1} = dgates_t @ W_hh
+    direct_ptr,  # (B, N) fp32 term added to the product (GRU: dh*z), when HAS_DIRECT
+    dh_ptr,  # (B, N) fp32 carried gradient, updated in place
+    len_ptr,
+    t,
+    B,
+    N,
+    HAS_DIRECT: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Backward step kernel, shared by every cell: rows active at step t take
     dh = dgates_t @ W_hh (+ direct); the others keep the gradient they carry. Each program

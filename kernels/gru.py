@@ -9,12 +9,27 @@ Backward of one step (h_t = (1-z)*n + z*h_{t-1}, n = tanh(x_n + r*(gh_n + b_hn))
     dan = dh*(1-z)*(1-n^2),  dar = dan*(gh_n + b_hn)*r(1-r),  daz = dh*(h_{t-1} - n)*z(1-z)
     d(gh) = [dar, daz, dan*r],  dh_{t-1} = dh*z + d(gh) @ W_hh
 """
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (active_rows, alloc, gate_tile, gate_tile_t, grid_barrier, load_rows, load_rows_l2,
-                      matmul_rows, mm, program_tile, sigmoid, step_index, store_rows, tanh)
+from ._common import (
+    active_rows,
+    alloc,
+    gate_tile,
+    gate_tile_t,
+    grid_barrier,
+    load_rows,
+    load_rows_l2,
+    matmul_rows,
+    mm,
+    program_tile,
+    sigmoid,
+    step_index,
+    store_rows,
+    tanh,
+)
 from .launch import barrier_counters, carry_dh, launch, plan, run
 
 
@@ -41,10 +56,16 @@ def _gru_cell_backward(r, z, n, hn, h_prev, dh):
 def _gru_step_math(x_ptr, sxb, acts_ptr, rows, rmask, jj, H, a2, ghr, ghz, ghn, b_hn, h_prev):
     """Cell of one step from x_proj[t] rows and the three recurrent products; writes the
     workspace row block acts[t] (r, z, n, hn; zero when inactive) and returns h_t."""
-    r, z, n, hn, h = _gru_cell(load_rows(x_ptr, sxb, rows, rmask, jj, H),
-                               load_rows(x_ptr + H, sxb, rows, rmask, jj, H),
-                               load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H),
-                               ghr, ghz, ghn, b_hn, h_prev)
+    r, z, n, hn, h = _gru_cell(
+        load_rows(x_ptr, sxb, rows, rmask, jj, H),
+        load_rows(x_ptr + H, sxb, rows, rmask, jj, H),
+        load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H),
+        ghr,
+        ghz,
+        ghn,
+        b_hn,
+        h_prev,
+    )
     store_rows(acts_ptr, 4 * H, rows, rmask, jj, H, tl.where(a2, r, 0.0))
     store_rows(acts_ptr + H, 4 * H, rows, rmask, jj, H, tl.where(a2, z, 0.0))
     store_rows(acts_ptr + 2 * H, 4 * H, rows, rmask, jj, H, tl.where(a2, n, 0.0))
@@ -65,9 +86,13 @@ def _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr):
     """Cell backward of one step: writes the dx[t] row block (zero when inactive) and returns
     d(gh) = (dar, daz, dan*r), zero when inactive, and dh*z for the dh carry."""
     dar, daz, dan, dgn, dd = _gru_cell_backward(
-        load_rows(acts_ptr, 4 * H, rows, rmask, jj, H), load_rows(acts_ptr + H, 4 * H, rows, rmask, jj, H),
-        load_rows(acts_ptr + 2 * H, 4 * H, rows, rmask, jj, H), load_rows(acts_ptr + 3 * H, 4 * H, rows, rmask, jj, H),
-        load_rows(hprev_ptr, H, rows, rmask, jj, H), dh)
+        load_rows(acts_ptr, 4 * H, rows, rmask, jj, H),
+        load_rows(acts_ptr + H, 4 * H, rows, rmask, jj, H),
+        load_rows(acts_ptr + 2 * H, 4 * H, rows, rmask, jj, H),
+        load_rows(acts_ptr + 3 * H, 4 * H, rows, rmask, jj, H),
+        load_rows(hprev_ptr, H, rows, rmask, jj, H),
+        dh,
+    )
     dar = tl.where(a2, dar, 0.0)
     daz = tl.where(a2, daz, 0.0)
     _store3(dx_ptr, rows, rmask, jj, H, dar, daz, tl.where(a2, dan, 0.0))
@@ -89,17 +114,25 @@ def _b_hn(bhn_ptr, jj, H, HAS_BHN: tl.constexpr, BH: tl.constexpr):
 # ---------------------------------------------------------------------------------------
 @triton.jit
 def gru_fwd_seq_kernel(
-    x_ptr, sxt, sxb,        # x_proj (T, B, 3H); strides of t and b, last dim contiguous
-    w_ptr,                  # w_hh (3H, H) contiguous
-    bhn_ptr,                # b_hn (H,), when HAS_BHN
-    h0_ptr,                 # (B, H)
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    y_ptr,                  # out (T, B, H), input dtype
-    acts_ptr,               # out workspace (T, B, 4H) fp32: r, z, n, hn
-    hn_ptr,                 # out (B, H) fp32: final state
-    T, B, H,
-    REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxt,
+    sxb,  # x_proj (T, B, 3H); strides of t and b, last dim contiguous
+    w_ptr,  # w_hh (3H, H) contiguous
+    bhn_ptr,  # b_hn (H,), when HAS_BHN
+    h0_ptr,  # (B, H)
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    y_ptr,  # out (T, B, H), input dtype
+    acts_ptr,  # out workspace (T, B, 4H) fp32: r, z, n, hn
+    hn_ptr,  # out (B, H) fp32: final state
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_BHN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     w_r = gate_tile_t(w_ptr, 0, 0, H, H, BH, BH)  # [k, j] = W_hh[n*H + j, k]
@@ -107,12 +140,24 @@ def gru_fwd_seq_kernel(
     w_n = gate_tile_t(w_ptr, 2, 0, H, H, BH, BH)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        h_new = _gru_step_math(x_ptr + t * sxt, sxb, acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2,
-                               mm(h, w_r, PRECISION), mm(h, w_z, PRECISION),
-                               mm(h, w_n, PRECISION), b_hn, h)
+        h_new = _gru_step_math(
+            x_ptr + t * sxt,
+            sxb,
+            acts_ptr + t * B * 4 * H,
+            rows,
+            rmask,
+            jj,
+            H,
+            a2,
+            mm(h, w_r, PRECISION),
+            mm(h, w_z, PRECISION),
+            mm(h, w_n, PRECISION),
+            b_hn,
+            h,
+        )
         h = tl.where(a2, h_new, h)
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
     store_rows(hn_ptr, H, rows, rmask, jj, H, h)
@@ -120,32 +165,38 @@ def gru_fwd_seq_kernel(
 
 @triton.jit
 def gru_bwd_seq_kernel(
-    dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
-    w_ptr,                  # w_hh (3H, H) contiguous
-    acts_ptr,               # forward workspace (T, B, 4H) fp32
-    hprev_ptr,              # (T, B, H): the state each step started from
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    dx_ptr,                 # out (T, B, 3H) fp32: d x_proj
-    dh0_ptr,                # out (B, H) fp32
-    T, B, H,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,
+    dhn_ptr,  # (T, B, H), (B, H)
+    w_ptr,  # w_hh (3H, H) contiguous
+    acts_ptr,  # forward workspace (T, B, 4H) fp32
+    hprev_ptr,  # (T, B, H): the state each step started from
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    dx_ptr,  # out (T, B, 3H) fp32: d x_proj
+    dh0_ptr,  # out (B, H) fp32
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     w_r = gate_tile(w_ptr, 0, 0, H, H, BH, BH)  # [j, k] = W_hh[n*H + j, k]
     w_z = gate_tile(w_ptr, 1, 0, H, H, BH, BH)
     w_n = gate_tile(w_ptr, 2, 0, H, H, BH, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
-        dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
-                                               jj, H, a2, dx_ptr + t * B * 3 * H)
+        dar, daz, dgn, dd = _gru_step_backward(
+            acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask, jj, H, a2, dx_ptr + t * B * 3 * H
+        )
         # this order of the sum: compiled for sm_90 (fp32, H=64) it takes 4 KB less shared
         # memory than dar, daz, dgn (python -m fastrnn.kernels.resources)
-        dh_prev = (dd + mm(dgn, w_n, PRECISION) + mm(dar, w_r, PRECISION)
-                   + mm(daz, w_z, PRECISION))
+        dh_prev = dd + mm(dgn, w_n, PRECISION) + mm(dar, w_r, PRECISION) + mm(daz, w_z, PRECISION)
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
@@ -155,15 +206,24 @@ def gru_bwd_seq_kernel(
 # ---------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["t"])
 def gru_fwd_step_kernel(
-    x_ptr, sxb,             # x_proj[t] (B, 3H), row stride sxb, last dim contiguous
-    w_ptr, bhn_ptr,         # w_hh (3H, H) contiguous; b_hn (H,) when HAS_BHN
-    hprev_ptr,              # h_{t-1} (B, H) fp32
-    len_ptr, t,
-    acts_ptr,               # out acts[t] (B, 4H) fp32
-    hnxt_ptr, y_ptr,        # out h_t (B, H) fp32, y[t] (B, H)
-    B, H,
-    HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxb,  # x_proj[t] (B, 3H), row stride sxb, last dim contiguous
+    w_ptr,
+    bhn_ptr,  # w_hh (3H, H) contiguous; b_hn (H,) when HAS_BHN
+    hprev_ptr,  # h_{t-1} (B, H) fp32
+    len_ptr,
+    t,
+    acts_ptr,  # out acts[t] (B, 4H) fp32
+    hnxt_ptr,
+    y_ptr,  # out h_t (B, H) fp32, y[t] (B, H)
+    B,
+    H,
+    HAS_BHN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     jm = jj < H
@@ -173,21 +233,29 @@ def gru_fwd_step_kernel(
     ghz = matmul_rows(zero, hprev_ptr, H, rows, rmask, H, w_ptr + H * H, 1, H, jj, jm, BK, PRECISION)
     ghn = matmul_rows(zero, hprev_ptr, H, rows, rmask, H, w_ptr + 2 * H * H, 1, H, jj, jm, BK, PRECISION)
     h_prev = load_rows(hprev_ptr, H, rows, rmask, jj, H)
-    h = _gru_step_math(x_ptr, sxb, acts_ptr, rows, rmask, jj, H, a2, ghr, ghz, ghn,
-                       _b_hn(bhn_ptr, jj, H, HAS_BHN, BH), h_prev)
+    h = _gru_step_math(
+        x_ptr, sxb, acts_ptr, rows, rmask, jj, H, a2, ghr, ghz, ghn, _b_hn(bhn_ptr, jj, H, HAS_BHN, BH), h_prev
+    )
     store_rows(hnxt_ptr, H, rows, rmask, jj, H, tl.where(a2, h, h_prev))
     store_rows(y_ptr, H, rows, rmask, jj, H, tl.where(a2, h, 0.0))
 
 
 @triton.jit(do_not_specialize=["t"])
 def gru_bwd_step_kernel(
-    dh_ptr, dy_ptr,         # carried dh (B, H) fp32; dy[t] (B, H)
-    acts_ptr, hprev_ptr,    # acts[t] (B, 4H) fp32, h_prev[t] (B, H)
-    len_ptr, t,
-    dx_ptr, dgh_ptr,        # out dx[t] (B, 3H) fp32; out (B, 3H) fp32 d(gh) for carry_dh
-    dd_ptr,                 # out (B, H) fp32: dh*z, the direct part of dh_{t-1}
-    B, H,
-    HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+    dh_ptr,
+    dy_ptr,  # carried dh (B, H) fp32; dy[t] (B, H)
+    acts_ptr,
+    hprev_ptr,  # acts[t] (B, 4H) fp32, h_prev[t] (B, H)
+    len_ptr,
+    t,
+    dx_ptr,
+    dgh_ptr,  # out dx[t] (B, 3H) fp32; out (B, 3H) fp32 d(gh) for carry_dh
+    dd_ptr,  # out (B, H) fp32: dh*z, the direct part of dh_{t-1}
+    B,
+    H,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
@@ -204,16 +272,26 @@ def gru_bwd_step_kernel(
 # ---------------------------------------------------------------------------------------
 @triton.jit
 def gru_fwd_persistent_kernel(
-    x_ptr, sxt, sxb,        # x_proj (T, B, 3H); strides of t and b, last dim contiguous
-    w_ptr, bhn_ptr,         # w_hh (3H, H) contiguous; b_hn (H,) when HAS_BHN
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    y_ptr,                  # out (T, B, H), input dtype
-    acts_ptr,               # out workspace (T, B, 4H) fp32
-    hbuf_ptr,               # (2, B, H) fp32: h exchanged between programs; [0] holds h0
-    count_ptr,              # (n_b,) int32 zeros: barrier counter of each batch block
-    T, B, H,
-    REVERSE: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxt,
+    sxb,  # x_proj (T, B, 3H); strides of t and b, last dim contiguous
+    w_ptr,
+    bhn_ptr,  # w_hh (3H, H) contiguous; b_hn (H,) when HAS_BHN
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    y_ptr,  # out (T, B, H), input dtype
+    acts_ptr,  # out workspace (T, B, 4H) fp32
+    hbuf_ptr,  # (2, B, H) fp32: h exchanged between programs; [0] holds h0
+    count_ptr,  # (n_b,) int32 zeros: barrier counter of each batch block
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_BHN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
@@ -223,15 +301,27 @@ def gru_fwd_persistent_kernel(
     w_z = gate_tile_t(w_ptr, 1, j0, H, H, BK, BH)
     w_n = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         hcur = hbuf_ptr + (s % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
-        h_new = _gru_step_math(x_ptr + t * sxt, sxb, acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2,
-                               mm(h, w_r, PRECISION), mm(h, w_z, PRECISION),
-                               mm(h, w_n, PRECISION), b_hn, h_prev)
+        h_new = _gru_step_math(
+            x_ptr + t * sxt,
+            sxb,
+            acts_ptr + t * B * 4 * H,
+            rows,
+            rmask,
+            jj,
+            H,
+            a2,
+            mm(h, w_r, PRECISION),
+            mm(h, w_z, PRECISION),
+            mm(h, w_n, PRECISION),
+            b_hn,
+            h_prev,
+        )
         store_rows(hbuf_ptr + ((s + 1) % 2) * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
         grid_barrier(count_ptr, s)
@@ -239,20 +329,28 @@ def gru_fwd_persistent_kernel(
 
 @triton.jit
 def gru_bwd_persistent_kernel(
-    dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
-    w_ptr,                  # w_hh (3H, H) contiguous
-    acts_ptr, hprev_ptr,    # forward workspace (T, B, 4H) fp32, states each step started from (T, B, H)
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    dx_ptr,                 # out (T, B, 3H) fp32
-    dgh_ptr,                # (T, B, 3H) fp32 scratch: d(gh) of each step, exchanged between programs.
-                            # A (2, B, 3H) double buffer would do (a program must pass the next
-                            # barrier before it reuses a slot), but compiled for sm_90 its index
-                            # cost 32 registers (bf16, H=64)
-    dh0_ptr,                # out (B, H) fp32
-    count_ptr,              # (n_b,) int32 zeros
-    T, B, H,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,
+    dhn_ptr,  # (T, B, H), (B, H)
+    w_ptr,  # w_hh (3H, H) contiguous
+    acts_ptr,
+    hprev_ptr,  # forward workspace (T, B, 4H) fp32, states each step started from (T, B, H)
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    dx_ptr,  # out (T, B, 3H) fp32
+    dgh_ptr,  # (T, B, 3H) fp32 scratch: d(gh) of each step, exchanged between programs.
+    # A (2, B, 3H) double buffer would do (a program must pass the next
+    # barrier before it reuses a slot), but compiled for sm_90 its index
+    # cost 32 registers (bf16, H=64)
+    dh0_ptr,  # out (B, H) fp32
+    count_ptr,  # (n_b,) int32 zeros
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
@@ -262,19 +360,23 @@ def gru_bwd_persistent_kernel(
     w_z = gate_tile(w_ptr, 1, j0, H, H, BK, BH)
     w_n = gate_tile(w_ptr, 2, j0, H, H, BK, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dgt = dgh_ptr + t * B * 3 * H
-        dar, daz, dgn, dd = _gru_step_backward(acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask,
-                                               jj, H, a2, dx_ptr + t * B * 3 * H)
+        dar, daz, dgn, dd = _gru_step_backward(
+            acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask, jj, H, a2, dx_ptr + t * B * 3 * H
+        )
         _store3(dgt, rows, rmask, jj, H, dar, daz, dgn)
         grid_barrier(count_ptr, s)
         # every program's dgh columns of step t are written: dh_{t-1} for own columns
-        dh_prev = (dd + mm(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, PRECISION)
-                   + mm(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, PRECISION)
-                   + mm(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, PRECISION))
+        dh_prev = (
+            dd
+            + mm(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, PRECISION)
+            + mm(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, PRECISION)
+            + mm(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, PRECISION)
+        )
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
 
@@ -303,19 +405,66 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     hbuf[0].copy_(h0)
 
     def sequence():
-        launch(gru_fwd_seq_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
-               bhn_ptr=bhn, h0_ptr=h0.contiguous(), len_ptr=lens, y_ptr=y, acts_ptr=acts, hn_ptr=hbuf[T % 2],
-               T=T, B=B, H=H, REVERSE=reverse, **flags)
+        launch(
+            gru_fwd_seq_kernel,
+            p,
+            x_ptr=x_proj,
+            sxt=x_proj.stride(0),
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            bhn_ptr=bhn,
+            h0_ptr=h0.contiguous(),
+            len_ptr=lens,
+            y_ptr=y,
+            acts_ptr=acts,
+            hn_ptr=hbuf[T % 2],
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            **flags,
+        )
 
     def persistent():
-        launch(gru_fwd_persistent_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
-               bhn_ptr=bhn, len_ptr=lens, y_ptr=y, acts_ptr=acts, hbuf_ptr=hbuf, count_ptr=barrier_counters(p, dev),
-               T=T, B=B, H=H, REVERSE=reverse, **flags)
+        launch(
+            gru_fwd_persistent_kernel,
+            p,
+            x_ptr=x_proj,
+            sxt=x_proj.stride(0),
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            bhn_ptr=bhn,
+            len_ptr=lens,
+            y_ptr=y,
+            acts_ptr=acts,
+            hbuf_ptr=hbuf,
+            count_ptr=barrier_counters(p, dev),
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            **flags,
+        )
 
     def step(s, t, prev):
-        launch(gru_fwd_step_kernel, p, "H", x_ptr=x_proj[t], sxb=x_proj.stride(1), w_ptr=w_hh, bhn_ptr=bhn,
-               hprev_ptr=hbuf[s % 2], len_ptr=lens, t=t, acts_ptr=acts[t], hnxt_ptr=hbuf[(s + 1) % 2], y_ptr=y[t],
-               B=B, H=H, **flags)
+        launch(
+            gru_fwd_step_kernel,
+            p,
+            "H",
+            x_ptr=x_proj[t],
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            bhn_ptr=bhn,
+            hprev_ptr=hbuf[s % 2],
+            len_ptr=lens,
+            t=t,
+            acts_ptr=acts[t],
+            hnxt_ptr=hbuf[(s + 1) % 2],
+            y_ptr=y[t],
+            B=B,
+            H=H,
+            **flags,
+        )
 
     run(p, T, reverse, backward=False, sequence=sequence, step=step, persistent=persistent)
     return y, hbuf[T % 2].to(dtype), acts
@@ -337,13 +486,44 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
     dh = alloc(B, H, device=dev, dtype=f32)
 
     def sequence():
-        launch(gru_bwd_seq_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, w_ptr=w_hh, acts_ptr=acts, hprev_ptr=h_prev,
-               len_ptr=lens, dx_ptr=dx, dh0_ptr=dh, T=T, B=B, H=H, REVERSE=reverse, **flags)
+        launch(
+            gru_bwd_seq_kernel,
+            p,
+            dy_ptr=dy,
+            dhn_ptr=dh_n,
+            w_ptr=w_hh,
+            acts_ptr=acts,
+            hprev_ptr=h_prev,
+            len_ptr=lens,
+            dx_ptr=dx,
+            dh0_ptr=dh,
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            **flags,
+        )
 
     def persistent():
-        launch(gru_bwd_persistent_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, w_ptr=w_hh, acts_ptr=acts, hprev_ptr=h_prev,
-               len_ptr=lens, dx_ptr=dx, dgh_ptr=alloc(T, B, 3 * H, device=dev, dtype=f32), dh0_ptr=dh,
-               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags)
+        launch(
+            gru_bwd_persistent_kernel,
+            p,
+            dy_ptr=dy,
+            dhn_ptr=dh_n,
+            w_ptr=w_hh,
+            acts_ptr=acts,
+            hprev_ptr=h_prev,
+            len_ptr=lens,
+            dx_ptr=dx,
+            dgh_ptr=alloc(T, B, 3 * H, device=dev, dtype=f32),
+            dh0_ptr=dh,
+            count_ptr=barrier_counters(p, dev),
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            **flags,
+        )
 
     if p.shape == "step":  # d(gh) = [dar, daz, dan*r] and dh*z of the current step, for carry_dh
         dgh = alloc(B, 3 * H, device=dev, dtype=f32)
@@ -352,8 +532,23 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
     def step(s, t, prev):
         if s == T - 1:  # the first step undone: the step kernels carry dh in place from dh_n
             dh.copy_(dh_n)
-        launch(gru_bwd_step_kernel, p, "H", dh_ptr=dh, dy_ptr=dy[t], acts_ptr=acts[t], hprev_ptr=h_prev[t],
-               len_ptr=lens, t=t, dx_ptr=dx[t], dgh_ptr=dgh, dd_ptr=dd, B=B, H=H, HAS_LENGTHS=lengths is not None)
+        launch(
+            gru_bwd_step_kernel,
+            p,
+            "H",
+            dh_ptr=dh,
+            dy_ptr=dy[t],
+            acts_ptr=acts[t],
+            hprev_ptr=h_prev[t],
+            len_ptr=lens,
+            t=t,
+            dx_ptr=dx[t],
+            dgh_ptr=dgh,
+            dd_ptr=dd,
+            B=B,
+            H=H,
+            HAS_LENGTHS=lengths is not None,
+        )
         carry_dh(p, dgh, w_hh, dh, dd, lens, lengths is not None, t, precision)
 
     run(p, T, reverse, backward=True, sequence=sequence, step=step, persistent=persistent)

@@ -7,18 +7,28 @@ passed by name, the plan's block sizes added, and the argument set checked again
 kernel's parameters, so neither an argument order nor a forgotten argument can go wrong
 silently. The cell modules only say which tensors each of their kernels takes.
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import torch
 import triton
 
-from ._common import (BLOCK_B, PERSISTENT_WARPS, carry_dh_step_kernel, kernel_shape, persistent_grid,
-                      persistent_tile, pow2_block, time_steps, warps_for)
+from ._common import (
+    BLOCK_B,
+    PERSISTENT_WARPS,
+    carry_dh_step_kernel,
+    kernel_shape,
+    persistent_grid,
+    persistent_tile,
+    pow2_block,
+    time_steps,
+    warps_for,
+)
 
 STEP_BK = 32  # K-chunk of the step kernels' streamed products (matmul_rows)
 
@@ -28,8 +38,12 @@ def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) 
     for ``n_gates`` weight tiles of ``elem`` bytes an element; None where the shape has no
     kernel (persistent with a projection, or no persistent tile fits)."""
     if shape == "sequence":  # one program holds the whole hidden width
-        return dict(BB=BLOCK_B, BH=pow2_block(H, hi=1 << 30), BP=pow2_block(P, hi=1 << 30),
-                    num_warps=warps_for(n_gates, H, P, proj, elem))
+        return dict(
+            BB=BLOCK_B,
+            BH=pow2_block(H, hi=1 << 30),
+            BP=pow2_block(P, hi=1 << 30),
+            num_warps=warps_for(n_gates, H, P, proj, elem),
+        )
     if shape == "step":  # BN: the state-width tile of the shared carry_dh step
         return dict(BB=BLOCK_B, BH=pow2_block(H), BP=pow2_block(P), BN=pow2_block(P), BK=STEP_BK, num_warps=4)
     if shape == "persistent":  # BK: the whole state row each program multiplies by its slice
@@ -63,19 +77,19 @@ class Plan:
         raise ValueError(f"a step kernel's grid needs width 'H' or 'P', got {width!r}")
 
 
-def plan(n_gates: int, H: int, P: int, proj: bool, elem: int, B: int, device: torch.device,
-         has_persistent: bool = True) -> Plan:
+def plan(
+    n_gates: int, H: int, P: int, proj: bool, elem: int, B: int, device: torch.device, has_persistent: bool = True
+) -> Plan:
     """The kernel shape for this problem: ``kernel_shape``'s choice, except that a persistent
     request falls back to the step kernels where no persistent grid can run (a cell without
     persistent kernels, a projection, no tile fits, or the grid could not be resident at once)."""
     shape = kernel_shape(n_gates, H, P, proj, elem)
-    if shape == "persistent" and (not has_persistent or proj
-                                  or persistent_grid(B, H, n_gates, device, elem) is None):
+    if shape == "persistent" and (not has_persistent or proj or persistent_grid(B, H, n_gates, device, elem) is None):
         shape = "step"
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _params(kernel) -> tuple[str, ...]:
     return tuple(inspect.signature(kernel.fn).parameters)
 
@@ -87,13 +101,22 @@ def launch(kernel, p: Plan, width: str | None = None, **args) -> None:
     meta = {k: v for k, v in p.meta.items() if k in params}
     given = set(args) | set(meta)
     if given != set(params):
-        raise TypeError(f"{kernel.fn.__name__}: missing {sorted(set(params) - given)}, "
-                        f"unknown {sorted(given - set(params))}")
+        raise TypeError(
+            f"{kernel.fn.__name__}: missing {sorted(set(params) - given)}, unknown {sorted(given - set(params))}"
+        )
     kernel[p.grid(width)](**args, **meta, num_warps=p.meta["num_warps"])
 
 
-def run(p: Plan, T: int, reverse: bool, *, backward: bool, sequence: Callable[[], None],
-        step: Callable[[int, int, int], None], persistent: Callable[[], None] | None = None) -> None:
+def run(
+    p: Plan,
+    T: int,
+    reverse: bool,
+    *,
+    backward: bool,
+    sequence: Callable[[], None],
+    step: Callable[[int, int, int], None],
+    persistent: Callable[[], None] | None = None,
+) -> None:
     """Run the plan's shape: ``sequence()`` or ``persistent()`` once, or ``step(s, t, prev)``
     per time step in processing order (reversed for a backward; ``prev`` is the time index
     of the step before t in the forward order, -1 at the first)."""
@@ -103,7 +126,7 @@ def run(p: Plan, T: int, reverse: bool, *, backward: bool, sequence: Callable[[]
         persistent()
     else:
         steps = list(time_steps(T, reverse))
-        for s, t, prev in (reversed(steps) if backward else steps):
+        for s, t, prev in reversed(steps) if backward else steps:
             step(s, t, prev)
 
 
@@ -115,6 +138,20 @@ def barrier_counters(p: Plan, device: torch.device) -> torch.Tensor:
 def carry_dh(p: Plan, dg_t, w_hh, dh, direct, lens, has_lengths: bool, t: int, precision: str) -> None:
     """The step kernels' dh_{t-1} = dgates_t @ W_hh (+ direct), in place on dh (B, P):
     carry_dh_step_kernel, shared by every cell."""
-    launch(carry_dh_step_kernel, p, "P", dg_ptr=dg_t, G=dg_t.shape[-1], w_ptr=w_hh,
-           direct_ptr=direct if direct is not None else dh, dh_ptr=dh, len_ptr=lens, t=t, B=p.B, N=p.P,
-           HAS_DIRECT=direct is not None, HAS_LENGTHS=has_lengths, PRECISION=precision)
+    launch(
+        carry_dh_step_kernel,
+        p,
+        "P",
+        dg_ptr=dg_t,
+        G=dg_t.shape[-1],
+        w_ptr=w_hh,
+        direct_ptr=direct if direct is not None else dh,
+        dh_ptr=dh,
+        len_ptr=lens,
+        t=t,
+        B=p.B,
+        N=p.P,
+        HAS_DIRECT=direct is not None,
+        HAS_LENGTHS=has_lengths,
+        PRECISION=precision,
+    )

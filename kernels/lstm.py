@@ -30,13 +30,28 @@ Backward of one step (m_t = o*tanh(c_t), h_t = m_t or m_t @ W_hr^T):
     di = dc_t*g*i(1-i), df = dc_t*c_{t-1}*f(1-f), dg = dc_t*i*(1-g^2), do = dm*tanh(c_t)*o(1-o)
     dc_{t-1} = dc_t*f,  dh_{t-1} = [di df dg do] @ W_hh
 """
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (active_rows, alloc, gate_tile, gate_tile_t, grid_barrier, load_cell_params, load_rows,
-                      load_rows_l2,
-                      matmul_rows, mm, program_tile, sigmoid, step_index, store_rows, tanh)
+from ._common import (
+    active_rows,
+    alloc,
+    gate_tile,
+    gate_tile_t,
+    grid_barrier,
+    load_cell_params,
+    load_rows,
+    load_rows_l2,
+    matmul_rows,
+    mm,
+    program_tile,
+    sigmoid,
+    step_index,
+    store_rows,
+    tanh,
+)
 from .launch import barrier_counters, carry_dh, launch, plan, run
 
 
@@ -58,8 +73,13 @@ def _lstm_cell_backward(i, f, g, o, c, c_prev, dm, dc, cp):
     Returns d(pre-activations) and dc_{t-1}."""
     tc = tanh(c)
     dct = dc + dm * o * (1.0 - tc * tc)
-    return (dct * g * i * (1.0 - i), dct * c_prev * f * (1.0 - f), dct * i * (1.0 - g * g),
-            dm * tc * o * (1.0 - o), dct * f)
+    return (
+        dct * g * i * (1.0 - i),
+        dct * c_prev * f * (1.0 - f),
+        dct * i * (1.0 - g * g),
+        dm * tc * o * (1.0 - o),
+        dct * f,
+    )
 
 
 @triton.jit
@@ -76,10 +96,14 @@ def _lstm_step(x_ptr, sxb, gates_ptr, cs_ptr, rows, rmask, jj, H, a2, ri, rf, rg
     """One step on the units jj, given the recurrent products r* = h_{t-1} @ W_hh^T of each
     gate: adds x_proj[t] (rows at x_ptr, stride sxb), applies the cell, writes the gates
     (zero where inactive) and the carried c_t to gates[t] / cs[t]. Returns (c_t, m_t)."""
-    i, f, g, o, c_new, m = CELL(load_rows(x_ptr, sxb, rows, rmask, jj, H) + ri,
-                                      load_rows(x_ptr + H, sxb, rows, rmask, jj, H) + rf,
-                                      load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H) + rg,
-                                      load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H) + ro, c, cp)
+    i, f, g, o, c_new, m = CELL(
+        load_rows(x_ptr, sxb, rows, rmask, jj, H) + ri,
+        load_rows(x_ptr + H, sxb, rows, rmask, jj, H) + rf,
+        load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H) + rg,
+        load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H) + ro,
+        c,
+        cp,
+    )
     _store_gates(gates_ptr, rows, rmask, jj, H, a2, i, f, g, o)
     c = tl.where(a2, c_new, c)
     store_rows(cs_ptr, H, rows, rmask, jj, H, c)
@@ -91,19 +115,34 @@ def _lstm_step(x_ptr, sxb, gates_ptr, cs_ptr, rows, rmask, jj, H, a2, ri, rf, rg
 # ---------------------------------------------------------------------------------------
 @triton.jit
 def lstm_fwd_seq_kernel(
-    x_ptr, sxt, sxb,        # x_proj (T, B, 4H); strides of t and b, last dim contiguous
-    w_ptr,                  # w_hh (4H, P) contiguous
-    wr_ptr,                 # w_hr (P, H) contiguous, when HAS_PROJ
-    h0_ptr, c0_ptr,         # (B, P), (B, H) contiguous
-    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    y_ptr,                  # out (T, B, P), input dtype
-    gates_ptr, cs_ptr,      # out workspace (T, B, 4H) activated gates, (T, B, H) carried c; fp32
-    hn_ptr, cn_ptr,         # out (B, P), (B, H) fp32: final state
-    T, B, H, P,
-    REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    CELL: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxt,
+    sxb,  # x_proj (T, B, 4H); strides of t and b, last dim contiguous
+    w_ptr,  # w_hh (4H, P) contiguous
+    wr_ptr,  # w_hr (P, H) contiguous, when HAS_PROJ
+    h0_ptr,
+    c0_ptr,  # (B, P), (B, H) contiguous
+    cp_ptr,  # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    y_ptr,  # out (T, B, P), input dtype
+    gates_ptr,
+    cs_ptr,  # out workspace (T, B, 4H) activated gates, (T, B, H) carried c; fp32
+    hn_ptr,
+    cn_ptr,  # out (B, P), (B, H) fp32: final state
+    T,
+    B,
+    H,
+    P,
+    REVERSE: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CELL: tl.constexpr,
+    HAS_CELL_PARAMS: tl.constexpr,
+    CP_ROWS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BP: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     pp = tl.arange(0, BP)
@@ -117,12 +156,27 @@ def lstm_fwd_seq_kernel(
     h = load_rows(h0_ptr, P, rows, rmask, pp, P)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        c, m = _lstm_step(x_ptr + t * sxt, sxb, gates_ptr + t * B * 4 * H, cs_ptr + t * B * H, rows, rmask, jj, H,
-                          a2, mm(h, w_i, PRECISION), mm(h, w_f, PRECISION), mm(h, w_g, PRECISION),
-                          mm(h, w_o, PRECISION), c, cp, CELL)
+        c, m = _lstm_step(
+            x_ptr + t * sxt,
+            sxb,
+            gates_ptr + t * B * 4 * H,
+            cs_ptr + t * B * H,
+            rows,
+            rmask,
+            jj,
+            H,
+            a2,
+            mm(h, w_i, PRECISION),
+            mm(h, w_f, PRECISION),
+            mm(h, w_g, PRECISION),
+            mm(h, w_o, PRECISION),
+            c,
+            cp,
+            CELL,
+        )
         if HAS_PROJ:
             h_new = mm(m, w_r, PRECISION)
         else:
@@ -135,20 +189,34 @@ def lstm_fwd_seq_kernel(
 
 @triton.jit
 def lstm_bwd_seq_kernel(
-    dy_ptr,                 # (T, B, P) gradient of y, contiguous
-    dhn_ptr, dcn_ptr,       # (B, P), (B, H) gradients of h_n, c_n
-    w_ptr, wr_ptr,          # w_hh (4H, P), w_hr (P, H), contiguous
-    c0_ptr,                 # (B, H)
-    gates_ptr, cs_ptr,      # forward workspace, fp32
-    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    dg_ptr,                 # out (T, B, 4H) fp32: dgates = d x_proj
-    dhout_ptr,              # out (T, B, P) fp32: gradient reaching h_t at active steps (HAS_PROJ)
-    dh0_ptr, dc0_ptr,       # out (B, P), (B, H) fp32
-    T, B, H, P,
-    REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    CELL_BACKWARD: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,  # (T, B, P) gradient of y, contiguous
+    dhn_ptr,
+    dcn_ptr,  # (B, P), (B, H) gradients of h_n, c_n
+    w_ptr,
+    wr_ptr,  # w_hh (4H, P), w_hr (P, H), contiguous
+    c0_ptr,  # (B, H)
+    gates_ptr,
+    cs_ptr,  # forward workspace, fp32
+    cp_ptr,  # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    dg_ptr,  # out (T, B, 4H) fp32: dgates = d x_proj
+    dhout_ptr,  # out (T, B, P) fp32: gradient reaching h_t at active steps (HAS_PROJ)
+    dh0_ptr,
+    dc0_ptr,  # out (B, P), (B, H) fp32
+    T,
+    B,
+    H,
+    P,
+    REVERSE: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CELL_BACKWARD: tl.constexpr,
+    HAS_CELL_PARAMS: tl.constexpr,
+    CP_ROWS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BP: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     pp = tl.arange(0, BP)
@@ -163,7 +231,7 @@ def lstm_bwd_seq_kernel(
     dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     m2 = rmask[:, None] & (jj < H)[None, :]
-    for s in range(0, T):
+    for s in range(T):
         fs = T - 1 - s  # the forward step being undone
         t = step_index(fs, T, REVERSE)
         prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # clamped; unused at fs=0
@@ -184,8 +252,9 @@ def lstm_bwd_seq_kernel(
         # no scalar-condition select)
         off = rows[:, None] * H + jj[None, :]
         first = tl.full((1, BH), fs, tl.int32) == 0
-        c_prev = (tl.load(cs_ptr + prev * B * H + off, mask=m2 & ~first, other=0.0)
-                  + tl.load(c0_ptr + off, mask=m2 & first, other=0.0).to(tl.float32))
+        c_prev = tl.load(cs_ptr + prev * B * H + off, mask=m2 & ~first, other=0.0) + tl.load(
+            c0_ptr + off, mask=m2 & first, other=0.0
+        ).to(tl.float32)
         di, df, dg, do, dc_prev = CELL_BACKWARD(i, f, g, o, c, c_prev, dm, dc, cp)
         di = tl.where(a2, di, 0.0)
         df = tl.where(a2, df, 0.0)
@@ -193,8 +262,7 @@ def lstm_bwd_seq_kernel(
         do = tl.where(a2, do, 0.0)
         _store_gates(dg_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, di, df, dg, do)
         dc = tl.where(a2, dc_prev, dc)
-        dh_prev = (mm(di, w_i, PRECISION) + mm(df, w_f, PRECISION)
-                   + mm(dg, w_g, PRECISION) + mm(do, w_o, PRECISION))
+        dh_prev = mm(di, w_i, PRECISION) + mm(df, w_f, PRECISION) + mm(dg, w_g, PRECISION) + mm(do, w_o, PRECISION)
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, P, rows, rmask, pp, P, dh)
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
@@ -205,31 +273,55 @@ def lstm_bwd_seq_kernel(
 # ---------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["t"])
 def lstm_fwd_step_kernel(
-    x_ptr, sxb,             # x_proj[t] (B, 4H), row stride sxb, last dim contiguous
-    w_ptr,                  # w_hh (4H, P) contiguous
-    hprev_ptr, cprev_ptr,   # h_{t-1} (B, P) fp32; c_{t-1} (B, H) (c0 or cs[prev])
-    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
-    len_ptr, t,             # lengths (B,) int64 when HAS_LENGTHS; the time index
-    gates_ptr, c_ptr,       # out gates[t] (B, 4H), cs[t] (B, H); fp32
-    m_ptr,                  # out (B, H) fp32: m_t, when HAS_PROJ (lstm_proj_step_kernel follows)
-    hnxt_ptr, y_ptr,        # out h_t (B, P) fp32 and y[t] (B, P), when not HAS_PROJ
-    B, H, P,
-    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    CELL: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxb,  # x_proj[t] (B, 4H), row stride sxb, last dim contiguous
+    w_ptr,  # w_hh (4H, P) contiguous
+    hprev_ptr,
+    cprev_ptr,  # h_{t-1} (B, P) fp32; c_{t-1} (B, H) (c0 or cs[prev])
+    cp_ptr,  # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
+    len_ptr,
+    t,  # lengths (B,) int64 when HAS_LENGTHS; the time index
+    gates_ptr,
+    c_ptr,  # out gates[t] (B, 4H), cs[t] (B, H); fp32
+    m_ptr,  # out (B, H) fp32: m_t, when HAS_PROJ (lstm_proj_step_kernel follows)
+    hnxt_ptr,
+    y_ptr,  # out h_t (B, P) fp32 and y[t] (B, P), when not HAS_PROJ
+    B,
+    H,
+    P,
+    HAS_PROJ: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CELL: tl.constexpr,
+    HAS_CELL_PARAMS: tl.constexpr,
+    CP_ROWS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     jm = jj < H
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     # gate n: W_hh[n*H + j, k] -> W^T[k, j] at k*1 + j*P
     zero = tl.zeros((BB, BH), tl.float32)
-    _, m = _lstm_step(x_ptr, sxb, gates_ptr, c_ptr, rows, rmask, jj, H, a2,
-                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr, 1, P, jj, jm, BK, PRECISION),
-                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + H * P, 1, P, jj, jm, BK, PRECISION),
-                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 2 * H * P, 1, P, jj, jm, BK, PRECISION),
-                      matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 3 * H * P, 1, P, jj, jm, BK, PRECISION),
-                      load_rows(cprev_ptr, H, rows, rmask, jj, H),
-                      load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS), CELL)
+    _, m = _lstm_step(
+        x_ptr,
+        sxb,
+        gates_ptr,
+        c_ptr,
+        rows,
+        rmask,
+        jj,
+        H,
+        a2,
+        matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr, 1, P, jj, jm, BK, PRECISION),
+        matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + H * P, 1, P, jj, jm, BK, PRECISION),
+        matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 2 * H * P, 1, P, jj, jm, BK, PRECISION),
+        matmul_rows(zero, hprev_ptr, P, rows, rmask, P, w_ptr + 3 * H * P, 1, P, jj, jm, BK, PRECISION),
+        load_rows(cprev_ptr, H, rows, rmask, jj, H),
+        load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS),
+        CELL,
+    )
     if HAS_PROJ:
         store_rows(m_ptr, H, rows, rmask, jj, H, m)
     else:
@@ -240,18 +332,26 @@ def lstm_fwd_step_kernel(
 
 @triton.jit(do_not_specialize=["t"])
 def lstm_proj_step_kernel(
-    m_ptr,                  # m_t (B, H) fp32
-    wr_ptr,                 # w_hr (P, H) contiguous
-    hprev_ptr, len_ptr, t,  # h_{t-1} (B, P) fp32; lengths; the time index
-    hnxt_ptr, y_ptr,        # out h_t (B, P) fp32, y[t] (B, P)
-    B, H, P,
-    HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    m_ptr,  # m_t (B, H) fp32
+    wr_ptr,  # w_hr (P, H) contiguous
+    hprev_ptr,
+    len_ptr,
+    t,  # h_{t-1} (B, P) fp32; lengths; the time index
+    hnxt_ptr,
+    y_ptr,  # out h_t (B, P) fp32, y[t] (B, P)
+    B,
+    H,
+    P,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BP: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, pp = program_tile(B, BB, BP)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     # h = m @ W_hr^T: W_hr[p, k] -> W^T[k, p] at k*1 + p*H
-    h = matmul_rows(tl.zeros((BB, BP), tl.float32), m_ptr, H, rows, rmask, H, wr_ptr, 1, H, pp, pp < P,
-                    BK, PRECISION)
+    h = matmul_rows(tl.zeros((BB, BP), tl.float32), m_ptr, H, rows, rmask, H, wr_ptr, 1, H, pp, pp < P, BK, PRECISION)
     h_prev = load_rows(hprev_ptr, P, rows, rmask, pp, P)
     store_rows(hnxt_ptr, P, rows, rmask, pp, P, tl.where(a2, h, h_prev))
     store_rows(y_ptr, P, rows, rmask, pp, P, tl.where(a2, h, 0.0))
@@ -259,11 +359,17 @@ def lstm_proj_step_kernel(
 
 @triton.jit(do_not_specialize=["t"])
 def lstm_dt_step_kernel(
-    dh_ptr, dy_ptr,         # carried dh (B, P) fp32; dy[t] (B, P)
-    len_ptr, t,
-    dt_ptr, dhout_ptr,      # out (B, P) fp32: dh + dy[t]; dhout[t] = that at active rows, else 0
-    B, P,
-    HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
+    dh_ptr,
+    dy_ptr,  # carried dh (B, P) fp32; dy[t] (B, P)
+    len_ptr,
+    t,
+    dt_ptr,
+    dhout_ptr,  # out (B, P) fp32: dh + dy[t]; dhout[t] = that at active rows, else 0
+    B,
+    P,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BP: tl.constexpr,
 ):
     rows, rmask, pp = program_tile(B, BB, BP)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
@@ -274,25 +380,38 @@ def lstm_dt_step_kernel(
 
 @triton.jit(do_not_specialize=["t"])
 def lstm_bwd_step_kernel(
-    dh_ptr, dy_ptr,         # carried dh (B, P) fp32 and dy[t] (B, P), read when not HAS_PROJ
-    dt_ptr, wr_ptr,         # dh + dy[t] (B, P) fp32 and w_hr (P, H), when HAS_PROJ
-    gates_ptr, c_ptr,       # gates[t] (B, 4H), cs[t] (B, H); fp32
-    cprev_ptr,              # c_{t-1} (B, H): c0 or cs[prev]
-    dc_ptr,                 # carried dc (B, H) fp32, updated in place (own tile only)
-    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
-    len_ptr, t,
-    dg_ptr,                 # out dgates[t] (B, 4H) fp32
-    B, H, P,
-    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    CELL_BACKWARD: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    dh_ptr,
+    dy_ptr,  # carried dh (B, P) fp32 and dy[t] (B, P), read when not HAS_PROJ
+    dt_ptr,
+    wr_ptr,  # dh + dy[t] (B, P) fp32 and w_hr (P, H), when HAS_PROJ
+    gates_ptr,
+    c_ptr,  # gates[t] (B, 4H), cs[t] (B, H); fp32
+    cprev_ptr,  # c_{t-1} (B, H): c0 or cs[prev]
+    dc_ptr,  # carried dc (B, H) fp32, updated in place (own tile only)
+    cp_ptr,  # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
+    len_ptr,
+    t,
+    dg_ptr,  # out dgates[t] (B, 4H) fp32
+    B,
+    H,
+    P,
+    HAS_PROJ: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CELL_BACKWARD: tl.constexpr,
+    HAS_CELL_PARAMS: tl.constexpr,
+    CP_ROWS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
     if HAS_PROJ:
         # dm = dt @ W_hr: W_hr[p, j] at p*H + j
-        dm = matmul_rows(tl.zeros((BB, BH), tl.float32), dt_ptr, P, rows, rmask, P, wr_ptr, H, 1, jj, jj < H,
-                         BK, PRECISION)
+        dm = matmul_rows(
+            tl.zeros((BB, BH), tl.float32), dt_ptr, P, rows, rmask, P, wr_ptr, H, 1, jj, jj < H, BK, PRECISION
+        )
     else:
         dm = load_rows(dh_ptr, P, rows, rmask, jj, P) + load_rows(dy_ptr, P, rows, rmask, jj, P)
     i = load_rows(gates_ptr, 4 * H, rows, rmask, jj, H)
@@ -301,8 +420,16 @@ def lstm_bwd_step_kernel(
     o = load_rows(gates_ptr + 3 * H, 4 * H, rows, rmask, jj, H)
     dc = load_rows(dc_ptr, H, rows, rmask, jj, H)
     di, df, dg, do, dc_prev = CELL_BACKWARD(
-        i, f, g, o, load_rows(c_ptr, H, rows, rmask, jj, H), load_rows(cprev_ptr, H, rows, rmask, jj, H), dm, dc,
-        load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS))
+        i,
+        f,
+        g,
+        o,
+        load_rows(c_ptr, H, rows, rmask, jj, H),
+        load_rows(cprev_ptr, H, rows, rmask, jj, H),
+        dm,
+        dc,
+        load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS),
+    )
     _store_gates(dg_ptr, rows, rmask, jj, H, a2, di, df, dg, do)
     store_rows(dc_ptr, H, rows, rmask, jj, H, tl.where(a2, dc_prev, dc))
 
@@ -316,19 +443,31 @@ def lstm_bwd_step_kernel(
 # ---------------------------------------------------------------------------------------
 @triton.jit
 def lstm_fwd_persistent_kernel(
-    x_ptr, sxt, sxb,        # x_proj (T, B, 4H); strides of t and b, last dim contiguous
-    w_ptr,                  # w_hh (4H, H) contiguous
-    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
-    c0_ptr, len_ptr,        # (B, H); lengths (B,) int64 when HAS_LENGTHS
-    y_ptr,                  # out (T, B, H), input dtype
-    gates_ptr, cs_ptr,      # out workspace (T, B, 4H), (T, B, H); fp32
-    hbuf_ptr,               # (2, B, H) fp32: h exchanged between programs; [0] holds h0
-    cn_ptr,                 # out (B, H) fp32
-    count_ptr,              # (n_b,) int32 zeros: barrier counter of each batch block
-    T, B, H,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    CELL: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxt,
+    sxb,  # x_proj (T, B, 4H); strides of t and b, last dim contiguous
+    w_ptr,  # w_hh (4H, H) contiguous
+    cp_ptr,  # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
+    c0_ptr,
+    len_ptr,  # (B, H); lengths (B,) int64 when HAS_LENGTHS
+    y_ptr,  # out (T, B, H), input dtype
+    gates_ptr,
+    cs_ptr,  # out workspace (T, B, 4H), (T, B, H); fp32
+    hbuf_ptr,  # (2, B, H) fp32: h exchanged between programs; [0] holds h0
+    cn_ptr,  # out (B, H) fp32
+    count_ptr,  # (n_b,) int32 zeros: barrier counter of each batch block
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CELL: tl.constexpr,
+    HAS_CELL_PARAMS: tl.constexpr,
+    CP_ROWS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
@@ -340,15 +479,30 @@ def lstm_fwd_persistent_kernel(
     w_o = gate_tile_t(w_ptr, 3, j0, H, H, BK, BH)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         hcur = hbuf_ptr + (s % 2) * B * H
         hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
-        c, m = _lstm_step(x_ptr + t * sxt, sxb, gates_ptr + t * B * 4 * H, cs_ptr + t * B * H, rows, rmask, jj, H,
-                          a2, mm(h, w_i, PRECISION), mm(h, w_f, PRECISION), mm(h, w_g, PRECISION),
-                          mm(h, w_o, PRECISION), c, cp, CELL)
+        c, m = _lstm_step(
+            x_ptr + t * sxt,
+            sxb,
+            gates_ptr + t * B * 4 * H,
+            cs_ptr + t * B * H,
+            rows,
+            rmask,
+            jj,
+            H,
+            a2,
+            mm(h, w_i, PRECISION),
+            mm(h, w_f, PRECISION),
+            mm(h, w_g, PRECISION),
+            mm(h, w_o, PRECISION),
+            c,
+            cp,
+            CELL,
+        )
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
@@ -358,20 +512,31 @@ def lstm_fwd_persistent_kernel(
 
 @triton.jit
 def lstm_bwd_persistent_kernel(
-    dy_ptr,                 # (T, B, H) gradient of y, contiguous
-    dhn_ptr, dcn_ptr,       # (B, H), (B, H)
-    w_ptr,                  # w_hh (4H, H) contiguous
-    c0_ptr,                 # (B, H)
-    gates_ptr, cs_ptr,      # forward workspace, fp32
-    cp_ptr,                 # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    dg_ptr,                 # out (T, B, 4H) fp32, also how programs exchange dgates
-    dh0_ptr, dc0_ptr,       # out (B, H) fp32
-    count_ptr,              # (n_b,) int32 zeros
-    T, B, H,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    CELL_BACKWARD: tl.constexpr, HAS_CELL_PARAMS: tl.constexpr, CP_ROWS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,  # (T, B, H) gradient of y, contiguous
+    dhn_ptr,
+    dcn_ptr,  # (B, H), (B, H)
+    w_ptr,  # w_hh (4H, H) contiguous
+    c0_ptr,  # (B, H)
+    gates_ptr,
+    cs_ptr,  # forward workspace, fp32
+    cp_ptr,  # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    dg_ptr,  # out (T, B, 4H) fp32, also how programs exchange dgates
+    dh0_ptr,
+    dc0_ptr,  # out (B, H) fp32
+    count_ptr,  # (n_b,) int32 zeros
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CELL_BACKWARD: tl.constexpr,
+    HAS_CELL_PARAMS: tl.constexpr,
+    CP_ROWS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
@@ -386,7 +551,7 @@ def lstm_bwd_persistent_kernel(
     dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     off = rows[:, None] * H + jj[None, :]
-    for s in range(0, T):
+    for s in range(T):
         fs = T - 1 - s
         t = step_index(fs, T, REVERSE)
         prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # unused at fs=0
@@ -394,21 +559,31 @@ def lstm_bwd_persistent_kernel(
         dm = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         gt = gates_ptr + t * B * 4 * H
         first = tl.full((1, BH), fs, tl.int32) == 0
-        c_prev = (tl.load(cs_ptr + prev * B * H + off, mask=own & ~first, other=0.0)
-                  + tl.load(c0_ptr + off, mask=own & first, other=0.0).to(tl.float32))
+        c_prev = tl.load(cs_ptr + prev * B * H + off, mask=own & ~first, other=0.0) + tl.load(
+            c0_ptr + off, mask=own & first, other=0.0
+        ).to(tl.float32)
         di, df, dg, do, dc_prev = CELL_BACKWARD(
-            load_rows(gt, 4 * H, rows, rmask, jj, H), load_rows(gt + H, 4 * H, rows, rmask, jj, H),
-            load_rows(gt + 2 * H, 4 * H, rows, rmask, jj, H), load_rows(gt + 3 * H, 4 * H, rows, rmask, jj, H),
-            load_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H), c_prev, dm, dc, cp)
+            load_rows(gt, 4 * H, rows, rmask, jj, H),
+            load_rows(gt + H, 4 * H, rows, rmask, jj, H),
+            load_rows(gt + 2 * H, 4 * H, rows, rmask, jj, H),
+            load_rows(gt + 3 * H, 4 * H, rows, rmask, jj, H),
+            load_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H),
+            c_prev,
+            dm,
+            dc,
+            cp,
+        )
         dgt = dg_ptr + t * B * 4 * H
         _store_gates(dgt, rows, rmask, jj, H, a2, di, df, dg, do)
         dc = tl.where(a2, dc_prev, dc)
         grid_barrier(count_ptr, s)
         # every program's dgates columns of step t are written: dh_{t-1} for own columns
-        dh_prev = (mm(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, PRECISION)
-                   + mm(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, PRECISION)
-                   + mm(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, PRECISION)
-                   + mm(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, PRECISION))
+        dh_prev = (
+            mm(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, PRECISION)
+            + mm(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, PRECISION)
+            + mm(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, PRECISION)
+            + mm(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, PRECISION)
+        )
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
@@ -463,25 +638,100 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     c_n = alloc(B, H, device=dev, dtype=f32)
 
     def sequence():
-        launch(lstm_fwd_seq_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
-               wr_ptr=w_hr, h0_ptr=h0.contiguous(), c0_ptr=c0, len_ptr=lens, y_ptr=y, gates_ptr=gates, cs_ptr=cs,
-               hn_ptr=hbuf[T % 2], cn_ptr=c_n, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags, **cellargs)
+        launch(
+            lstm_fwd_seq_kernel,
+            p,
+            x_ptr=x_proj,
+            sxt=x_proj.stride(0),
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            wr_ptr=w_hr,
+            h0_ptr=h0.contiguous(),
+            c0_ptr=c0,
+            len_ptr=lens,
+            y_ptr=y,
+            gates_ptr=gates,
+            cs_ptr=cs,
+            hn_ptr=hbuf[T % 2],
+            cn_ptr=c_n,
+            T=T,
+            B=B,
+            H=H,
+            P=P,
+            REVERSE=reverse,
+            HAS_PROJ=proj,
+            **flags,
+            **cellargs,
+        )
 
     def persistent():
-        launch(lstm_fwd_persistent_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
-               c0_ptr=c0, len_ptr=lens, y_ptr=y, gates_ptr=gates, cs_ptr=cs, hbuf_ptr=hbuf, cn_ptr=c_n,
-               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags, **cellargs)
+        launch(
+            lstm_fwd_persistent_kernel,
+            p,
+            x_ptr=x_proj,
+            sxt=x_proj.stride(0),
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            c0_ptr=c0,
+            len_ptr=lens,
+            y_ptr=y,
+            gates_ptr=gates,
+            cs_ptr=cs,
+            hbuf_ptr=hbuf,
+            cn_ptr=c_n,
+            count_ptr=barrier_counters(p, dev),
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            **flags,
+            **cellargs,
+        )
 
     mbuf = alloc(B, H, device=dev, dtype=f32) if proj and p.shape == "step" else hbuf  # m_t before W_hr
 
     def step(s, t, prev):
         hprev, hnxt = hbuf[s % 2], hbuf[(s + 1) % 2]
-        launch(lstm_fwd_step_kernel, p, "H", x_ptr=x_proj[t], sxb=x_proj.stride(1), w_ptr=w_hh, hprev_ptr=hprev,
-               cprev_ptr=c0 if prev < 0 else cs[prev], len_ptr=lens, t=t, gates_ptr=gates[t], c_ptr=cs[t],
-               m_ptr=mbuf, hnxt_ptr=hnxt, y_ptr=y[t], B=B, H=H, P=P, HAS_PROJ=proj, **flags, **cellargs)
+        launch(
+            lstm_fwd_step_kernel,
+            p,
+            "H",
+            x_ptr=x_proj[t],
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            hprev_ptr=hprev,
+            cprev_ptr=c0 if prev < 0 else cs[prev],
+            len_ptr=lens,
+            t=t,
+            gates_ptr=gates[t],
+            c_ptr=cs[t],
+            m_ptr=mbuf,
+            hnxt_ptr=hnxt,
+            y_ptr=y[t],
+            B=B,
+            H=H,
+            P=P,
+            HAS_PROJ=proj,
+            **flags,
+            **cellargs,
+        )
         if proj:
-            launch(lstm_proj_step_kernel, p, "P", m_ptr=mbuf, wr_ptr=w_hr, hprev_ptr=hprev, len_ptr=lens, t=t,
-                   hnxt_ptr=hnxt, y_ptr=y[t], B=B, H=H, P=P, **flags)
+            launch(
+                lstm_proj_step_kernel,
+                p,
+                "P",
+                m_ptr=mbuf,
+                wr_ptr=w_hr,
+                hprev_ptr=hprev,
+                len_ptr=lens,
+                t=t,
+                hnxt_ptr=hnxt,
+                y_ptr=y[t],
+                B=B,
+                H=H,
+                P=P,
+                **flags,
+            )
         if s == T - 1:  # the step kernels carry c through cs
             c_n.copy_(cs[t])
 
@@ -489,8 +739,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precision, cell=LSTM_CELL,
-             cell_params=None):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precision, cell=LSTM_CELL, cell_params=None):
     """-> dx_proj (T, B, 4H), dh0 (B, P), dc0 (B, H), dh_out (T, B, P) (with w_hr; else an
     empty (0,) tensor), all fp32."""
     T, B, G = gates.shape
@@ -511,14 +760,55 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
     dc = alloc(B, H, device=dev, dtype=f32)
 
     def sequence():
-        launch(lstm_bwd_seq_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, dcn_ptr=dc_n, w_ptr=w_hh, wr_ptr=w_hr, c0_ptr=c0,
-               gates_ptr=gates, cs_ptr=cs, len_ptr=lens, dg_ptr=dg, dhout_ptr=dhout if proj else dg,
-               dh0_ptr=dh, dc0_ptr=dc, T=T, B=B, H=H, P=P, REVERSE=reverse, HAS_PROJ=proj, **flags, **cellargs)
+        launch(
+            lstm_bwd_seq_kernel,
+            p,
+            dy_ptr=dy,
+            dhn_ptr=dh_n,
+            dcn_ptr=dc_n,
+            w_ptr=w_hh,
+            wr_ptr=w_hr,
+            c0_ptr=c0,
+            gates_ptr=gates,
+            cs_ptr=cs,
+            len_ptr=lens,
+            dg_ptr=dg,
+            dhout_ptr=dhout if proj else dg,
+            dh0_ptr=dh,
+            dc0_ptr=dc,
+            T=T,
+            B=B,
+            H=H,
+            P=P,
+            REVERSE=reverse,
+            HAS_PROJ=proj,
+            **flags,
+            **cellargs,
+        )
 
     def persistent():
-        launch(lstm_bwd_persistent_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, dcn_ptr=dc_n, w_ptr=w_hh, c0_ptr=c0,
-               gates_ptr=gates, cs_ptr=cs, len_ptr=lens, dg_ptr=dg, dh0_ptr=dh, dc0_ptr=dc,
-               count_ptr=barrier_counters(p, dev), T=T, B=B, H=H, REVERSE=reverse, **flags, **cellargs)
+        launch(
+            lstm_bwd_persistent_kernel,
+            p,
+            dy_ptr=dy,
+            dhn_ptr=dh_n,
+            dcn_ptr=dc_n,
+            w_ptr=w_hh,
+            c0_ptr=c0,
+            gates_ptr=gates,
+            cs_ptr=cs,
+            len_ptr=lens,
+            dg_ptr=dg,
+            dh0_ptr=dh,
+            dc0_ptr=dc,
+            count_ptr=barrier_counters(p, dev),
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            **flags,
+            **cellargs,
+        )
 
     dt = alloc(B, P, device=dev, dtype=f32) if proj and p.shape == "step" else dh  # dh + dy[t] before W_hr
 
@@ -527,11 +817,42 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
             dh.copy_(dh_n)
             dc.copy_(dc_n)
         if proj:
-            launch(lstm_dt_step_kernel, p, "P", dh_ptr=dh, dy_ptr=dy[t], len_ptr=lens, t=t, dt_ptr=dt,
-                   dhout_ptr=dhout[t], B=B, P=P, HAS_LENGTHS=lengths is not None)
-        launch(lstm_bwd_step_kernel, p, "H", dh_ptr=dh, dy_ptr=dy[t], dt_ptr=dt, wr_ptr=w_hr, gates_ptr=gates[t],
-               c_ptr=cs[t], cprev_ptr=c0 if prev < 0 else cs[prev], dc_ptr=dc, len_ptr=lens, t=t, dg_ptr=dg[t],
-               B=B, H=H, P=P, HAS_PROJ=proj, **flags, **cellargs)
+            launch(
+                lstm_dt_step_kernel,
+                p,
+                "P",
+                dh_ptr=dh,
+                dy_ptr=dy[t],
+                len_ptr=lens,
+                t=t,
+                dt_ptr=dt,
+                dhout_ptr=dhout[t],
+                B=B,
+                P=P,
+                HAS_LENGTHS=lengths is not None,
+            )
+        launch(
+            lstm_bwd_step_kernel,
+            p,
+            "H",
+            dh_ptr=dh,
+            dy_ptr=dy[t],
+            dt_ptr=dt,
+            wr_ptr=w_hr,
+            gates_ptr=gates[t],
+            c_ptr=cs[t],
+            cprev_ptr=c0 if prev < 0 else cs[prev],
+            dc_ptr=dc,
+            len_ptr=lens,
+            t=t,
+            dg_ptr=dg[t],
+            B=B,
+            H=H,
+            P=P,
+            HAS_PROJ=proj,
+            **flags,
+            **cellargs,
+        )
         carry_dh(p, dg[t], w_hh, dh, None, lens, lengths is not None, t, precision)
 
     run(p, T, reverse, backward=True, sequence=sequence, step=step, persistent=persistent)

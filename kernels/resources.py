@@ -8,6 +8,7 @@ machine. This catches what the interpreter accepts and the compiler rejects, and
 spills before any GPU time is spent. Block sizes and warps come from ``launch.blocks``, as
 the launchers use them; the flags below pick one specialisation of each kernel.
 """
+
 from __future__ import annotations
 
 import os
@@ -87,17 +88,19 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "f
     other pointers fp32 (int64 lengths, int32 barrier counters), other runtime arguments
     int32."""
     sig, const = {}, {}
-    for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params)):
+    for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params, strict=False)):
         if p.is_constexpr:
             sig[name] = "constexpr"
             const[(i,)] = constexprs[name]
         elif name.endswith("_ptr"):
             sig[name] = {"len_ptr": "*i64", "count_ptr": "*i32"}.get(
-                name, f"*{dtype}" if name in INPUT_DTYPE_ARGS else "*fp32")
+                name, f"*{dtype}" if name in INPUT_DTYPE_ARGS else "*fp32"
+            )
         else:
             sig[name] = "i32"
-    return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=const), target=TARGET,
-                          options={"num_warps": num_warps})
+    return triton.compile(
+        ASTSource(fn=kernel, signature=sig, constexprs=const), target=TARGET, options={"num_warps": num_warps}
+    )
 
 
 def resources(compiled) -> dict:
@@ -108,8 +111,11 @@ def resources(compiled) -> dict:
         f.flush()
         text = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", text)
-    return {"registers": int(m.group(1)) if m else None, "stack_bytes": int(m.group(2)) if m else None,
-            "shared_bytes": compiled.metadata.shared}
+    return {
+        "registers": int(m.group(1)) if m else None,
+        "stack_bytes": int(m.group(2)) if m else None,
+        "shared_bytes": compiled.metadata.shared,
+    }
 
 
 def main(argv=None) -> int:
@@ -121,8 +127,10 @@ def main(argv=None) -> int:
             for name, k, consts, warps, dt in configs(H, dtype):
                 try:
                     r = resources(compile_for_hopper(k, consts, warps, dt))
-                    print(f"{name:<33} {warps:>5} {r['registers']:>5} {r['stack_bytes']:>8} "
-                          f"{r['shared_bytes']:>9}", flush=True)
+                    print(
+                        f"{name:<33} {warps:>5} {r['registers']:>5} {r['stack_bytes']:>8} {r['shared_bytes']:>9}",
+                        flush=True,
+                    )
                 except Exception as e:  # report and go on: one failing kernel is a finding
                     first = str(e).splitlines()[0] if str(e) else ""
                     print(f"{name:<33} FAILED: {type(e).__name__}: {first}", flush=True)

@@ -4,12 +4,24 @@
 Backward of one step (h_t = act(a_t), a_t = x_proj[t] + h_{t-1} @ W_hh^T):
     da = dh * act'(a_t)  (1 - h_t^2 for tanh, [h_t > 0] for relu),  dh_{t-1} = da @ W_hh
 """
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (active_rows, alloc, gate_tile, gate_tile_t, load_rows, matmul_rows, mm, program_tile,
-                      step_index, store_rows, tanh)
+from ._common import (
+    active_rows,
+    alloc,
+    gate_tile,
+    gate_tile_t,
+    load_rows,
+    matmul_rows,
+    mm,
+    program_tile,
+    step_index,
+    store_rows,
+    tanh,
+)
 from .launch import carry_dh, launch, plan, run
 
 
@@ -34,23 +46,31 @@ def _rnn_cell_backward(h, dh, RELU: tl.constexpr):
 
 @triton.jit
 def rnn_fwd_seq_kernel(
-    x_ptr, sxt, sxb,        # x_proj (T, B, H); strides of t and b, last dim contiguous
-    w_ptr,                  # w_hh (H, H) contiguous
-    h0_ptr, len_ptr,        # (B, H); lengths (B,) int64 when HAS_LENGTHS
-    y_ptr,                  # out (T, B, H), input dtype
-    hn_ptr,                 # out (B, H) fp32: final state
-    T, B, H,
-    REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxt,
+    sxb,  # x_proj (T, B, H); strides of t and b, last dim contiguous
+    w_ptr,  # w_hh (H, H) contiguous
+    h0_ptr,
+    len_ptr,  # (B, H); lengths (B,) int64 when HAS_LENGTHS
+    y_ptr,  # out (T, B, H), input dtype
+    hn_ptr,  # out (B, H) fp32: final state
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    RELU: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     w = gate_tile_t(w_ptr, 0, 0, H, H, BH, BH)  # [k, j] = W_hh[j, k], on chip for all T steps
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        h_new = _rnn_cell(load_rows(x_ptr + t * sxt, sxb, rows, rmask, jj, H)
-                          + mm(h, w, PRECISION), RELU)
+        h_new = _rnn_cell(load_rows(x_ptr + t * sxt, sxb, rows, rmask, jj, H) + mm(h, w, PRECISION), RELU)
         h = tl.where(a2, h_new, h)
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
     store_rows(hn_ptr, H, rows, rmask, jj, H, h)
@@ -58,24 +78,34 @@ def rnn_fwd_seq_kernel(
 
 @triton.jit
 def rnn_bwd_seq_kernel(
-    dy_ptr, dhn_ptr,        # (T, B, H), (B, H)
-    w_ptr,                  # w_hh (H, H) contiguous
-    y_ptr,                  # (T, B, H): the forward's outputs h_t
-    len_ptr,                # lengths (B,) int64, when HAS_LENGTHS
-    da_ptr,                 # out (T, B, H) fp32: d x_proj
-    dh0_ptr,                # out (B, H) fp32
-    T, B, H,
-    REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,
+    dhn_ptr,  # (T, B, H), (B, H)
+    w_ptr,  # w_hh (H, H) contiguous
+    y_ptr,  # (T, B, H): the forward's outputs h_t
+    len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
+    da_ptr,  # out (T, B, H) fp32: d x_proj
+    dh0_ptr,  # out (B, H) fp32
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    RELU: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)  # one column tile: the whole hidden width
     w = gate_tile(w_ptr, 0, 0, H, H, BH, BH)  # [j, k] = W_hh[j, k]
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
-    for s in range(0, T):
+    for s in range(T):
         t = step_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        da = _rnn_cell_backward(load_rows(y_ptr + t * B * H, H, rows, rmask, jj, H),
-                                dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H), RELU)
+        da = _rnn_cell_backward(
+            load_rows(y_ptr + t * B * H, H, rows, rmask, jj, H),
+            dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H),
+            RELU,
+        )
         da = tl.where(a2, da, 0.0)
         store_rows(da_ptr + t * B * H, H, rows, rmask, jj, H, da)
         dh = tl.where(a2, mm(da, w, PRECISION), dh)
@@ -84,18 +114,28 @@ def rnn_bwd_seq_kernel(
 
 @triton.jit(do_not_specialize=["t"])
 def rnn_fwd_step_kernel(
-    x_ptr, sxb,             # x_proj[t] (B, H), row stride sxb
-    w_ptr,                  # w_hh (H, H) contiguous
-    hprev_ptr, len_ptr, t,  # h_{t-1} (B, H) fp32; lengths; the time index
-    hnxt_ptr, y_ptr,        # out h_t (B, H) fp32, y[t] (B, H)
-    B, H,
-    RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    sxb,  # x_proj[t] (B, H), row stride sxb
+    w_ptr,  # w_hh (H, H) contiguous
+    hprev_ptr,
+    len_ptr,
+    t,  # h_{t-1} (B, H) fp32; lengths; the time index
+    hnxt_ptr,
+    y_ptr,  # out h_t (B, H) fp32, y[t] (B, H)
+    B,
+    H,
+    RELU: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-    acc = matmul_rows(load_rows(x_ptr, sxb, rows, rmask, jj, H), hprev_ptr, H, rows, rmask, H,
-                      w_ptr, 1, H, jj, jj < H, BK, PRECISION)
+    acc = matmul_rows(
+        load_rows(x_ptr, sxb, rows, rmask, jj, H), hprev_ptr, H, rows, rmask, H, w_ptr, 1, H, jj, jj < H, BK, PRECISION
+    )
     h = _rnn_cell(acc, RELU)
     store_rows(hnxt_ptr, H, rows, rmask, jj, H, tl.where(a2, h, load_rows(hprev_ptr, H, rows, rmask, jj, H)))
     store_rows(y_ptr, H, rows, rmask, jj, H, tl.where(a2, h, 0.0))
@@ -103,16 +143,26 @@ def rnn_fwd_step_kernel(
 
 @triton.jit(do_not_specialize=["t"])
 def rnn_bwd_step_kernel(
-    dh_ptr, dy_ptr, y_ptr,  # carried dh (B, H) fp32; dy[t], y[t] (B, H)
-    len_ptr, t,
-    da_ptr,                 # out da[t] (B, H) fp32
-    B, H,
-    RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+    dh_ptr,
+    dy_ptr,
+    y_ptr,  # carried dh (B, H) fp32; dy[t], y[t] (B, H)
+    len_ptr,
+    t,
+    da_ptr,  # out da[t] (B, H) fp32
+    B,
+    H,
+    RELU: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-    da = _rnn_cell_backward(load_rows(y_ptr, H, rows, rmask, jj, H),
-                            load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H), RELU)
+    da = _rnn_cell_backward(
+        load_rows(y_ptr, H, rows, rmask, jj, H),
+        load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H),
+        RELU,
+    )
     store_rows(da_ptr, H, rows, rmask, jj, H, tl.where(a2, da, 0.0))
 
 
@@ -137,13 +187,41 @@ def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     hbuf[0].copy_(h0)
 
     def sequence():
-        launch(rnn_fwd_seq_kernel, p, x_ptr=x_proj, sxt=x_proj.stride(0), sxb=x_proj.stride(1), w_ptr=w_hh,
-               h0_ptr=h0.contiguous(), len_ptr=lens, y_ptr=y, hn_ptr=hbuf[T % 2], T=T, B=B, H=H, REVERSE=reverse,
-               **flags)
+        launch(
+            rnn_fwd_seq_kernel,
+            p,
+            x_ptr=x_proj,
+            sxt=x_proj.stride(0),
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            h0_ptr=h0.contiguous(),
+            len_ptr=lens,
+            y_ptr=y,
+            hn_ptr=hbuf[T % 2],
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            **flags,
+        )
 
     def step(s, t, prev):
-        launch(rnn_fwd_step_kernel, p, "H", x_ptr=x_proj[t], sxb=x_proj.stride(1), w_ptr=w_hh, hprev_ptr=hbuf[s % 2],
-               len_ptr=lens, t=t, hnxt_ptr=hbuf[(s + 1) % 2], y_ptr=y[t], B=B, H=H, **flags)
+        launch(
+            rnn_fwd_step_kernel,
+            p,
+            "H",
+            x_ptr=x_proj[t],
+            sxb=x_proj.stride(1),
+            w_ptr=w_hh,
+            hprev_ptr=hbuf[s % 2],
+            len_ptr=lens,
+            t=t,
+            hnxt_ptr=hbuf[(s + 1) % 2],
+            y_ptr=y[t],
+            B=B,
+            H=H,
+            **flags,
+        )
 
     run(p, T, reverse, backward=False, sequence=sequence, step=step)
     return y, hbuf[T % 2].to(dtype)
@@ -163,14 +241,41 @@ def backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, precision):
     dh = alloc(B, H, device=dev, dtype=f32)
 
     def sequence():
-        launch(rnn_bwd_seq_kernel, p, dy_ptr=dy, dhn_ptr=dh_n, w_ptr=w_hh, y_ptr=y, len_ptr=lens, da_ptr=da,
-               dh0_ptr=dh, T=T, B=B, H=H, REVERSE=reverse, PRECISION=precision, **flags)
+        launch(
+            rnn_bwd_seq_kernel,
+            p,
+            dy_ptr=dy,
+            dhn_ptr=dh_n,
+            w_ptr=w_hh,
+            y_ptr=y,
+            len_ptr=lens,
+            da_ptr=da,
+            dh0_ptr=dh,
+            T=T,
+            B=B,
+            H=H,
+            REVERSE=reverse,
+            PRECISION=precision,
+            **flags,
+        )
 
     def step(s, t, prev):
         if s == T - 1:  # the first step undone: the step kernels carry dh in place from dh_n
             dh.copy_(dh_n)
-        launch(rnn_bwd_step_kernel, p, "H", dh_ptr=dh, dy_ptr=dy[t], y_ptr=y[t], len_ptr=lens, t=t, da_ptr=da[t],
-               B=B, H=H, **flags)
+        launch(
+            rnn_bwd_step_kernel,
+            p,
+            "H",
+            dh_ptr=dh,
+            dy_ptr=dy[t],
+            y_ptr=y[t],
+            len_ptr=lens,
+            t=t,
+            da_ptr=da[t],
+            B=B,
+            H=H,
+            **flags,
+        )
         carry_dh(p, da[t], w_hh, dh, None, lens, lengths is not None, t, precision)
 
     run(p, T, reverse, backward=True, sequence=sequence, step=step)

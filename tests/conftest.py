@@ -1,4 +1,5 @@
 """Shared test configuration: the backend under test comes from FASTRNN_BACKEND."""
+
 import os
 
 import pytest

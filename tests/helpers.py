@@ -1,13 +1,12 @@
 """Builders shared by the test modules."""
+
 import torch
-from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
+from conftest import DEVICE
 from fastrnn.convert import TWINS
 from fastrnn.modules import LAYERS
-
-from conftest import DEVICE
 
 # family -> (fastrnn layer, torch.nn twin), for every cell of fastrnn.cells
 TWIN = {name: (layer, next(c for c, t in TWINS.items() if t is layer)) for name, layer in LAYERS.items()}

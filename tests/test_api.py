@@ -1,5 +1,6 @@
 """The drop-in contract: classes, constructor, parameters, state_dict, repr, structure of
 outputs, backend selection, convert, and the public parity helpers."""
+
 import copy
 import inspect
 import io
@@ -13,12 +14,21 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import fastrnn
 from fastrnn import backends, testing
 
-PAIRS = [(fastrnn.LSTM, nn.LSTM), (fastrnn.GRU, nn.GRU), (fastrnn.RNN, nn.RNN),
-         (fastrnn.LSTMCell, nn.LSTMCell), (fastrnn.GRUCell, nn.GRUCell), (fastrnn.RNNCell, nn.RNNCell)]
+PAIRS = [
+    (fastrnn.LSTM, nn.LSTM),
+    (fastrnn.GRU, nn.GRU),
+    (fastrnn.RNN, nn.RNN),
+    (fastrnn.LSTMCell, nn.LSTMCell),
+    (fastrnn.GRUCell, nn.GRUCell),
+    (fastrnn.RNNCell, nn.RNNCell),
+]
 LAYERS = PAIRS[:3]
 CTORS = {
-    nn.LSTM: [((4, 8), {}), ((4, 8, 2, False, True, 0.25, True, 3), {}),
-              ((4, 8), dict(num_layers=3, bidirectional=True, proj_size=5, batch_first=True))],
+    nn.LSTM: [
+        ((4, 8), {}),
+        ((4, 8, 2, False, True, 0.25, True, 3), {}),
+        ((4, 8), dict(num_layers=3, bidirectional=True, proj_size=5, batch_first=True)),
+    ],
     nn.GRU: [((4, 8), {}), ((4, 8, 2, True, False, 0.5, True), {})],
     nn.RNN: [((4, 8), {}), ((4, 8, 2, "relu", False, True, 0.1, True), {}), ((4, 8), dict(nonlinearity="relu"))],
     nn.LSTMCell: [((4, 8), {}), ((4, 8, False), {})],
@@ -28,7 +38,9 @@ CTORS = {
 CASES = [(o, t, a, k) for o, t in PAIRS for a, k in CTORS[t]]
 
 
-@pytest.mark.parametrize("ours,theirs,args,kwargs", CASES, ids=[f"{t.__name__}-{i}" for i, (o, t, a, k) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "ours,theirs,args,kwargs", CASES, ids=[f"{t.__name__}-{i}" for i, (o, t, a, k) in enumerate(CASES)]
+)
 def test_same_module_surface(ours, theirs, args, kwargs):
     torch.manual_seed(3)
     a = ours(*args, **kwargs)
@@ -106,7 +118,9 @@ def test_explicit_backend_on_wrong_device(monkeypatch):
 
 def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
     monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
-    monkeypatch.setattr(backends, "_load", lambda name: (None, "not built") if name == "cpp" else (fastrnn.reference, ""))
+    monkeypatch.setattr(
+        backends, "_load", lambda name: (None, "not built") if name == "cpp" else (fastrnn.reference, "")
+    )
     backends._warn_fallback.cache_clear()
     m = fastrnn.GRU(4, 8)
     with warnings.catch_warnings(record=True) as seen:

@@ -1,6 +1,7 @@
 """What torch.nn's recurrent layers do not do, on the backend under test:
 torch.compile without graph breaks, bitwise determinism, backward in eval mode, double
 backward, fastrnn.convert, DistributedDataParallel, very long sequences."""
+
 import os
 import tempfile
 import time
@@ -13,8 +14,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
-from fastrnn import testing
 from conftest import BACKEND, DEVICE
+from fastrnn import testing
 from helpers import CELLS, TWIN
 
 # The triton backend has no float64 (fp32/fp16/bf16), and under TRITON_INTERPRET=1 each
@@ -94,9 +95,17 @@ def test_backward_in_eval_mode(cid, family, kw):
 
 
 # 4. Double backward -------------------------------------------------------------------
-@pytest.mark.parametrize("family,kw", [("lstm", {}), ("lstm", {"proj_size": 2}), ("gru", {}),
-                                       ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"})],
-                         ids=["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize(
+    "family,kw",
+    [
+        ("lstm", {}),
+        ("lstm", {"proj_size": 2}),
+        ("gru", {}),
+        ("rnn", {"nonlinearity": "tanh"}),
+        ("rnn", {"nonlinearity": "relu"}),
+    ],
+    ids=["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"],
+)
 @pytest.mark.skipif(NO_FP64, reason="float64 is not a dtype of this backend; see the fp32 test below")
 def test_gradgradcheck_float64(family, kw):
     torch.manual_seed(0)
@@ -112,8 +121,11 @@ def test_gradgradcheck_float64(family, kw):
     assert torch.autograd.gradgradcheck(f, (x, w))
 
 
-@pytest.mark.parametrize("family,kw", [("lstm", {"proj_size": 2}), ("gru", {}), ("rnn", {"nonlinearity": "tanh"})],
-                         ids=["lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize(
+    "family,kw",
+    [("lstm", {"proj_size": 2}), ("gru", {}), ("rnn", {"nonlinearity": "tanh"})],
+    ids=["lstm_proj", "gru", "rnn_tanh"],
+)
 def test_double_backward_fp32_matches_reference_backend(family, kw):
     """Second-order gradients on the backend under test equal those of the reference
     backend (float32, any backend)."""
@@ -199,8 +211,11 @@ def test_ddp_gloo_two_processes_averages_gradients():
 
 
 # 7. Very long sequences ---------------------------------------------------------------
-@pytest.mark.skipif(INTERPRETED, reason="100,000 interpreted steps take hours; the Triton GPU lane runs it "
-                    "(tests/test_triton.py), the cpp and reference lanes on CPU")
+@pytest.mark.skipif(
+    INTERPRETED,
+    reason="100,000 interpreted steps take hours; the Triton GPU lane runs it "
+    "(tests/test_triton.py), the cpp and reference lanes on CPU",
+)
 def test_sequence_of_100k_steps():
     """T = 100,000 (cuDNN fails from 65,536): forward and backward run and stay finite, and
     the saved workspace is exactly (T, B, 4H) + (T, B, H). (Long-T parity against the float64
@@ -214,6 +229,14 @@ def test_sequence_of_100k_steps():
     assert out.shape == (T, B, H) and torch.isfinite(out).all()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
     xp = torch.randn(T, B, 4 * H, device=DEVICE)
-    res = torch.ops.fastrnn.lstm_recurrence(xp, m.weight_hh_l0.detach(), None, h.detach()[0], c.detach()[0], None, False,
-                                            fastrnn.backends.resolve(m.backend, xp.device))
+    res = torch.ops.fastrnn.lstm_recurrence(
+        xp,
+        m.weight_hh_l0.detach(),
+        None,
+        h.detach()[0],
+        c.detach()[0],
+        None,
+        False,
+        fastrnn.backends.resolve(m.backend, xp.device),
+    )
     assert res[3].shape == (T, B, 4 * H) and res[4].shape == (T, B, H)

@@ -1,11 +1,11 @@
 """The cell specs (fastrnn.cells) describe torch.nn's parameters exactly, and the ops built
 from them have the schemas the specs name."""
+
 import pytest
 import torch
 
 import fastrnn
 from fastrnn import cells
-
 from helpers import CELLS, TWIN
 
 
@@ -62,7 +62,11 @@ def test_compiled_inference_asks_for_no_workspace():
     with torch.no_grad():
         lean = f(x)[0]
     full = f(x)[0]
-    flags = [n.kwargs.get("workspace") for g in graphs for n in g.graph.nodes
-             if n.op == "call_function" and "lstm_recurrence" in str(n.target)]
+    flags = [
+        n.kwargs.get("workspace")
+        for g in graphs
+        for n in g.graph.nodes
+        if n.op == "call_function" and "lstm_recurrence" in str(n.target)
+    ]
     assert flags == [False, False, True, True]
     assert torch.equal(lean, full.detach())

@@ -1,11 +1,11 @@
 """C++ backend specifics: direct-call validation, non-contiguous input, long sequences."""
+
 import pytest
 import torch
 
 import fastrnn
-from fastrnn import testing
-
 from conftest import BACKEND
+from fastrnn import testing
 
 pytestmark = [
     pytest.mark.skipif(fastrnn.available_backends()["cpp"] != "available", reason="C++ extension not built"),
@@ -31,8 +31,11 @@ def test_direct_calls_raise_not_crash():
 
 @pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
 def test_non_contiguous_input_and_state(family):
-    cls, ncls = {"lstm": (fastrnn.LSTM, torch.nn.LSTM), "gru": (fastrnn.GRU, torch.nn.GRU),
-                 "rnn": (fastrnn.RNN, torch.nn.RNN)}[family]
+    cls, ncls = {
+        "lstm": (fastrnn.LSTM, torch.nn.LSTM),
+        "gru": (fastrnn.GRU, torch.nn.GRU),
+        "rnn": (fastrnn.RNN, torch.nn.RNN),
+    }[family]
     ours = cls(5, 7, num_layers=2, bidirectional=True, backend="cpp")
     theirs = ncls(5, 7, num_layers=2, bidirectional=True)
     x = torch.randn(3, 9, 5).transpose(0, 1)  # (T, B, I) view of a batch-major buffer
@@ -51,8 +54,15 @@ def test_long_sequence_memory_is_linear_in_T():
     x = torch.randn(T, B, I, dtype=torch.float64)
     x_proj = torch.randn(T, B, 4 * H, dtype=torch.float64)
     y, h, c, gates, cs = torch.ops.fastrnn.lstm_recurrence(
-        x_proj, lstm.weight_hh_l0.detach(), None, torch.zeros(B, H, dtype=torch.float64),
-        torch.zeros(B, H, dtype=torch.float64), None, False, "cpp")
+        x_proj,
+        lstm.weight_hh_l0.detach(),
+        None,
+        torch.zeros(B, H, dtype=torch.float64),
+        torch.zeros(B, H, dtype=torch.float64),
+        None,
+        False,
+        "cpp",
+    )
     assert gates.shape == (T, B, 4 * H) and cs.shape == (T, B, H)
     report = testing.compare(lstm, testing.oracle(lstm), x, sync_weights=False)
     assert report.passed, f"\n{report}"
@@ -74,7 +84,8 @@ def test_inference_keeps_no_backward_workspace(family):
     with torch.no_grad():
         lean = entry(*args, lengths, True, "cpp")
     full = (torch.ops.fastrnn.lstm_recurrence if family == "lstm" else torch.ops.fastrnn.gru_recurrence)(
-        *args, lengths, True, "cpp")
+        *args, lengths, True, "cpp"
+    )
     assert lean[-1].numel() == 0 and full[-1].shape[0] == T
     n_state = 3 if family == "lstm" else 2
     assert all(torch.equal(a, b) for a, b in zip(lean[:n_state], full[:n_state]))
@@ -89,42 +100,108 @@ T_, B_, H_, P_ = 3, 2, 5, 3
 
 def _lstm_fwd(proj):
     P = P_ if proj else H_
-    return ("lstm_forward", [torch.randn(T_, B_, 4 * H_), torch.randn(4 * H_, P),
-                             torch.randn(P, H_) if proj else None, torch.randn(B_, P), torch.randn(B_, H_),
-                             torch.tensor([3, 2]), False, True], {0: {0}})
+    return (
+        "lstm_forward",
+        [
+            torch.randn(T_, B_, 4 * H_),
+            torch.randn(4 * H_, P),
+            torch.randn(P, H_) if proj else None,
+            torch.randn(B_, P),
+            torch.randn(B_, H_),
+            torch.tensor([3, 2]),
+            False,
+            True,
+        ],
+        {0: {0}},
+    )
 
 
 def _lstm_bwd(proj):
     P = P_ if proj else H_
-    return ("lstm_backward", [torch.randn(T_, B_, P), torch.randn(B_, P), torch.randn(B_, H_),
-                              torch.randn(4 * H_, P), torch.randn(P, H_) if proj else None,
-                              torch.randn(B_, H_), torch.rand(T_, B_, 4 * H_), torch.randn(T_, B_, H_),
-                              torch.tensor([3, 2]), False], {})
+    return (
+        "lstm_backward",
+        [
+            torch.randn(T_, B_, P),
+            torch.randn(B_, P),
+            torch.randn(B_, H_),
+            torch.randn(4 * H_, P),
+            torch.randn(P, H_) if proj else None,
+            torch.randn(B_, H_),
+            torch.rand(T_, B_, 4 * H_),
+            torch.randn(T_, B_, H_),
+            torch.tensor([3, 2]),
+            False,
+        ],
+        {},
+    )
 
 
 def _gru_fwd():
-    return ("gru_forward", [torch.randn(T_, B_, 3 * H_), torch.randn(3 * H_, H_), torch.randn(H_),
-                            torch.randn(B_, H_), torch.tensor([3, 2]), False, True], {0: {0}})
+    return (
+        "gru_forward",
+        [
+            torch.randn(T_, B_, 3 * H_),
+            torch.randn(3 * H_, H_),
+            torch.randn(H_),
+            torch.randn(B_, H_),
+            torch.tensor([3, 2]),
+            False,
+            True,
+        ],
+        {0: {0}},
+    )
 
 
 def _gru_bwd():
-    return ("gru_backward", [torch.randn(T_, B_, H_), torch.randn(B_, H_), torch.randn(3 * H_, H_),
-                             torch.randn(T_, B_, H_), torch.rand(T_, B_, 4 * H_), torch.tensor([3, 2]), False], {})
+    return (
+        "gru_backward",
+        [
+            torch.randn(T_, B_, H_),
+            torch.randn(B_, H_),
+            torch.randn(3 * H_, H_),
+            torch.randn(T_, B_, H_),
+            torch.rand(T_, B_, 4 * H_),
+            torch.tensor([3, 2]),
+            False,
+        ],
+        {},
+    )
 
 
 def _rnn_fwd():
-    return ("rnn_forward", [torch.randn(T_, B_, H_), torch.randn(H_, H_), torch.randn(B_, H_),
-                            torch.tensor([3, 2]), False, "tanh"], {0: {0}})
+    return (
+        "rnn_forward",
+        [torch.randn(T_, B_, H_), torch.randn(H_, H_), torch.randn(B_, H_), torch.tensor([3, 2]), False, "tanh"],
+        {0: {0}},
+    )
 
 
 def _rnn_bwd():
-    return ("rnn_backward", [torch.randn(T_, B_, H_), torch.randn(B_, H_), torch.randn(H_, H_),
-                             torch.rand(T_, B_, H_).tanh(), torch.tensor([3, 2]), False, "tanh"], {})
+    return (
+        "rnn_backward",
+        [
+            torch.randn(T_, B_, H_),
+            torch.randn(B_, H_),
+            torch.randn(H_, H_),
+            torch.rand(T_, B_, H_).tanh(),
+            torch.tensor([3, 2]),
+            False,
+            "tanh",
+        ],
+        {},
+    )
 
 
-ENTRIES = [("lstm_fwd", _lstm_fwd(False)), ("lstm_fwd_proj", _lstm_fwd(True)), ("lstm_bwd", _lstm_bwd(False)),
-           ("lstm_bwd_proj", _lstm_bwd(True)), ("gru_fwd", _gru_fwd()), ("gru_bwd", _gru_bwd()),
-           ("rnn_fwd", _rnn_fwd()), ("rnn_bwd", _rnn_bwd())]
+ENTRIES = [
+    ("lstm_fwd", _lstm_fwd(False)),
+    ("lstm_fwd_proj", _lstm_fwd(True)),
+    ("lstm_bwd", _lstm_bwd(False)),
+    ("lstm_bwd_proj", _lstm_bwd(True)),
+    ("gru_fwd", _gru_fwd()),
+    ("gru_bwd", _gru_bwd()),
+    ("rnn_fwd", _rnn_fwd()),
+    ("rnn_bwd", _rnn_bwd()),
+]
 
 
 def _wrong_versions(t, free_dims):
@@ -162,10 +239,10 @@ def test_every_wrong_argument_raises(eid, entry):
     for i, a in enumerate(args):
         if not isinstance(a, torch.Tensor):
             continue
-        for label, bad in _wrong_versions(a, free.get(i, set())):
+        for _label, bad in _wrong_versions(a, free.get(i, set())):
             wrong = list(args)
             wrong[i] = bad
-            with pytest.raises(RuntimeError, match="fastrnn cpp backend|Expected sequence length"):
+            with pytest.raises(RuntimeError, match=r"fastrnn cpp backend|Expected sequence length"):
                 fn(*wrong)
             tried += 1
     assert tried >= 30
@@ -180,5 +257,15 @@ def test_lstm_backward_state_width_must_match_without_projection(delta):
     T, B, H = 4, 3, 6
     P = H + delta
     with pytest.raises(RuntimeError, match="must have shape"):
-        _C.lstm_backward(torch.randn(T, B, P), torch.randn(B, P), torch.randn(B, H), torch.randn(4 * H, P), None,
-                         torch.randn(B, H), torch.rand(T, B, 4 * H), torch.randn(T, B, H), None, False)
+        _C.lstm_backward(
+            torch.randn(T, B, P),
+            torch.randn(B, P),
+            torch.randn(B, H),
+            torch.randn(4 * H, P),
+            None,
+            torch.randn(B, H),
+            torch.rand(T, B, 4 * H),
+            torch.randn(T, B, H),
+            None,
+            False,
+        )

@@ -1,15 +1,14 @@
 """Everyday PyTorch usage that must behave as with torch.nn: half precision on the default
 backend, autocast, editing an output in place before backward, and torch.nn's exception
 classes for malformed states."""
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import fastrnn
-from fastrnn import functional, testing
 from conftest import BACKEND, DEVICE
+from fastrnn import functional, testing
 from helpers import CELLS, make_inputs, make_pair
 
 T, B, I, H = 6, 3, 5, 7
@@ -20,8 +19,9 @@ CELL_CLASSES = [(fastrnn.LSTMCell, nn.LSTMCell), (fastrnn.GRUCell, nn.GRUCell), 
 # ----------------------------------------------------------------------------------------
 # Half precision (float16 / bfloat16) with the default backend
 # ----------------------------------------------------------------------------------------
-CPU_HALF = pytest.mark.skipif(DEVICE.type != "cpu" or BACKEND == "triton",
-                              reason="the triton lane checks half precision in tests/test_triton.py")
+CPU_HALF = pytest.mark.skipif(
+    DEVICE.type != "cpu" or BACKEND == "triton", reason="the triton lane checks half precision in tests/test_triton.py"
+)
 
 
 @CPU_HALF
@@ -51,9 +51,13 @@ def test_half_precision_cells(ours_cls, dtype):
 # Autocast
 # ----------------------------------------------------------------------------------------
 AUTOCAST_CASES = [
-    ("lstm", {}, "padded"), ("lstm", {"proj_size": 3}, "padded"), ("lstm", {}, "packed"),
+    ("lstm", {}, "padded"),
+    ("lstm", {"proj_size": 3}, "padded"),
+    ("lstm", {}, "packed"),
     ("lstm", {"num_layers": 2, "bidirectional": True}, "padded"),
-    ("gru", {}, "padded"), ("gru", {}, "packed"), ("rnn", {}, "padded"),
+    ("gru", {}, "padded"),
+    ("gru", {}, "packed"),
+    ("rnn", {}, "padded"),
     ("rnn", {"nonlinearity": "relu"}, "packed"),
 ]
 
@@ -74,8 +78,11 @@ def _under_autocast(module, inputs, dtype):
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="CPU autocast rules")
-@pytest.mark.parametrize("family,kw,kind", AUTOCAST_CASES,
-                         ids=[f"{f}-{'-'.join(map(str, kw.values())) or 'plain'}-{k}" for f, kw, k in AUTOCAST_CASES])
+@pytest.mark.parametrize(
+    "family,kw,kind",
+    AUTOCAST_CASES,
+    ids=[f"{f}-{'-'.join(map(str, kw.values())) or 'plain'}-{k}" for f, kw, k in AUTOCAST_CASES],
+)
 def test_autocast_cpu_bf16_layers(family, kw, kind):
     """Output dtypes are torch.nn's under autocast; values within the bfloat16 bound of
     torch.nn's own autocast output; parameter gradients stay float32."""
@@ -122,8 +129,9 @@ def test_autocast_rule_cuda():
     for low in (torch.float16, torch.bfloat16):
         for mode in ("LSTM", "GRU", "RNN_TANH"):
             for cell, packed, proj in ((True, False, False), (False, True, False), (False, False, mode == "LSTM")):
-                assert functional.autocast_rule(mode, "cuda", low, cell=cell, packed=packed, proj=proj,
-                                                state_dtype=torch.float32) == (low, low, low)
+                assert functional.autocast_rule(
+                    mode, "cuda", low, cell=cell, packed=packed, proj=proj, state_dtype=torch.float32
+                ) == (low, low, low)
 
 
 # ----------------------------------------------------------------------------------------
@@ -145,7 +153,7 @@ def test_inplace_edit_of_output(cid, family, kw, batch_first, dtype):
         try:
             (out * out).sum().backward()
         except RuntimeError as e:
-            assert m is theirs and family == "lstm" and dtype == torch.float32, e
+            assert m is theirs and family == "lstm" and dtype == torch.float32, e  # noqa: PT017 (only torch.nn may fail here)
             return
         grads.append([xx.grad, *(p.grad for p in m.parameters())])
     for a, b in zip(*grads):

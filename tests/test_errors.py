@@ -1,5 +1,6 @@
 """Bad input fails as in torch.nn: same exception class and message, or a clearer one where
 torch.nn's comes from deep inside ATen (or where torch.nn does not fail at all)."""
+
 import re
 
 import pytest
@@ -9,9 +10,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 
-CLASSES = {"lstm": (fastrnn.LSTM, nn.LSTM), "gru": (fastrnn.GRU, nn.GRU), "rnn": (fastrnn.RNN, nn.RNN),
-           "lstmcell": (fastrnn.LSTMCell, nn.LSTMCell), "grucell": (fastrnn.GRUCell, nn.GRUCell),
-           "rnncell": (fastrnn.RNNCell, nn.RNNCell)}
+CLASSES = {
+    "lstm": (fastrnn.LSTM, nn.LSTM),
+    "gru": (fastrnn.GRU, nn.GRU),
+    "rnn": (fastrnn.RNN, nn.RNN),
+    "lstmcell": (fastrnn.LSTMCell, nn.LSTMCell),
+    "grucell": (fastrnn.GRUCell, nn.GRUCell),
+    "rnncell": (fastrnn.RNNCell, nn.RNNCell),
+}
 
 r = torch.randn
 
@@ -43,7 +49,7 @@ CTOR_CASES = [
 @pytest.mark.parametrize("cid,key,args,kwargs", CTOR_CASES, ids=[c[0] for c in CTOR_CASES])
 def test_constructor_errors_match_torch(cid, key, args, kwargs):
     ours, theirs = CLASSES[key]
-    with pytest.raises(Exception) as expected:
+    with pytest.raises(Exception) as expected:  # noqa: PT011 (torch.nn's own exception type is the expectation)
         theirs(*args, **kwargs)
     with pytest.raises(expected.type, match=re.escape(str(expected.value))):
         ours(*args, **kwargs)
@@ -70,7 +76,12 @@ SAME_AS_TORCH = [
     ("unbatched_hx_3d_lstm", "lstm", {}, lambda f: (r(5, 4), (r(1, 1, 8), r(1, 1, 8)))),
     ("empty_sequence", "lstm", {}, lambda f: (r(0, 3, 4),)),
     ("hx_device", "gru", {}, lambda f: (r(5, 3, 4), torch.zeros(1, 3, 8, device="meta"))),
-    ("packed_gru_hx_batch", "gru", {}, lambda f: (pack_padded_sequence(r(5, 3, 4), torch.tensor([5, 3, 2])), r(1, 2, 8))),
+    (
+        "packed_gru_hx_batch",
+        "gru",
+        {},
+        lambda f: (pack_padded_sequence(r(5, 3, 4), torch.tensor([5, 3, 2])), r(1, 2, 8)),
+    ),
     ("cell_rank3", "lstmcell", {}, lambda f: (r(2, 3, 4),)),
     ("cell_rank0", "grucell", {}, lambda f: (torch.tensor(1.0),)),
     ("cell_hx_rank4", "grucell", {}, lambda f: (r(3, 4), r(3, 1, 1, 8))),
@@ -94,7 +105,7 @@ def test_forward_errors_match_torch(cid, key, kw, build):
     theirs = theirs_cls(4, 8, **kw)
     ours = ours_cls(4, 8, **kw)
     args = build(key)
-    with pytest.raises(Exception) as expected:
+    with pytest.raises(Exception) as expected:  # noqa: PT011 (torch.nn's own exception type is the expectation)
         theirs(*args)
     with pytest.raises(expected.type, match=re.escape(str(expected.value))):
         ours(*args)
@@ -102,37 +113,107 @@ def test_forward_errors_match_torch(cid, key, kw, build):
 
 # Where torch.nn's error is an ATen internal (or absent), fastrnn says what is wrong.
 CLEARER = [
-    ("hx_dtype_lstm", "lstm", (r(5, 3, 4), (r(1, 3, 8, dtype=torch.float64), r(1, 3, 8))),
-     RuntimeError, r"hidden state dtype \(torch.float64\) does not match input dtype \(torch.float32\)"),
-    ("hx_dtype_gru", "gru", (r(5, 3, 4), r(1, 3, 8, dtype=torch.float64)),
-     RuntimeError, r"hidden state dtype \(torch.float64\) does not match input dtype"),
-    ("lstm_hx_three", "lstm", (r(5, 3, 4), (r(1, 3, 8),) * 3),
-     RuntimeError, r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got tuple of length 3"),
+    (
+        "hx_dtype_lstm",
+        "lstm",
+        (r(5, 3, 4), (r(1, 3, 8, dtype=torch.float64), r(1, 3, 8))),
+        RuntimeError,
+        r"hidden state dtype \(torch.float64\) does not match input dtype \(torch.float32\)",
+    ),
+    (
+        "hx_dtype_gru",
+        "gru",
+        (r(5, 3, 4), r(1, 3, 8, dtype=torch.float64)),
+        RuntimeError,
+        r"hidden state dtype \(torch.float64\) does not match input dtype",
+    ),
+    (
+        "lstm_hx_three",
+        "lstm",
+        (r(5, 3, 4), (r(1, 3, 8),) * 3),
+        RuntimeError,
+        r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got tuple of length 3",
+    ),
     # the classes are torch.nn's (IndexError, TypeError), with a message saying what is wrong
-    ("lstm_hx_tensor", "lstm", (r(5, 3, 4), r(1, 3, 8)),
-     IndexError, r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got Tensor"),
-    ("lstm_hx_one", "lstm", (r(5, 3, 4), (r(1, 3, 8),)),
-     IndexError, r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got tuple of length 1"),
-    ("lstm_hx_int", "lstm", (r(5, 3, 4), 0),
-     TypeError, r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got int"),
-    ("lstm_packed_float64", "lstm", (pack_padded_sequence(r(5, 3, 4, dtype=torch.float64), torch.tensor([5, 3, 2])),),
-     RuntimeError, r"LSTM: packed input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
-    ("lstmcell_hx_tensor", "lstmcell", (r(3, 4), r(3, 8)),
-     TypeError, r"LSTMCell: hx must be a tuple \(h_0, c_0\) of two tensors, got Tensor"),
-    ("lstmcell_hx_one", "lstmcell", (r(3, 4), (r(3, 8),)),
-     RuntimeError, r"LSTMCell expects two hidden states \(h_0, c_0\), got 1"),
+    (
+        "lstm_hx_tensor",
+        "lstm",
+        (r(5, 3, 4), r(1, 3, 8)),
+        IndexError,
+        r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got Tensor",
+    ),
+    (
+        "lstm_hx_one",
+        "lstm",
+        (r(5, 3, 4), (r(1, 3, 8),)),
+        IndexError,
+        r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got tuple of length 1",
+    ),
+    (
+        "lstm_hx_int",
+        "lstm",
+        (r(5, 3, 4), 0),
+        TypeError,
+        r"LSTM expects hx to be a tuple \(h_0, c_0\) of two tensors, got int",
+    ),
+    (
+        "lstm_packed_float64",
+        "lstm",
+        (pack_padded_sequence(r(5, 3, 4, dtype=torch.float64), torch.tensor([5, 3, 2])),),
+        RuntimeError,
+        r"LSTM: packed input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)",
+    ),
+    (
+        "lstmcell_hx_tensor",
+        "lstmcell",
+        (r(3, 4), r(3, 8)),
+        TypeError,
+        r"LSTMCell: hx must be a tuple \(h_0, c_0\) of two tensors, got Tensor",
+    ),
+    (
+        "lstmcell_hx_one",
+        "lstmcell",
+        (r(3, 4), (r(3, 8),)),
+        RuntimeError,
+        r"LSTMCell expects two hidden states \(h_0, c_0\), got 1",
+    ),
     # torch.nn runs this one and broadcasts the wrong-sized c0 silently
-    ("packed_lstm_cx", "lstm", (pack_padded_sequence(r(5, 3, 4), torch.tensor([5, 3, 2])), (r(1, 3, 8), r(2, 3, 8))),
-     RuntimeError, r"Expected hidden\[1\] size \(1, 3, 8\), got \[2, 3, 8\]"),
-    ("packed_lstm_hx", "lstm", (pack_padded_sequence(r(5, 3, 4), torch.tensor([5, 3, 2])), (r(1, 2, 8), r(1, 3, 8))),
-     RuntimeError, r"Expected hidden\[0\] size \(1, 3, 8\), got \[1, 2, 8\]"),
-    ("cell_dtype", "rnncell", (r(3, 4, dtype=torch.float64),),
-     RuntimeError, r"RNNCell input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
-    ("cell_hx_dtype", "grucell", (r(3, 4), r(3, 8, dtype=torch.float64)),
-     RuntimeError, r"hidden state dtype \(torch.float64\) does not match input dtype"),
+    (
+        "packed_lstm_cx",
+        "lstm",
+        (pack_padded_sequence(r(5, 3, 4), torch.tensor([5, 3, 2])), (r(1, 3, 8), r(2, 3, 8))),
+        RuntimeError,
+        r"Expected hidden\[1\] size \(1, 3, 8\), got \[2, 3, 8\]",
+    ),
+    (
+        "packed_lstm_hx",
+        "lstm",
+        (pack_padded_sequence(r(5, 3, 4), torch.tensor([5, 3, 2])), (r(1, 2, 8), r(1, 3, 8))),
+        RuntimeError,
+        r"Expected hidden\[0\] size \(1, 3, 8\), got \[1, 2, 8\]",
+    ),
+    (
+        "cell_dtype",
+        "rnncell",
+        (r(3, 4, dtype=torch.float64),),
+        RuntimeError,
+        r"RNNCell input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)",
+    ),
+    (
+        "cell_hx_dtype",
+        "grucell",
+        (r(3, 4), r(3, 8, dtype=torch.float64)),
+        RuntimeError,
+        r"hidden state dtype \(torch.float64\) does not match input dtype",
+    ),
     # torch.nn accepts a (H, H) state for unbatched input and returns a wrong-shaped result
-    ("cell_unbatched_square_hx", "grucell", (r(4), r(8, 8)),
-     RuntimeError, r"GRUCell: for unbatched 1-D input, the hidden state should be 1-D, got 2-D"),
+    (
+        "cell_unbatched_square_hx",
+        "grucell",
+        (r(4), r(8, 8)),
+        RuntimeError,
+        r"GRUCell: for unbatched 1-D input, the hidden state should be 1-D, got 2-D",
+    ),
 ]
 
 

@@ -1,6 +1,7 @@
 """fastrnn inside torch's other tools, each compared with torch.nn doing the same:
 torch.jit.trace, torch.jit.script, torch.onnx.export (both exporters, run in ONNX Runtime),
 torch.ao.quantization.quantize_dynamic and torch.load(weights_only=True)."""
+
 import copy
 import importlib.util
 import io
@@ -12,15 +13,16 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
+from conftest import DEVICE
 from fastrnn import interop
 from fastrnn.testing import bound, rel_rms
-
-from conftest import DEVICE
 from helpers import make_pair, make_state
 
 BOUND = bound(torch.float32)
 
-pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="torch's tracing, scripting, ONNX and quantization are compared on CPU")
+pytestmark = pytest.mark.skipif(
+    DEVICE.type != "cpu", reason="torch's tracing, scripting, ONNX and quantization are compared on CPU"
+)
 
 LAYERS = [  # (id, family, kwargs)
     ("lstm", "lstm", {}),
@@ -81,8 +83,12 @@ def trace(module, example, grad: bool):
     with warnings.catch_warnings(record=True) as caught, torch.set_grad_enabled(grad):
         warnings.simplefilter("always")
         traced = torch.jit.trace(module, example, check_trace=True)
-    complaints = [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)
-                  and ("does not match" in str(w.message) or "nondeterministic" in str(w.message))]
+    complaints = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, torch.jit.TracerWarning)
+        and ("does not match" in str(w.message) or "nondeterministic" in str(w.message))
+    ]
     assert not complaints, complaints
     return traced
 
@@ -98,7 +104,7 @@ def test_trace_layer_any_length_and_batch(cid, family, kw, with_state, grad):
     example = (layer_input(ours, 4, 3),) + ((make_state(family, ours, 3, torch.float32, "cpu"),) if with_state else ())
     traced = trace(ours, example, grad)
     nodes = {n.kind() for n in traced.inlined_graph.nodes()}
-    assert f"aten::{ {'lstm': 'lstm', 'gru': 'gru', 'rnn': 'rnn_' + kw.get('nonlinearity', 'tanh')}[family]}" in nodes
+    assert f"aten::{ {'lstm': 'lstm', 'gru': 'gru', 'rnn': 'rnn_' + kw.get('nonlinearity', 'tanh')}[family] }" in nodes
     loaded = reload(traced)
     for T, B in [(4, 3), (11, 2), (1, 1), (2, 6)]:  # longer and shorter than the example
         args = (layer_input(ours, T, B),) + ((make_state(family, ours, B, torch.float32, "cpu"),) if with_state else ())
@@ -139,7 +145,9 @@ def test_trace_packed_sequence_inside_the_model(family):
     for lengths in ([6, 2, 4], [3, 9], [1, 4, 2, 3, 4]):
         x = torch.randn(max(lengths), len(lengths), I)
         with torch.no_grad():
-            assert_close(traced(x, torch.tensor(lengths)), _Packed(theirs)(x, torch.tensor(lengths)), f"lengths {lengths}")
+            assert_close(
+                traced(x, torch.tensor(lengths)), _Packed(theirs)(x, torch.tensor(lengths)), f"lengths {lengths}"
+            )
 
 
 @pytest.mark.parametrize("cid,ours_cls,nn_cls,kw", CELLS, ids=[c[0] for c in CELLS])
@@ -191,8 +199,13 @@ class _Model(nn.Module):
 def _model_pair():
     """A model of fastrnn modules and the same model of torch.nn modules (same weights)."""
     theirs = _Model(
-        nn.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True), nn.GRU(2 * H, H),
-        nn.RNN(H, H, nonlinearity="relu"), nn.LSTMCell(H, H), nn.GRUCell(H, H), nn.RNNCell(H, H))
+        nn.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True),
+        nn.GRU(2 * H, H),
+        nn.RNN(H, H, nonlinearity="relu"),
+        nn.LSTMCell(H, H),
+        nn.GRUCell(H, H),
+        nn.RNNCell(H, H),
+    )
     ours = fastrnn.convert(copy.deepcopy(theirs))
     return ours, theirs
 
@@ -300,7 +313,9 @@ def test_torch_quantize_dynamic_warns_that_it_leaves_fastrnn_float():
 # 4. ONNX export, run in ONNX Runtime
 # ------------------------------------------------------------------------------------------
 _ONNX_MISSING = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
-needs_onnx = pytest.mark.skipif(bool(_ONNX_MISSING), reason=f"not installed: {', '.join(_ONNX_MISSING)} (requirements.txt pins them)")
+needs_onnx = pytest.mark.skipif(
+    bool(_ONNX_MISSING), reason=f"not installed: {', '.join(_ONNX_MISSING)} (requirements.txt pins them)"
+)
 EXPORTERS = [pytest.param(False, id="torchscript_exporter"), pytest.param(True, id="dynamo_exporter")]
 ONNX_LAYERS = [c for c in LAYERS if c[0] != "lstm_proj"]
 
@@ -356,8 +371,7 @@ def test_onnx_cell(cid, ours_cls, nn_cls, kw, dynamo):
 def test_onnx_dynamic_axes_any_length_and_batch():
     # the TorchScript exporter with dynamic axes: one model for every T and B, as torch.nn
     ours, theirs = make_pair("lstm", I, H, torch.float32, device="cpu", num_layers=2, bidirectional=True)
-    session, _ = onnx_run(ours, (torch.randn(4, 3, I),), False, input_names=["x"],
-                          dynamic_axes={"x": {0: "T", 1: "B"}})
+    session, _ = onnx_run(ours, (torch.randn(4, 3, I),), False, input_names=["x"], dynamic_axes={"x": {0: "T", 1: "B"}})
     for T, B in [(4, 3), (13, 2), (1, 5)]:
         x = torch.randn(T, B, I)
         with torch.no_grad():
@@ -380,15 +394,20 @@ def test_onnx_lstm_proj_size_is_a_clear_error(dynamo):
 # ------------------------------------------------------------------------------------------
 def test_load_whole_model_weights_only():
     model = nn.Sequential(
-        fastrnn.LSTM(I, H, num_layers=2, proj_size=3), fastrnn.GRU(I, H), fastrnn.RNN(I, H, nonlinearity="relu"),
-        fastrnn.LSTMCell(I, H), fastrnn.GRUCell(I, H), fastrnn.RNNCell(I, H, backend="reference"))
+        fastrnn.LSTM(I, H, num_layers=2, proj_size=3),
+        fastrnn.GRU(I, H),
+        fastrnn.RNN(I, H, nonlinearity="relu"),
+        fastrnn.LSTMCell(I, H),
+        fastrnn.GRUCell(I, H),
+        fastrnn.RNNCell(I, H, backend="reference"),
+    )
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
-    with pytest.raises(Exception, match="fastrnn.modules"), torch.serialization.safe_globals([nn.Sequential]):
+    with pytest.raises(Exception, match=r"fastrnn\.modules"), torch.serialization.safe_globals([nn.Sequential]):
         torch.load(buf, weights_only=True)
     buf.seek(0)
-    with torch.serialization.safe_globals(fastrnn.safe_globals() + [nn.Sequential]):
+    with torch.serialization.safe_globals([*fastrnn.safe_globals(), nn.Sequential]):
         loaded = torch.load(buf, weights_only=True)
     for a, b in zip(model, loaded):
         assert type(a) is type(b) and a.backend == b.backend

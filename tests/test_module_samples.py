@@ -2,13 +2,14 @@
 recurrent modules, each run through the fastrnn twin and compared with torch.nn: every
 output, final state and gradient, at the numerics table's bounds (fp32 against torch.nn at
 2e-5; fp64 against the autograd oracle and torch.nn at 1e-9)."""
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import BACKEND, DEVICE
 from fastrnn import testing
 from fastrnn.convert import TWINS
-from conftest import BACKEND, DEVICE
 
 _frozen = torch.backends.flags_frozen()
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
@@ -38,8 +39,9 @@ def _collect(out):
             continue
         for dtype in DTYPES:
             for training in (True, False):
-                samples = info.module_inputs_func(info, device=str(DEVICE), dtype=dtype,
-                                                  requires_grad=False, training=training)
+                samples = info.module_inputs_func(
+                    info, device=str(DEVICE), dtype=dtype, requires_grad=False, training=training
+                )
                 for i, sample in enumerate(samples):
                     name = f"{info.module_cls.__name__}-{i}-{'train' if training else 'eval'}-{str(dtype)[6:]}"
                     out.append(pytest.param(info.module_cls, sample, dtype, training, id=name))
@@ -51,7 +53,8 @@ def _against_oracle(ours, theirs, inputs) -> str:
     a = testing.compare(ours, oracle, *inputs, sync_weights=False)
     b = testing.compare(theirs, oracle, *inputs, sync_weights=False)
     return "vs float64 oracle:\n" + "\n".join(
-        f"{x.name:<20} fastrnn {x.rel_rms:.3e}  torch.nn {y.rel_rms:.3e}" for x, y in zip(a.rows, b.rows))
+        f"{x.name:<20} fastrnn {x.rel_rms:.3e}  torch.nn {y.rel_rms:.3e}" for x, y in zip(a.rows, b.rows)
+    )
 
 
 @pytest.mark.parametrize("nn_cls,sample,dtype,training", _samples())

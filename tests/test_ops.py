@@ -1,10 +1,11 @@
 """The registered ops: opcheck (schema, fake impl, autograd registration, AOT dispatch),
 float64 gradcheck, and argument validation on direct calls."""
+
 import pytest
 import torch
 from torch.library import opcheck
 
-import fastrnn  # noqa: F401  (registers torch.ops.fastrnn)
+import fastrnn
 from conftest import BACKEND, DEVICE
 from fastrnn import backends
 
@@ -33,13 +34,28 @@ VARIANTS = [
 
 def lstm_args(lengths, reverse, proj):
     P_ = P if proj else H
-    return (_t(T, B, 4 * H), _t(4 * H, P_), _t(P, H) if proj else None, _t(B, P_), _t(B, H),
-            _lengths() if lengths else None, reverse, _backend())
+    return (
+        _t(T, B, 4 * H),
+        _t(4 * H, P_),
+        _t(P, H) if proj else None,
+        _t(B, P_),
+        _t(B, H),
+        _lengths() if lengths else None,
+        reverse,
+        _backend(),
+    )
 
 
 def gru_args(lengths, reverse, b_hn=True):
-    return (_t(T, B, 3 * H), _t(3 * H, H), _t(H) if b_hn else None, _t(B, H),
-            _lengths() if lengths else None, reverse, _backend())
+    return (
+        _t(T, B, 3 * H),
+        _t(3 * H, H),
+        _t(H) if b_hn else None,
+        _t(B, H),
+        _lengths() if lengths else None,
+        reverse,
+        _backend(),
+    )
 
 
 def rnn_args(lengths, reverse, nonlinearity):
@@ -59,7 +75,7 @@ def _cases(lengths, reverse):
 
 @pytest.mark.parametrize("lengths,reverse", VARIANTS)
 def test_opcheck_forward_ops(lengths, reverse):
-    for name, op, args, _ in _cases(lengths, reverse):
+    for _name, op, args, _ in _cases(lengths, reverse):
         opcheck(op, args)
 
 
@@ -98,22 +114,62 @@ def test_gradcheck_float64(lengths, reverse):
 
 
 BAD_CALLS = [
-    ("x_rank", lambda be: torch.ops.fastrnn.gru_recurrence(torch.randn(3, 6), torch.randn(6, 2), None, torch.randn(3, 2), None, False, be),
-     "x_proj must be 3-D"),
-    ("w_hh_shape", lambda be: torch.ops.fastrnn.lstm_recurrence(torch.randn(2, 3, 8), torch.randn(8, 3), None, torch.randn(3, 2), torch.randn(3, 2), None, False, be),
-     "w_hh must have shape"),
-    ("h0_shape", lambda be: torch.ops.fastrnn.rnn_recurrence(torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(2, 4), None, False, "tanh", be),
-     "h0 must have shape"),
-    ("dtype", lambda be: torch.ops.fastrnn.rnn_recurrence(torch.randn(2, 3, 4), torch.randn(4, 4).double(), torch.randn(3, 4), None, False, "tanh", be),
-     "w_hh has dtype torch.float64"),
-    ("lengths_dtype", lambda be: torch.ops.fastrnn.rnn_recurrence(torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(3, 4), torch.tensor([1., 2., 2.]), False, "tanh", be),
-     "lengths must be an int64 tensor"),
-    ("gates_multiple", lambda be: torch.ops.fastrnn.gru_recurrence(torch.randn(2, 3, 7), torch.randn(6, 2), None, torch.randn(3, 2), None, False, be),
-     "not a multiple of 3"),
-    ("empty", lambda be: torch.ops.fastrnn.gru_recurrence(torch.randn(0, 3, 6), torch.randn(6, 2), None, torch.randn(3, 2), None, False, be),
-     "Expected sequence length to be larger than 0"),
-    ("nonlinearity", lambda be: torch.ops.fastrnn.rnn_recurrence(torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(3, 4), None, False, "gelu", be),
-     "Unknown nonlinearity 'gelu'"),
+    (
+        "x_rank",
+        lambda be: torch.ops.fastrnn.gru_recurrence(
+            torch.randn(3, 6), torch.randn(6, 2), None, torch.randn(3, 2), None, False, be
+        ),
+        "x_proj must be 3-D",
+    ),
+    (
+        "w_hh_shape",
+        lambda be: torch.ops.fastrnn.lstm_recurrence(
+            torch.randn(2, 3, 8), torch.randn(8, 3), None, torch.randn(3, 2), torch.randn(3, 2), None, False, be
+        ),
+        "w_hh must have shape",
+    ),
+    (
+        "h0_shape",
+        lambda be: torch.ops.fastrnn.rnn_recurrence(
+            torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(2, 4), None, False, "tanh", be
+        ),
+        "h0 must have shape",
+    ),
+    (
+        "dtype",
+        lambda be: torch.ops.fastrnn.rnn_recurrence(
+            torch.randn(2, 3, 4), torch.randn(4, 4).double(), torch.randn(3, 4), None, False, "tanh", be
+        ),
+        "w_hh has dtype torch.float64",
+    ),
+    (
+        "lengths_dtype",
+        lambda be: torch.ops.fastrnn.rnn_recurrence(
+            torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(3, 4), torch.tensor([1.0, 2.0, 2.0]), False, "tanh", be
+        ),
+        "lengths must be an int64 tensor",
+    ),
+    (
+        "gates_multiple",
+        lambda be: torch.ops.fastrnn.gru_recurrence(
+            torch.randn(2, 3, 7), torch.randn(6, 2), None, torch.randn(3, 2), None, False, be
+        ),
+        "not a multiple of 3",
+    ),
+    (
+        "empty",
+        lambda be: torch.ops.fastrnn.gru_recurrence(
+            torch.randn(0, 3, 6), torch.randn(6, 2), None, torch.randn(3, 2), None, False, be
+        ),
+        "Expected sequence length to be larger than 0",
+    ),
+    (
+        "nonlinearity",
+        lambda be: torch.ops.fastrnn.rnn_recurrence(
+            torch.randn(2, 3, 4), torch.randn(4, 4), torch.randn(3, 4), None, False, "gelu", be
+        ),
+        "Unknown nonlinearity 'gelu'",
+    ),
 ]
 
 
@@ -128,7 +184,9 @@ def test_eager_route_and_dispatcher_route_agree_bitwise():
     compile and other tracers see. Both must give identical outputs and gradients."""
     from fastrnn import ops
 
-    for (name, op, args, n_out), entry in zip(_cases("lengths", True), [ops.lstm, ops.lstm, ops.gru, ops.gru, ops.rnn, ops.rnn]):
+    for (name, op, args, n_out), entry in zip(
+        _cases("lengths", True), [ops.lstm, ops.lstm, ops.gru, ops.gru, ops.rnn, ops.rnn]
+    ):
         leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
         a = entry(*args)[:n_out]
         assert type(a[0].grad_fn).__name__.endswith("RecurrenceBackward"), name  # the eager route ran
@@ -141,7 +199,6 @@ def test_eager_route_and_dispatcher_route_agree_bitwise():
 
 
 def test_modules_take_the_eager_route():
-    import fastrnn
 
     m = fastrnn.GRU(3, 4)
     out, _ = m(torch.randn(2, 1, 3))

@@ -4,6 +4,7 @@ Every output, final state and gradient (input, h0, c0, every weight) is compared
 bounds of the numerics table (fastrnn.testing.BOUNDS): fp32 against torch.nn at 2e-5, fp64
 against the autograd reference (and torch.nn) at 1e-9.
 """
+
 import itertools
 
 import pytest
@@ -15,20 +16,35 @@ from helpers import CELLS, make_inputs, make_pair
 T, B, I, H = 7, 3, 5, 6
 
 PARAMS = [
-    pytest.param(cell, layers, bidir, bf, bias, kind, dtype,
-                 id=f"{cid}-L{layers}-{'bi' if bidir else 'uni'}-{'bf' if bf else 'tm'}-"
-                    f"{'bias' if bias else 'nobias'}-{kind}-{str(dtype)[6:]}")
+    pytest.param(
+        cell,
+        layers,
+        bidir,
+        bf,
+        bias,
+        kind,
+        dtype,
+        id=f"{cid}-L{layers}-{'bi' if bidir else 'uni'}-{'bf' if bf else 'tm'}-"
+        f"{'bias' if bias else 'nobias'}-{kind}-{str(dtype)[6:]}",
+    )
     for (cid, *cell), layers, bidir, bf, bias, kind, dtype in itertools.product(
-        CELLS, (1, 2), (False, True), (False, True), (True, False),
-        ("padded", "packed", "unbatched"), (torch.float32, torch.float64))
+        CELLS,
+        (1, 2),
+        (False, True),
+        (False, True),
+        (True, False),
+        ("padded", "packed", "unbatched"),
+        (torch.float32, torch.float64),
+    )
 ]
 
 
 @pytest.mark.parametrize("cell,layers,bidir,batch_first,bias,kind,dtype", PARAMS)
 def test_parity(cell, layers, bidir, batch_first, bias, kind, dtype):
     family, kw = cell
-    ours, theirs = make_pair(family, I, H, dtype, num_layers=layers, bidirectional=bidir,
-                             batch_first=batch_first, bias=bias, **kw)
+    ours, theirs = make_pair(
+        family, I, H, dtype, num_layers=layers, bidirectional=bidir, batch_first=batch_first, bias=bias, **kw
+    )
     inputs = make_inputs(kind, family, ours, T, B, I, dtype)
     report = testing.compare(ours, theirs, *inputs)
     assert report.passed, f"\n{report}"

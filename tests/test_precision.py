@@ -8,14 +8,14 @@ initial states and weights are scaled together by 1 ... 1e-6; every output, fina
 gradient of the fp32 module (default backend: FASTRNN_BACKEND) is compared with the float64
 oracle, and its rel-RMS error must stay within 4x torch.nn fp32's error against the same oracle.
 """
+
 import pytest
 import torch
 
 import fastrnn
+from conftest import DEVICE
 from fastrnn import testing
 from helpers import make_pair
-
-from conftest import DEVICE
 
 T, B, I, H = 6, 3, 5, 7
 SCALES = [1.0, 1e-2, 1e-4, 1e-6]
@@ -23,7 +23,7 @@ FACTOR = 4.0
 # Used only where torch.nn's own error is exactly 0 (it can be: at 1e-6 scale sigmoid rounds
 # to 0.5 and some gradients come out exact in fp32), so 4x of it would demand bitwise
 # equality of different but correct summation orders. One fp32 ulp, 2^-23, in relative terms.
-FLOOR = 2.0 ** -23
+FLOOR = 2.0**-23
 
 MODULES = [
     ("lstm_nobias", "lstm", {"bias": False}),

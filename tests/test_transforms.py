@@ -5,6 +5,7 @@ torch.func transforms (grad, vjp, jacrev, hessian, vmap) and batched gradients
 (``is_grads_batched``, gradcheck's batched-grad check) must give torch.nn's numbers on every
 backend, never zeros or an error.
 """
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -12,8 +13,8 @@ from torch import nn
 from torch.func import functional_call
 
 import fastrnn
-from fastrnn import testing
 from conftest import BACKEND, DEVICE
+from fastrnn import testing
 from helpers import CELLS, make_pair
 
 T, B, I, H = 4, 2, 3, 5
@@ -23,11 +24,11 @@ BOUND = testing.bound(F64)
 # Forward-mode AD always runs the backend-independent reference composite (checked in float64
 # on the reference and cpp lanes); in float32 torch.nn's oneDNN LSTM has no forward AD to
 # compare with.
-FORWARD_AD = pytest.mark.skipif(F64 != torch.float64, reason="forward AD is compared in float64 only")
+FORWARD_AD = pytest.mark.skipif(torch.float64 != F64, reason="forward AD is compared in float64 only")
 
-LAYERS = [pytest.param(family, {**kw, "num_layers": 2, "bidirectional": True}, id=f"{cid}-L2-bi")
-          for cid, family, kw in CELLS] + [
-          pytest.param("lstm", {"batch_first": True}, id="lstm-bf")]
+LAYERS = [
+    pytest.param(family, {**kw, "num_layers": 2, "bidirectional": True}, id=f"{cid}-L2-bi") for cid, family, kw in CELLS
+] + [pytest.param("lstm", {"batch_first": True}, id="lstm-bf")]
 
 CELL_TWINS = [
     pytest.param(fastrnn.LSTMCell, nn.LSTMCell, id="lstmcell"),
@@ -38,9 +39,11 @@ CELL_TWINS = [
 
 def _out(module):
     """x -> the output tensor of a layer (first element) or a cell (h, or h of (h, c))."""
+
     def f(x):
         out = module(x)
         return out[0] if isinstance(out, tuple) else out
+
     return f
 
 
@@ -181,13 +184,16 @@ def test_batched_grads_cells(ours_cls, nn_cls):
         xx = x.clone().requires_grad_()
         y = _out(m)(xx)
         torch.manual_seed(3)
-        grads.append(torch.autograd.grad(y, [xx, *m.parameters()], torch.randn(4, *y.shape, dtype=F64, device=DEVICE),
-                                         is_grads_batched=True))
+        grads.append(
+            torch.autograd.grad(
+                y, [xx, *m.parameters()], torch.randn(4, *y.shape, dtype=F64, device=DEVICE), is_grads_batched=True
+            )
+        )
     for a, b in zip(*grads):
         _assert_close(a, b)
 
 
-@pytest.mark.skipif(F64 != torch.float64, reason="gradcheck needs float64, which the Triton kernels lack")
+@pytest.mark.skipif(torch.float64 != F64, reason="gradcheck needs float64, which the Triton kernels lack")
 @pytest.mark.parametrize("family,kw", LAYERS[:3])
 def test_gradcheck_batched(family, kw):
     ours, _ = make_pair(family, I, H, F64, **kw)

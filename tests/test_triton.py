@@ -3,6 +3,7 @@ shapes, forward and backward, packed, bidirectional, projection), against the fl
 reference at the fp32 bound, with every kernel output and workspace NaN-poisoned. GPU lane
 (CUDA only): odd sizes, long sequences, fp16/bf16 against the fp32 reference, the TF32
 policy, again for both kernel shapes."""
+
 import math
 import os
 
@@ -92,8 +93,9 @@ def test_gru_without_bias(shape):
     assert report.passed, f"\n{report}"
 
 
-@pytest.mark.parametrize("family,kw", [("lstm", {}), ("gru", {}), ("gru", {"bias": False})],
-                         ids=["lstm", "gru", "gru_nobias"])
+@pytest.mark.parametrize(
+    "family,kw", [("lstm", {}), ("gru", {}), ("gru", {"bias": False})], ids=["lstm", "gru", "gru_nobias"]
+)
 @pytest.mark.parametrize("kind", ["padded", "packed"])
 def test_persistent_vs_reference(family, kw, kind, monkeypatch):
     """The persistent kernels (LSTM without projection, GRU) with two batch blocks. Under
@@ -125,9 +127,9 @@ def test_kernel_shape_rule(monkeypatch):
     from fastrnn.kernels._common import kernel_shape
 
     monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
-    assert kernel_shape(4, 64, 64, False) == "sequence"      # 4 x 64 x 64 x 4 B = 64 KiB
-    assert kernel_shape(4, 65, 65, False) == "step"          # pads to 128
-    assert kernel_shape(4, 64, 32, True) == "sequence"       # (4 + 1) x 64 x 32 x 4 B
+    assert kernel_shape(4, 64, 64, False) == "sequence"  # 4 x 64 x 64 x 4 B = 64 KiB
+    assert kernel_shape(4, 65, 65, False) == "step"  # pads to 128
+    assert kernel_shape(4, 64, 32, True) == "sequence"  # (4 + 1) x 64 x 32 x 4 B
     assert kernel_shape(3, 64, 64, False) == "sequence"
     assert kernel_shape(1, 128, 128, False) == "sequence"
     assert kernel_shape(1, 256, 256, False) == "step"
@@ -155,8 +157,23 @@ def test_plan_falls_back_to_step_and_launch_checks_names(monkeypatch):
     monkeypatch.delenv("FASTRNN_TRITON_KERNEL")
     p = plan(1, 32, 32, False, 4, 16, cpu)
     x = torch.zeros(3, 16, 32)
-    good = dict(x_ptr=x, sxt=x.stride(0), sxb=x.stride(1), w_ptr=x, h0_ptr=x, len_ptr=x, y_ptr=x, hn_ptr=x,
-                T=3, B=16, H=32, REVERSE=False, RELU=False, HAS_LENGTHS=False, PRECISION="ieee")
+    good = dict(
+        x_ptr=x,
+        sxt=x.stride(0),
+        sxb=x.stride(1),
+        w_ptr=x,
+        h0_ptr=x,
+        len_ptr=x,
+        y_ptr=x,
+        hn_ptr=x,
+        T=3,
+        B=16,
+        H=32,
+        REVERSE=False,
+        RELU=False,
+        HAS_LENGTHS=False,
+        PRECISION="ieee",
+    )
     with pytest.raises(TypeError, match=r"missing \['hn_ptr'\]"):
         launch(rnn.rnn_fwd_seq_kernel, p, **{k: v for k, v in good.items() if k != "hn_ptr"})
     with pytest.raises(TypeError, match=r"unknown \['hn'\]"):
@@ -174,12 +191,39 @@ def _activations_kernel(x_ptr, sig_ptr, tanh_ptr, N, BLOCK: tl.constexpr):
 
 def _ulps(y, ref):
     """|y - ref| in units of the fp32 spacing at ref (2^-149 among the subnormals)."""
-    binade = torch.floor(torch.log2(ref.abs().clamp_min(2.0 ** -149))).clamp_min(-126)
+    binade = torch.floor(torch.log2(ref.abs().clamp_min(2.0**-149))).clamp_min(-126)
     return (y.double() - ref).abs() / torch.exp2(binade - 23)
 
 
-SPECIAL = [1e-30, -1e-30, 1e-8, -1e-8, 1e-4, -1e-4, 0.1, -0.1, 0.625, -0.625, 1.0, -1.0, 5.0, -5.0,
-           20.0, -20.0, 88.0, -88.0, 100.0, -100.0, 3e38, -3e38, 1e-40, -1e-40, 1e-45, 0.0, -0.0]
+SPECIAL = [
+    1e-30,
+    -1e-30,
+    1e-8,
+    -1e-8,
+    1e-4,
+    -1e-4,
+    0.1,
+    -0.1,
+    0.625,
+    -0.625,
+    1.0,
+    -1.0,
+    5.0,
+    -5.0,
+    20.0,
+    -20.0,
+    88.0,
+    -88.0,
+    100.0,
+    -100.0,
+    3e38,
+    -3e38,
+    1e-40,
+    -1e-40,
+    1e-45,
+    0.0,
+    -0.0,
+]
 
 
 @pytest.fixture(params=["exact", "div_full"])
@@ -222,14 +266,16 @@ def test_activations_relative_error_in_ulp(division):
     def signs():
         return torch.randint(0, 2, (n,), generator=gen) * 2.0 - 1.0
 
-    x = torch.cat([
-        torch.tensor(SPECIAL),
-        torch.exp2(torch.rand(n, generator=gen, dtype=torch.float64) * 156 - 149) * signs(),  # 2^-149 .. 2^7
-        torch.rand(n, generator=gen) * 24 - 12,
-        torch.rand(n, generator=gen) * 2 - 1,
-        torch.exp2(torch.rand(n, generator=gen) * 8 - 16) * signs(),  # tanh's switch to x at 2^-13
-        torch.rand(n, generator=gen) * 44 - 104,  # sigmoid down to the subnormals
-    ]).float()
+    x = torch.cat(
+        [
+            torch.tensor(SPECIAL),
+            torch.exp2(torch.rand(n, generator=gen, dtype=torch.float64) * 156 - 149) * signs(),  # 2^-149 .. 2^7
+            torch.rand(n, generator=gen) * 24 - 12,
+            torch.rand(n, generator=gen) * 2 - 1,
+            torch.exp2(torch.rand(n, generator=gen) * 8 - 16) * signs(),  # tanh's switch to x at 2^-13
+            torch.rand(n, generator=gen) * 44 - 104,  # sigmoid down to the subnormals
+        ]
+    ).float()
     xs = torch.cat([x, torch.tensor([math.inf, -math.inf, math.nan])]).to(DEV)
     sig, th = torch.empty_like(xs), torch.empty_like(xs)
     _activations_kernel[(triton.cdiv(xs.numel(), 4096),)](xs, sig, th, xs.numel(), BLOCK=4096)
@@ -247,15 +293,18 @@ def test_activations_relative_error_in_ulp(division):
     sat = (x >= 3) & (x < 12)
     assert err_sig[sat].max() <= 0.75, f"sigmoid near saturation: {err_sig[sat].max():.2f} ulp"
     # the tiny ones exactly: tanh(x) = x and sigmoid(x) = 1/2 in fp32 for |x| < 2^-25
-    tiny = x.abs() < 2.0 ** -25
+    tiny = x.abs() < 2.0**-25
     assert torch.equal(th[:k][tiny], x[tiny]) and bool((sig[:k][tiny] == 0.5).all())
     assert torch.signbit(th[len(SPECIAL) - 1]), "tanh(-0.0) must be -0.0"  # SPECIAL ends with -0.0
-    assert sig[k:k + 2].tolist() == [1.0, 0.0] and th[k:k + 2].tolist() == [1.0, -1.0]
+    assert sig[k : k + 2].tolist() == [1.0, 0.0] and th[k : k + 2].tolist() == [1.0, -1.0]
     assert sig[k + 2].isnan() and th[k + 2].isnan()
 
 
-@pytest.mark.parametrize("family,kw", [("lstm", {"bias": False}), ("gru", {}), ("rnn", {"nonlinearity": "tanh"})],
-                         ids=["lstm_nobias", "gru", "rnn_tanh"])
+@pytest.mark.parametrize(
+    "family,kw",
+    [("lstm", {"bias": False}), ("gru", {}), ("rnn", {"nonlinearity": "tanh"})],
+    ids=["lstm_nobias", "gru", "rnn_tanh"],
+)
 @pytest.mark.parametrize("scale", [1e-4, 1e-6])
 def test_tiny_activations_vs_torch_nn(family, kw, scale, shape, monkeypatch):
     """Inputs and every parameter scaled by 1e-4 or 1e-6, so that all gate pre-activations
@@ -276,8 +325,11 @@ def test_tiny_activations_vs_torch_nn(family, kw, scale, shape, monkeypatch):
     ref = testing.oracle(m)
     ours = testing.compare(m, ref, x, hx, sync_weights=False)
     theirs = testing.compare(n, ref, x, hx, sync_weights=False)
-    worse = [f"{a.name}: {a.rel_rms:.2e} vs torch.nn {b.rel_rms:.2e}" for a, b in zip(ours.rows, theirs.rows)
-             if a.rel_rms > 4 * max(b.rel_rms, 2.0 ** -24)]
+    worse = [
+        f"{a.name}: {a.rel_rms:.2e} vs torch.nn {b.rel_rms:.2e}"
+        for a, b in zip(ours.rows, theirs.rows)
+        if a.rel_rms > 4 * max(b.rel_rms, 2.0**-24)
+    ]
     assert not worse, "\n".join(worse)
 
 
@@ -299,13 +351,18 @@ def _shifted_cell_backward(i, f, g, o, c, c_prev, dm, dc, cp):
     p0 = cell_param(cp, 0)
     tc = tanh(p0 * c)
     dct = dc + dm * o * p0 * (1.0 - tc * tc)
-    return (dct * g * i * (1.0 - i), dct * c_prev * f * (1.0 - f), dct * i * (1.0 - g * g),
-            dm * tc * o * (1.0 - o), dct * f)
+    return (
+        dct * g * i * (1.0 - i),
+        dct * c_prev * f * (1.0 - f),
+        dct * i * (1.0 - g * g),
+        dm * tc * o * (1.0 - o),
+        dct * f,
+    )
 
 
 def _shifted_reference(x, w_hh, w_hr, h0, c0, lengths, reverse, p):
     h, c, ys = h0, c0, [None] * x.shape[0]
-    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+    for t in reversed(range(x.shape[0])) if reverse else range(x.shape[0]):
         a_i, a_f, a_g, a_o = (x[t] + h @ w_hh.T).chunk(4, 1)
         c_new = torch.sigmoid(a_f + p[1]) * c + torch.sigmoid(a_i + p[2]) * torch.tanh(a_g)
         m = torch.sigmoid(a_o) * torch.tanh(p[0] * c_new)
@@ -342,10 +399,24 @@ def test_lstm_kernels_take_another_cell(kernel, proj, reverse, monkeypatch):
     f32 = lambda v: None if v is None else v.float().to(DEV)  # noqa: E731
     cell = (_shifted_cell, _shifted_cell_backward)
     lens = lengths.to(DEV)
-    y, h_n, c_n, gates, cs = lstm_kernels.forward(f32(x), f32(w_hh), f32(w_hr), f32(h0), f32(c0), lens, reverse,
-                                                  "ieee", cell=cell, cell_params=f32(p))
-    dx, dh0, dc0, _ = lstm_kernels.backward(f32(dy), f32(dhn), f32(dcn), f32(w_hh), f32(w_hr), f32(c0), gates, cs,
-                                            lens, reverse, "ieee", cell=cell, cell_params=f32(p))
+    y, h_n, c_n, gates, cs = lstm_kernels.forward(
+        f32(x), f32(w_hh), f32(w_hr), f32(h0), f32(c0), lens, reverse, "ieee", cell=cell, cell_params=f32(p)
+    )
+    dx, dh0, dc0, _ = lstm_kernels.backward(
+        f32(dy),
+        f32(dhn),
+        f32(dcn),
+        f32(w_hh),
+        f32(w_hr),
+        f32(c0),
+        gates,
+        cs,
+        lens,
+        reverse,
+        "ieee",
+        cell=cell,
+        cell_params=f32(p),
+    )
     got = {"y": y, "h_n": h_n, "c_n": c_n, "dx_proj": dx, "dh0": dh0, "dc0": dc0}
     want = dict(zip(got, (*ref, *ref_grads)))
     errors = {k: rel_rms(got[k].cpu(), want[k]) for k in got}

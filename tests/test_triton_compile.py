@@ -5,6 +5,7 @@ runs Triton's real compiler (with its bundled ptxas) on each kernel at the block
 launchers use for hidden 64 and 256, for fp32 and bf16 inputs. It runs without TRITON_INTERPRET (the kernels must be
 JIT functions, not interpreted ones) and is skipped on a CUDA machine, where the GPU lane
 compiles and runs them."""
+
 import os
 
 import pytest
@@ -17,7 +18,9 @@ triton = pytest.importorskip("triton")
 pytestmark = [
     pytest.mark.skipif(BACKEND != "triton", reason="runs in the triton compile lane (tests/run.sh)"),
     pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU lane compiles the kernels for the real device"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1", reason="needs compiled, not interpreted, kernels"),
+    pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET", "0") == "1", reason="needs compiled, not interpreted, kernels"
+    ),
 ]
 
 
@@ -51,8 +54,9 @@ def test_compiles_for_sm90(name, kernel, constexprs, warps, dtype):
 CELL_CASES = [c for c in _resources().configs(64, "fp32") if "CELL" in c[2] or "CELL_BACKWARD" in c[2]]
 
 
-@pytest.mark.parametrize("name,kernel,constexprs,warps,dtype", CELL_CASES,
-                         ids=[c[0].replace(" ", "-") for c in CELL_CASES])
+@pytest.mark.parametrize(
+    "name,kernel,constexprs,warps,dtype", CELL_CASES, ids=[c[0].replace(" ", "-") for c in CELL_CASES]
+)
 def test_lstm_kernels_compile_with_another_cell(name, kernel, constexprs, warps, dtype):
     """The LSTM kernels compile for sm_90 with another LSTM-shaped cell passed as a
     constexpr, one with per-unit parameters (tests/test_triton.py's _shifted_cell)."""
@@ -60,7 +64,8 @@ def test_lstm_kernels_compile_with_another_cell(name, kernel, constexprs, warps,
 
     res = _resources()
     cell = {"CELL": _shifted_cell} if "CELL" in constexprs else {"CELL_BACKWARD": _shifted_cell_backward}
-    r = res.resources(res.compile_for_hopper(kernel, {**constexprs, **cell, "HAS_CELL_PARAMS": True, "CP_ROWS": 4},
-                                             warps, dtype))
+    r = res.resources(
+        res.compile_for_hopper(kernel, {**constexprs, **cell, "HAS_CELL_PARAMS": True, "CP_ROWS": 4}, warps, dtype)
+    )
     assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r
     print(name, r)

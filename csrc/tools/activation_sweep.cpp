@@ -92,11 +92,14 @@ int main(int argc, char** argv) {
       if (lssat.err > ssat.err) ssat = lssat;
     }
   }
-  std::printf("stride %llu: sigmoid max %.3f ulp at x=%.9g; tanh max %.3f ulp at x=%.9g "
-              "(%.3f at x=%.9g for |x| < 0.5)\n",
-              static_cast<unsigned long long>(stride), ws.err, ws.x, wt.err, wt.x, wt0.err, wt0.x);
-  std::printf("near saturation: tanh max %.3f ulp at x=%.9g (3 <= |x| < 12), sigmoid max %.3f ulp "
-              "at x=%.9g (3 <= x < 12)\n", wsat.err, wsat.x, ssat.err, ssat.x);
+  std::printf(
+      "stride %llu: sigmoid max %.3f ulp at x=%.9g; tanh max %.3f ulp at x=%.9g "
+      "(%.3f at x=%.9g for |x| < 0.5)\n",
+      static_cast<unsigned long long>(stride), ws.err, ws.x, wt.err, wt.x, wt0.err, wt0.x);
+  std::printf(
+      "near saturation: tanh max %.3f ulp at x=%.9g (3 <= |x| < 12), sigmoid max %.3f ulp "
+      "at x=%.9g (3 <= x < 12)\n",
+      wsat.err, wsat.x, ssat.err, ssat.x);
   // special values, through the same loops
   const float sp[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f};
   const float want_s[] = {NAN, NAN, 1.0f, 0.0f, 0.5f, 0.5f};
@@ -107,8 +110,8 @@ int main(int argc, char** argv) {
   int bad = 0;
   for (int i = 0; i < 6; ++i) {
     const bool ok_s = std::isnan(want_s[i]) ? std::isnan(s[i]) : s[i] == want_s[i];
-    const bool ok_t = std::isnan(want_t[i]) ? std::isnan(t[i])
-                                            : (t[i] == want_t[i] && std::signbit(t[i]) == std::signbit(want_t[i]));
+    const bool ok_t =
+        std::isnan(want_t[i]) ? std::isnan(t[i]) : (t[i] == want_t[i] && std::signbit(t[i]) == std::signbit(want_t[i]));
     if (!ok_s || !ok_t) {
       std::printf("special x=%g: sigmoid %g, tanh %g\n", sp[i], s[i], t[i]);
       bad = 1;
