@@ -122,7 +122,9 @@ def _input_names(module: nn.Module, inputs: tuple) -> list[str]:
 
 
 def _output_names(module: nn.Module, n: int) -> list[str]:
-    names = ["output", "h_n", "c_n"] if isinstance(module, nn.RNNBase) else ["h", "c"]
+    # a torch.compile'd module wraps the layer: name the outputs after the layer inside
+    layer = getattr(module, "_orig_mod", module)
+    names = ["output", "h_n", "c_n"] if isinstance(layer, nn.RNNBase) else ["h", "c"]
     return names[:n]
 
 
