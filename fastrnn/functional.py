@@ -11,6 +11,7 @@ direction. The reverse direction honours each sequence's own length through ``le
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,14 @@ from . import backends, cells, ops
 __all__ = ["rnn", "cell", "unpack", "pack"]
 
 
+@cache
+def _param_names(name: str, bias: bool, proj: bool) -> tuple[str, ...]:
+    return tuple(p.name for p in cells.CELLS[name].layer_params(bias, proj))
+
+
 def _layer_weights(cell: cells.Cell, weights: Sequence[Tensor], bias: bool, proj: bool, index: int) -> dict:
     """The parameters of layer-direction ``index`` in torch.nn's flat weight list, by name."""
-    names = [p.name for p in cell.layer_params(bias, proj)]
+    names = _param_names(cell.name, bias, proj)
     return dict(zip(names, weights[index * len(names) : (index + 1) * len(names)], strict=True))
 
 

@@ -151,14 +151,24 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     native, _ = _native(backend, args)
     named = dict(zip(cell.grad_args, native, strict=True))
     acc = acc_dtype(named["dy"].dtype)
-    hp = reference.h_prev(_as(named["y"], acc), _as(named["h0"], acc), named["lengths"], named["reverse"])
-    named["h_prev"] = hp
+    y, h0, lengths, reverse = _as(named["y"], acc), _as(named["h0"], acc), named["lengths"], named["reverse"]
+    # h_prev is a (T, B, P) copy; without lengths-in-reverse, dW_hh needs none (see below)
+    hp = None
+    if "h_prev" in cell.backward_args or (reverse and lengths is not None):
+        hp = named["h_prev"] = reference.h_prev(y, h0, lengths, reverse)
     loop = backends.implementation(backend, f"{cell.name}_backward")(*(named[a] for a in cell.backward_args))
     n = 1 + len(cell.states)
     dx, dstates0, loop_grads = loop[0], loop[1:n], loop[n:]
     dgh = cell.recurrent_grad(dx, named)
     T, B, G = dgh.shape
-    dw_hh = dgh.reshape(T * B, G).t() @ hp.reshape(T * B, hp.shape[-1])
+    P = h0.shape[-1]
+    if hp is not None:
+        dw_hh = dgh.reshape(T * B, G).t() @ hp.reshape(T * B, P)
+    else:
+        # h_prev is h0 at the first step processed and y at the step before otherwise, so
+        # dW_hh = dgh[first]^T h0 + dgh[rest]^T y[shifted]: one addmm over (T-1)*B rows, no copy
+        first, rest, ys = (T - 1, slice(0, T - 1), y[1:]) if reverse else (0, slice(1, T), y[:-1])
+        dw_hh = torch.addmm(dgh[first].t() @ h0, dgh[rest].reshape((T - 1) * B, G).t(), ys.reshape((T - 1) * B, P))
     d_extras = cell.extra_grads(dgh, loop_grads, named)
     out = (dx, dw_hh, *d_extras, *dstates0)
     # custom ops return Tensors: an empty one stands for the gradient of an absent extra
