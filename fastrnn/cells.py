@@ -22,7 +22,6 @@ output width (proj_size or H). A step works on batch-major rows (B, .).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,7 +39,8 @@ class Param:
 
     ``shape(input_size, hidden_size, proj_size)``; ``when``: "always", "bias" (only with
     bias=True) or "proj" (only with proj_size > 0). Every parameter is initialised as
-    torch.nn does: uniform in [-1/sqrt(H), 1/sqrt(H)]."""
+    torch.nn does, uniform in [-1/sqrt(H), 1/sqrt(H)]; the torch.nn twins get that from
+    torch.nn's own reset_parameters."""
 
     name: str
     shape: Callable[[int, int, int], tuple]
@@ -48,12 +48,6 @@ class Param:
 
     def present(self, bias: bool, proj: bool) -> bool:
         return self.when == "always" or (self.when == "bias" and bias) or (self.when == "proj" and proj)
-
-
-def init_uniform(t: Tensor, hidden_size: int) -> None:
-    """torch.nn's recurrent-parameter initialisation."""
-    k = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
-    torch.nn.init.uniform_(t, -k, k)
 
 
 def _nn_params(n_gates: int, proj: bool) -> tuple[Param, ...]:
