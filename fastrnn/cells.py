@@ -29,7 +29,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-__all__ = ["Cell", "Param", "LSTM", "GRU", "RNN", "CELLS", "for_mode"]
+__all__ = ["Cell", "Param", "LSTM", "GRU", "RNN", "PEEPHOLE_LSTM", "LAYERNORM_LSTM", "CELLS", "TORCH_NN", "for_mode"]
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,15 @@ class Param:
     ``weight_ih_l0``, ``weight_ih_l0_reverse``, ...
 
     ``shape(input_size, hidden_size, proj_size)``; ``when``: "always", "bias" (only with
-    bias=True) or "proj" (only with proj_size > 0). Every parameter is initialised as
-    torch.nn does, uniform in [-1/sqrt(H), 1/sqrt(H)]; the torch.nn twins get that from
-    torch.nn's own reset_parameters."""
+    bias=True) or "proj" (only with proj_size > 0). ``init``: "uniform" in
+    [-1/sqrt(H), 1/sqrt(H)] as torch.nn initialises every RNN parameter (the torch.nn twins
+    get that from torch.nn's own reset_parameters), or "ones" / "zeros" (LayerNorm gains
+    and shifts)."""
 
     name: str
     shape: Callable[[int, int, int], tuple]
     when: str = "always"
+    init: str = "uniform"
 
     def present(self, bias: bool, proj: bool) -> bool:
         return self.when == "always" or (self.when == "bias" and bias) or (self.when == "proj" and proj)
@@ -81,7 +83,8 @@ class Cell:
     backward_args: tuple[str, ...]  # the backend backward loop's arguments, by name
     loop_grads: tuple[str, ...]  # backward loop results after dx_proj and the state gradients
     params: tuple[Param, ...]
-    # (mode, per-direction weights by name, has bias) -> (bias for x_proj or None, extras, attrs)
+    # (mode, per-direction weights by name, has bias, layer options such as eps)
+    #   -> (bias for x_proj or None, extras, attrs)
     loop_inputs: Callable
     # (x_proj (T,B,G), w_hh, extras) -> (T, B, H, P)
     dims: Callable
@@ -93,8 +96,11 @@ class Cell:
     step_backward: Callable
     # after the backward loop: (dx_proj, named tensors) -> gradient of the recurrent product
     recurrent_grad: Callable
-    # (dgh, loop_grads, named tensors) -> gradients of the extras (None where absent)
+    # (dx_proj, dgh, loop_grads, named tensors) -> gradients of the extras (None where absent)
     extra_grads: Callable
+    # the input side of the gates for one direction, after the GEMM x @ W_ih^T (+ bias):
+    # (x_proj (T, B, G), per-direction weights by name, layer options) -> x_proj; None: as is
+    project_input: Callable | None = None
 
     # -- derived names, used to build the op schemas and the backend calls
     @cached_property
@@ -144,7 +150,7 @@ def _fold(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return None if b_ih is None else b_ih + b_hh
 
 
-def _no_grads(dgh, loop_grads, t):
+def _no_grads(dx, dgh, loop_grads, t):
     return ()
 
 
@@ -194,7 +200,7 @@ def _lstm_step_backward(s, dh, dstates, w_hh, extras, attrs):
     return dg_t, dg_t, None, (dc_t * f,), (dh if w_hr is not None else None,)
 
 
-def _lstm_extra_grads(dgh, loop_grads, t):
+def _lstm_extra_grads(dx, dgh, loop_grads, t):
     """dW_hr = dh_out^T m with m = o*tanh(c_t): one GEMM over all T*B rows."""
     if t["w_hr"] is None:
         return (None,)
@@ -207,7 +213,7 @@ def _lstm_extra_grads(dgh, loop_grads, t):
 def _lstm_dims(x_proj, w_hh, extras):
     T, B, G = x_proj.shape
     H = G // 4
-    (w_hr,) = extras
+    w_hr = extras[0]
     P = (w_hr.shape[0] if w_hr.dim() == 2 else -1) if w_hr is not None else H
     return T, B, H, P
 
@@ -225,7 +231,7 @@ LSTM = Cell(
     backward_args=("dy", "dh_n", "dc_n", "w_hh", "w_hr", "c0", "gates", "cs", "lengths", "reverse"),
     loop_grads=("dh_out",),
     params=_nn_params(4, proj=True),
-    loop_inputs=lambda mode, w, bias: (_fold(w.get("bias_ih"), w.get("bias_hh")), (w.get("weight_hr"),), ()),
+    loop_inputs=lambda mode, w, bias, opts: (_fold(w.get("bias_ih"), w.get("bias_hh")), (w.get("weight_hr"),), ()),
     dims=_lstm_dims,
     shapes=lambda T, B, H, P: {
         "w_hh": (4 * H, P),
@@ -285,14 +291,14 @@ def _gru_recurrent_grad(dx, t):
     return torch.cat([dx[..., : 2 * H], dx[..., 2 * H :] * t["gates"][..., :H]], dim=-1)
 
 
-def _gru_extra_grads(dgh, loop_grads, t):
+def _gru_extra_grads(dx, dgh, loop_grads, t):
     if t["b_hn"] is None:
         return (None,)
     H = dgh.shape[-1] // 3
     return (dgh[..., 2 * H :].sum((0, 1)),)
 
 
-def _gru_loop_inputs(mode, w, bias):
+def _gru_loop_inputs(mode, w, bias, opts):
     if not bias:
         return None, (None,), ()
     b_ih, b_hh = w["bias_ih"], w["bias_hh"]
@@ -370,7 +376,7 @@ RNN = Cell(
     backward_args=("dy", "dh_n", "w_hh", "y", "lengths", "reverse", "nonlinearity"),
     loop_grads=(),
     params=_nn_params(1, proj=False),
-    loop_inputs=lambda mode, w, bias: (
+    loop_inputs=lambda mode, w, bias, opts: (
         _fold(w.get("bias_ih"), w.get("bias_hh")),
         (),
         ("tanh" if mode == "RNN_TANH" else "relu",),
@@ -383,7 +389,253 @@ RNN = Cell(
     extra_grads=_no_grads,
 )
 
-CELLS: dict[str, Cell] = {c.name: c for c in (LSTM, GRU, RNN)}
+
+# ----------------------------------------------------------------------------------------
+# LSTM variants torch.nn does not have. Both are LSTMs (states h and c, gates i, f, g, o)
+# with one more term in the cell; their layers live in fastrnn.variants.
+# ----------------------------------------------------------------------------------------
+def _c_prev(t: dict) -> Tensor:
+    """(T, B, H): the c each step started from. Inactive steps carry c in ``cs`` (the loops
+    record the kept state), so the shift is exact with lengths too: in reverse, a sequence's
+    last real step t = L-1 reads cs[L], which still holds c0."""
+    cs, c0 = t["cs"], t["c0"].unsqueeze(0)
+    return torch.cat([cs[1:], c0]) if t["reverse"] else torch.cat([c0, cs[:-1]])
+
+
+# PeepholeLSTM: the diagonal peepholes p = (p_i, p_f, p_o) (w_ch, 3H) let the cell state feed
+# the gates: i and f see c_{t-1}, o sees c_t.
+#   i = sig(a_i + p_i*c_{t-1}), f = sig(a_f + p_f*c_{t-1}), g = tanh(a_g)
+#   c_t = f*c_{t-1} + i*g,  o = sig(a_o + p_o*c_t),  m_t = o*tanh(c_t),  h_t = m_t (@ W_hr^T)
+def _peephole_step(x_t, states, w_hh, extras, attrs):
+    h, c = states
+    w_hr, w_ch = extras
+    a_i, a_f, a_g, a_o = (x_t + h @ w_hh.t()).chunk(4, dim=-1)
+    p_i, p_f, p_o = w_ch.chunk(3)
+    i, f, g = torch.sigmoid(a_i + p_i * c), torch.sigmoid(a_f + p_f * c), torch.tanh(a_g)
+    c_new = f * c + i * g
+    o = torch.sigmoid(a_o + p_o * c_new)
+    h_new = o * torch.tanh(c_new)
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
+    return h_new, (h_new, c_new), (torch.cat([i, f, g, o], dim=-1),)
+
+
+def _peephole_step_backward(s, dh, dstates, w_hh, extras, attrs):
+    """As the LSTM's, plus the peephole paths (da_x: gradient of gate x's pre-activation):
+        da_o = dm*tanh(c_t)*o(1-o);   dc_t = dc + dm*o*(1 - tanh(c_t)^2) + da_o*p_o
+        da_i, da_f, da_g as the LSTM's from dc_t;   dc_{t-1} = dc_t*f + da_i*p_i + da_f*p_f
+    """
+    (dc,) = dstates
+    w_hr, w_ch = extras
+    p_i, p_f, p_o = w_ch.chunk(3)
+    i, f, g, o = s.gates.chunk(4, dim=-1)
+    dm = dh @ w_hr if w_hr is not None else dh
+    tc = torch.tanh(s.cs)
+    da_o = dm * tc * o * (1 - o)
+    dc_t = dc + dm * o * (1 - tc * tc) + da_o * p_o
+    da_i = dc_t * g * i * (1 - i)
+    da_f = dc_t * s.prev("cs", "c0") * f * (1 - f)
+    dg_t = torch.cat([da_i, da_f, dc_t * i * (1 - g * g), da_o], dim=-1)
+    return dg_t, dg_t, None, (dc_t * f + da_i * p_i + da_f * p_f,), (dh if w_hr is not None else None,)
+
+
+def _peephole_extra_grads(dx, dgh, loop_grads, t):
+    """dW_hr as the LSTM's; dp_i = sum da_i*c_{t-1}, dp_f = sum da_f*c_{t-1}, dp_o = sum da_o*c_t
+    over all T*B rows (inactive rows have da = 0)."""
+    (dw_hr,) = _lstm_extra_grads(dx, dgh, loop_grads, t)
+    H = t["cs"].shape[-1]
+    c_prev = _c_prev(t)
+    dp = torch.cat(
+        [
+            (dx[..., :H] * c_prev).sum((0, 1)),
+            (dx[..., H : 2 * H] * c_prev).sum((0, 1)),
+            (dx[..., 3 * H :] * t["cs"]).sum((0, 1)),
+        ]
+    )
+    return dw_hr, dp
+
+
+PEEPHOLE_LSTM = Cell(
+    name="peephole_lstm",
+    title="PeepholeLSTM",
+    modes=("PEEPHOLE_LSTM",),
+    n_gates=4,
+    states=("h", "c"),
+    extras=("w_hr", "w_ch"),
+    attrs=(),
+    workspace=("gates", "cs"),
+    saved_states=(1,),
+    backward_args=("dy", "dh_n", "dc_n", "w_hh", "w_hr", "w_ch", "c0", "gates", "cs", "lengths", "reverse"),
+    loop_grads=("dh_out",),
+    params=(*_nn_params(4, proj=True), Param("weight_ch", lambda i, h, p: (3 * h,))),
+    loop_inputs=lambda mode, w, bias, opts: (
+        _fold(w.get("bias_ih"), w.get("bias_hh")),
+        (w.get("weight_hr"), w["weight_ch"]),
+        (),
+    ),
+    dims=_lstm_dims,
+    shapes=lambda T, B, H, P: {**LSTM.shapes(T, B, H, P), "w_ch": (3 * H,)},
+    step=_peephole_step,
+    step_backward=_peephole_step_backward,
+    recurrent_grad=lambda dx, t: dx,
+    extra_grads=_peephole_extra_grads,
+)
+
+
+# LayerNormLSTM: LayerNorm on the recurrent product (over the 4H gate vector) and on the new
+# cell state (over H); the input side, LN_ih(x @ W_ih^T), is normalised for all steps at
+# once before the loop (project_input). The normalised c is the carried state.
+#   a = x_proj_t + LN_hh(h_{t-1} @ W_hh^T);  i, f, o = sig(.), g = tanh(.)
+#   c_t = LN_c(f*c_{t-1} + i*g);  h_t = o*tanh(c_t)
+# LN(v) = vhat*w + b, vhat = (v - mean v)*rstd, rstd = 1/sqrt(var v + eps) (biased variance).
+# Workspace row ws (9H + 2) = [i, f, g, o | rhat (4H) | shat (H) | rstd_r, rstd_s]: the
+# activations, the normalised product r and pre-norm state s, and their 1/std.
+def _layer_norm(v: Tensor, w: Tensor, b: Tensor | None, eps: float):
+    mu = v.mean(-1, keepdim=True)
+    d = v - mu
+    rstd = torch.rsqrt((d * d).mean(-1, keepdim=True) + eps)
+    vhat = d * rstd
+    return (vhat * w if b is None else vhat * w + b), vhat, rstd
+
+
+def _layer_norm_backward(dvhat: Tensor, vhat: Tensor, rstd: Tensor) -> Tensor:
+    """The gradient reaching v from the gradient reaching vhat."""
+    return rstd * (dvhat - dvhat.mean(-1, keepdim=True) - vhat * (dvhat * vhat).mean(-1, keepdim=True))
+
+
+def _ln_step(x_t, states, w_hh, extras, attrs):
+    h, c = states
+    w_r, b_r, w_c, b_c = extras
+    (eps,) = attrs
+    r, rhat, rstd_r = _layer_norm(h @ w_hh.t(), w_r, b_r, eps)
+    a_i, a_f, a_g, a_o = (x_t + r).chunk(4, dim=-1)
+    i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+    c_new, shat, rstd_s = _layer_norm(f * c + i * g, w_c, b_c, eps)
+    h_new = o * torch.tanh(c_new)
+    return h_new, (h_new, c_new), (torch.cat([i, f, g, o, rhat, shat, rstd_r, rstd_s], dim=-1),)
+
+
+def _ln_split(ws: Tensor):
+    """gates (4H), rhat (4H), shat (H), rstd_r (1), rstd_s (1) of workspace rows (.., 9H + 2)."""
+    H = (ws.shape[-1] - 2) // 9
+    return ws[..., : 4 * H], ws[..., 4 * H : 8 * H], ws[..., 8 * H : 9 * H], ws[..., -2:-1], ws[..., -1:]
+
+
+def _ln_step_backward(s, dh, dstates, w_hh, extras, attrs):
+    """dc_t = dc + dh*o*(1 - tanh(c_t)^2) reaches LN_c's output; ds = LN'(dc_t*w_c) reaches
+    s = f*c_{t-1} + i*g; the gate gradients follow as the LSTM's with ds for dc_t, and
+    dc_{t-1} = ds*f. dx_proj_t = da; the product's gradient dgh_t = LN'(da*w_r).
+    Loop result: dc_t (T, B, H), for the gradients of LN_c's gain and shift."""
+    (dc,) = dstates
+    w_r, _, w_c, _ = extras
+    gates, rhat, shat, rstd_r, rstd_s = _ln_split(s.ws)
+    i, f, g, o = gates.chunk(4, dim=-1)
+    tc = torch.tanh(s.cs)
+    dc_t = dc + dh * o * (1 - tc * tc)
+    ds = _layer_norm_backward(dc_t * w_c, shat, rstd_s)
+    da = torch.cat(
+        [
+            ds * g * i * (1 - i),
+            ds * s.prev("cs", "c0") * f * (1 - f),
+            ds * i * (1 - g * g),
+            dh * tc * o * (1 - o),
+        ],
+        dim=-1,
+    )
+    return da, _layer_norm_backward(da * w_r, rhat, rstd_r), None, (ds * f,), (dc_t,)
+
+
+def _ln_recurrent_grad(dx, t):
+    """dgh = LN_hh'(da * w_r) for every step at once, from the saved rhat and rstd_r."""
+    _, rhat, _, rstd_r, _ = _ln_split(t["ws"])
+    return _layer_norm_backward(dx * t["ln_hh_weight"], rhat, rstd_r)
+
+
+def _ln_extra_grads(dx, dgh, loop_grads, t):
+    (dc_out,) = loop_grads
+    _, rhat, shat, _, _ = _ln_split(t["ws"])
+    return (
+        (dx * rhat).sum((0, 1)),
+        None if t["ln_hh_bias"] is None else dx.sum((0, 1)),
+        (dc_out * shat).sum((0, 1)),
+        None if t["ln_c_bias"] is None else dc_out.sum((0, 1)),
+    )
+
+
+def _ln_project_input(x_proj, w, opts):
+    return torch.nn.functional.layer_norm(
+        x_proj, (x_proj.shape[-1],), w["ln_ih_weight"], w.get("ln_ih_bias"), opts["eps"]
+    )
+
+
+def _gates(i, h, p):
+    return (4 * h,)
+
+
+LAYERNORM_LSTM = Cell(
+    name="layernorm_lstm",
+    title="LayerNormLSTM",
+    modes=("LAYERNORM_LSTM",),
+    n_gates=4,
+    states=("h", "c"),
+    extras=("ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias"),
+    attrs=(("eps", "float", None),),
+    workspace=("ws", "cs"),
+    saved_states=(1,),
+    backward_args=(
+        "dy",
+        "dh_n",
+        "dc_n",
+        "w_hh",
+        "ln_hh_weight",
+        "ln_c_weight",
+        "c0",
+        "ws",
+        "cs",
+        "lengths",
+        "reverse",
+    ),
+    loop_grads=("dc_out",),
+    params=(
+        Param("weight_ih", lambda i, h, p: (4 * h, i)),
+        Param("weight_hh", lambda i, h, p: (4 * h, h)),
+        Param("ln_ih_weight", _gates, init="ones"),
+        Param("ln_ih_bias", _gates, "bias", init="zeros"),
+        Param("ln_hh_weight", _gates, init="ones"),
+        Param("ln_hh_bias", _gates, "bias", init="zeros"),
+        Param("ln_c_weight", lambda i, h, p: (h,), init="ones"),
+        Param("ln_c_bias", lambda i, h, p: (h,), "bias", init="zeros"),
+    ),
+    loop_inputs=lambda mode, w, bias, opts: (
+        None,
+        (w["ln_hh_weight"], w.get("ln_hh_bias"), w["ln_c_weight"], w.get("ln_c_bias")),
+        (float(opts["eps"]),),
+    ),
+    dims=lambda x_proj, w_hh, extras: (*x_proj.shape[:2], x_proj.shape[2] // 4, x_proj.shape[2] // 4),
+    shapes=lambda T, B, H, P: {
+        "w_hh": (4 * H, H),
+        "ln_hh_weight": (4 * H,),
+        "ln_hh_bias": (4 * H,),
+        "ln_c_weight": (H,),
+        "ln_c_bias": (H,),
+        "h0": (B, H),
+        "c0": (B, H),
+        "y": (T, B, H),
+        "h_n": (B, H),
+        "c_n": (B, H),
+        "ws": (T, B, 9 * H + 2),
+        "cs": (T, B, H),
+    },
+    step=_ln_step,
+    step_backward=_ln_step_backward,
+    recurrent_grad=_ln_recurrent_grad,
+    extra_grads=_ln_extra_grads,
+    project_input=_ln_project_input,
+)
+
+# the cells of torch.nn (each has a drop-in layer subclassing its torch.nn twin)
+TORCH_NN: tuple[Cell, ...] = (LSTM, GRU, RNN)
+CELLS: dict[str, Cell] = {c.name: c for c in (LSTM, GRU, RNN, PEEPHOLE_LSTM, LAYERNORM_LSTM)}
 _BY_MODE = {mode: c for c in CELLS.values() for mode in c.modes}
 
 

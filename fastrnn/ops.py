@@ -84,7 +84,7 @@ def _check(cell: Cell, named: dict) -> None:
         if tuple(t.shape) != tuple(shapes[name]):
             raise RuntimeError(f"fastrnn: {name} must have shape {tuple(shapes[name])}, got {tuple(t.shape)}")
     for name, _, allowed in cell.attrs:
-        if named[name] not in allowed:
+        if allowed is not None and named[name] not in allowed:
             choices = " or ".join(repr(a) for a in allowed)
             raise RuntimeError(f"fastrnn: Unknown {name} '{named[name]}'. Select from {choices}.")
 
@@ -169,7 +169,7 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
         # dW_hh = dgh[first]^T h0 + dgh[rest]^T y[shifted]: one addmm over (T-1)*B rows, no copy
         first, rest, ys = (T - 1, slice(0, T - 1), y[1:]) if reverse else (0, slice(1, T), y[:-1])
         dw_hh = torch.addmm(dgh[first].t() @ h0, dgh[rest].reshape((T - 1) * B, G).t(), ys.reshape((T - 1) * B, P))
-    d_extras = cell.extra_grads(dgh, loop_grads, named)
+    d_extras = cell.extra_grads(dx, dgh, loop_grads, named)
     out = (dx, dw_hh, *d_extras, *dstates0)
     # custom ops return Tensors: an empty one stands for the gradient of an absent extra
     out = tuple(args[0].new_empty(0) if t is None else _as(t, dtype) for t in out)

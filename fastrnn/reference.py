@@ -126,7 +126,7 @@ def backward_loop(cell: Cell, named: dict):
     dy, lengths, reverse = named["dy"], named["lengths"], named["reverse"]
     w_hh = named["w_hh"]
     extras = tuple(named.get(e) for e in cell.extras)
-    attrs = tuple(named[a] for a, *_ in cell.attrs)
+    attrs = tuple(named.get(a) for a, *_ in cell.attrs)
     dh = named["dh_n"]
     drest = tuple(named[f"d{s}_n"] for s in cell.states[1:])
     T = dy.shape[0]
