@@ -1,6 +1,8 @@
 """Benchmark configurations: a sweep over hidden size and batch at fixed T, a sweep over
-sequence length, and two named anchors from the literature (suite "default"); and the GPU
-goal grid of the persistent-kernel work (suite "gpu_goals", see bench/gpu_goals.py)."""
+sequence length, and two named anchors from the literature (suite "default"); the GPU
+goal grid of the persistent-kernel work (suite "gpu_goals", see bench/gpu_goals.py); and the
+LSTM variants against their TorchScript peer and fastrnn.LSTM (suite "variants", see
+bench/variants_table.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ class Config:
     I: int
     H: int
     mode: str  # "fwd" (no_grad) or "fwdbwd"
-    sweep: str  # "hidden", "seq", an anchor name or "goal"
+    sweep: str  # "hidden", "seq", an anchor name, "goal" or "variants"
     dtype: str = "float32"
 
     def label(self) -> str:
@@ -25,6 +27,9 @@ class Config:
     def asdict(self):
         return asdict(self)
 
+
+# the LSTM variants torch.nn lacks (fastrnn.PeepholeLSTM, fastrnn.LayerNormLSTM)
+VARIANTS = ("peephole_lstm", "layernorm_lstm")
 
 # PyTorch's benchmarks/fastrnns default and FlashRNN's headline configuration.
 ANCHORS = {"fastrnns_default": dict(T=100, B=64, I=512, H=512), "flashrnn": dict(T=1024, B=16, I=768, H=768)}
@@ -58,7 +63,8 @@ def gpu_goal_configs(cells, modes) -> list[Config]:
     B {1, 16, 64} x H {256, 512, 1024} x T {100, 1024} (I = H), GRU forward+backward on the
     same grid, and fp16 LSTM at FlashRNN's anchor (B=16, T=1024, H=768), cuDNN's persistent
     best case. The per-step latency goal (B=16, H=512, forward) is read from the T=100 and
-    T=1024 rows of the grid."""
+    T=1024 rows of the grid. PeepholeLSTM and LayerNormLSTM run the LSTM's grid (bf16/fp32,
+    forward and forward+backward), read against the LSTM rows of the same run."""
     out = []
     for cell in cells:
         for mode in modes:
@@ -75,6 +81,20 @@ def gpu_goal_configs(cells, modes) -> list[Config]:
                 a = ANCHORS["flashrnn"]
                 out.append(Config(cell, a["T"], a["B"], a["I"], a["H"], mode, "flashrnn", "float16"))
     return out
+
+
+# (T, B, I, H) of the variants suite: the small, medium and large CPU rows of
+# bench/cpu_table.py, where a TorchScript loop pays its per-step overhead most to least.
+VARIANT_SHAPES = ((100, 1, 32, 64), (100, 8, 64, 128), (100, 32, 256, 256))
+
+
+def variant_configs(cells, modes) -> list[Config]:
+    return [
+        Config(cell, T, B, I, H, mode, "variants")
+        for cell in cells
+        for (T, B, I, H) in VARIANT_SHAPES
+        for mode in modes
+    ]
 
 
 def shape_key(cfg: Config) -> tuple:
