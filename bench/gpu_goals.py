@@ -3,7 +3,8 @@
     python -m bench.gpu_goals bench/results/<device>-gpu_goals/results.json
 
 Every ratio is t(torch.nn on cuDNN) / t(fastrnn) from the same run; fp32 rows ran at the
-run's ``torch.backends.cudnn.allow_tf32`` (in the header), the same for both sides.
+run's ``torch.backends.cudnn.allow_tf32`` (in the header), the same for both sides. The LSTM
+variants (torch.nn has none) are read as t(variant) / t(LSTM) against the same run's LSTM rows.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+
+from .configs import VARIANTS
 
 # (what, selector, goal)
 GOALS = [
@@ -21,6 +24,8 @@ GOALS = [
     ("GRU bf16+fp32 fwd+bwd", lambda r: r["cell"] == "gru" and r["sweep"] == "goal" and r["mode"] == "fwdbwd", 2.0),
 ]
 STEP_GOAL_US = 2.0
+# PeepholeLSTM and LayerNormLSTM: t(variant) / t(fastrnn LSTM, same provider and config) at most this
+VARIANT_GOAL = 1.3
 
 
 def _fast(rows):
@@ -58,6 +63,45 @@ def report(rows) -> None:
             if 100 in t and 1024 in t:
                 us = (t[1024] - t[100]) / 924 * 1e6
                 print(f"  per-step latency LSTM {dtype} B=16 H=512 fwd: {us:.2f} us (goal <= {STEP_GOAL_US} us)")
+        _report_variants(rows, prov)
+
+
+def _report_variants(rows, prov) -> None:
+    """t(variant) / t(LSTM) per config: against the same fastrnn provider's LSTM row (the
+    variant's extra cost) and against cuDNN's LSTM row of the same run (no torch.nn variant)."""
+
+    def key(r):
+        return (r["mode"], r["dtype"], r["T"], r["B"], r["I"], r["H"])
+
+    lstm = {
+        key(r): r["median_s"] for r in rows if r["cell"] == "lstm" and r["sweep"] == "goal" and r["provider"] == prov
+    }
+    cudnn = {
+        key(r): r["median_s"]
+        for r in rows
+        if r["cell"] == "lstm" and r["sweep"] == "goal" and r["provider"] == "torch.nn"
+    }
+    for cell in VARIANTS:
+        for mode in ("fwd", "fwdbwd"):
+            mine = [r for r in rows if r["cell"] == cell and r["mode"] == mode and r["provider"] == prov]
+            if not mine:
+                continue
+            what = f"{cell} bf16+fp32 {'fwd' if mode == 'fwd' else 'fwd+bwd'}"
+            vs_lstm = [r["median_s"] / lstm[key(r)] for r in mine if key(r) in lstm]
+            vs_cudnn = [r["median_s"] / cudnn[key(r)] for r in mine if key(r) in cudnn]
+            if vs_lstm:
+                ok = sum(x <= VARIANT_GOAL for x in vs_lstm)
+                print(
+                    f"  {what:<38} t/t(LSTM) {min(vs_lstm):6.2f}x {statistics.median(vs_lstm):6.2f}x "
+                    f"{max(vs_lstm):6.2f}x   {ok}/{len(vs_lstm)} <= {VARIANT_GOAL}x"
+                )
+            if vs_cudnn:
+                print(
+                    f"  {what:<38} t/t(cuDNN LSTM) {min(vs_cudnn):6.2f}x {statistics.median(vs_cudnn):6.2f}x "
+                    f"{max(vs_cudnn):6.2f}x"
+                )
+            if not vs_lstm and not vs_cudnn:
+                print(f"  {what:<38} {len(mine)} rows, no LSTM row of the same configs in this run")
 
 
 def main(argv=None) -> int:

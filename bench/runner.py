@@ -17,8 +17,8 @@ import torch.utils.benchmark as tb
 
 import fastrnn
 
-from .configs import Config
-from .providers import NN, build, kernel_shape_of
+from .configs import VARIANTS, Config
+from .providers import FAST, NN, build, kernel_shape_of
 
 
 def device_name(device: torch.device) -> str:
@@ -62,7 +62,8 @@ def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
     """The callable to time, on fresh random inputs (never zeros) and shared weights."""
     torch.manual_seed(seed)
     dtype = getattr(torch, cfg.dtype)
-    ref = NN[cfg.cell](cfg.I, cfg.H).to(device, dtype)
+    # the weights every provider shares: torch.nn's layer, or fastrnn's for a cell torch.nn lacks
+    ref = (FAST[cfg.cell] if cfg.cell in VARIANTS else NN[cfg.cell])(cfg.I, cfg.H).to(device, dtype)
     model = build(provider, cfg.cell, ref)
     x = torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype)
     g = torch.randn(cfg.T, cfg.B, cfg.H, device=device, dtype=dtype)
