@@ -17,6 +17,7 @@ from .backends import available_backends
 from .convert import convert
 from .interop import quantize_dynamic, safe_globals
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .variants import LayerNormLSTM, LayerNormLSTMCell, PeepholeLSTM, PeepholeLSTMCell
 
 _dynamo_support.install((LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell))
 
@@ -29,6 +30,10 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "RNNCell",
+    "PeepholeLSTM",
+    "PeepholeLSTMCell",
+    "LayerNormLSTM",
+    "LayerNormLSTMCell",
     "available_backends",
     "convert",
     "quantize_dynamic",

@@ -422,8 +422,8 @@ def _peephole_step(x_t, states, w_hh, extras, attrs):
 
 def _peephole_step_backward(s, dh, dstates, w_hh, extras, attrs):
     """As the LSTM's, plus the peephole paths (da_x: gradient of gate x's pre-activation):
-        da_o = dm*tanh(c_t)*o(1-o);   dc_t = dc + dm*o*(1 - tanh(c_t)^2) + da_o*p_o
-        da_i, da_f, da_g as the LSTM's from dc_t;   dc_{t-1} = dc_t*f + da_i*p_i + da_f*p_f
+    da_o = dm*tanh(c_t)*o(1-o);   dc_t = dc + dm*o*(1 - tanh(c_t)^2) + da_o*p_o
+    da_i, da_f, da_g as the LSTM's from dc_t;   dc_{t-1} = dc_t*f + da_i*p_i + da_f*p_f
     """
     (dc,) = dstates
     w_hr, w_ch = extras

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import backends, cells, ops
 
-__all__ = ["rnn", "cell", "unpack", "pack"]
+__all__ = ["rnn", "cell", "cell_step", "unpack", "pack"]
 
 
 @cache
@@ -74,12 +74,19 @@ def autocast_rule(
     """See :func:`_autocast_dtypes`; ``state_dtype`` is c0's (LSTM) or h0's dtype."""
     if device_type != "cpu" or (mode == "LSTM" and not cell and not packed and not proj):
         return low, low, low
+    if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
+        # the fused LSTM variants: torch.nn has no twin whose dtypes to follow; they run as
+        # an unpacked nn.LSTM layer does under autocast, everything in the autocast dtype
+        return low, low, low
     state = torch.promote_types(low, state_dtype)
     if mode.startswith("RNN"):
         return low, low, None
     if mode == "GRU":
         return state, state, None
     return (low if proj else state), (low if proj else state), state
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _autocast_cast(t, dtype):
@@ -100,21 +107,26 @@ def rnn(
     proj_size: int = 0,
     lengths: Tensor | None = None,
     backend: str = "auto",
+    options: dict | None = None,
 ):
     """A stack of recurrent layers, torch.nn's semantics.
 
     Args:
-        mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU".
+        mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU", or a variant's
+            ("PEEPHOLE_LSTM", "LAYERNORM_LSTM"; :mod:`fastrnn.variants`).
         input: (T, B, I), time-major.
         hx: (L*D, B, P) initial hidden state, or the pair (h0, c0) for LSTM, c0 (L*D, B, H).
         weights: torch.nn's flat weight list: per layer and direction
-            w_ih, w_hh, [b_ih, b_hh], [w_hr].
+            w_ih, w_hh, [b_ih, b_hh], [w_hr] (a variant: its spec's parameters, in order).
         lengths: (B,) int64 on input's device, or None when every sequence has length T.
+        options: the layer's other settings a cell reads (LayerNormLSTM: ``eps``).
     Returns:
         output (T, B, D*P), and h_n (L*D, B, P), or (h_n, c_n) for LSTM.
     """
+    spec = cells.for_mode(mode)
+    has_c = len(spec.states) > 1
     if torch.is_autocast_enabled(input.device.type):
-        states = tuple(hx) if mode == "LSTM" else (hx,)
+        states = tuple(hx) if has_c else (hx,)
         plan = _autocast_dtypes(
             mode,
             input.device.type,
@@ -131,7 +143,7 @@ def rnn(
                 out, hidden = rnn(
                     mode,
                     _autocast_cast(input, compute),
-                    state if mode == "LSTM" else state[0],
+                    state if has_c else state[0],
                     [_autocast_cast(w, compute) for w in weights],
                     bias=bias,
                     num_layers=num_layers,
@@ -141,12 +153,36 @@ def rnn(
                     proj_size=proj_size,
                     lengths=lengths,
                     backend=backend,
+                    options=options,
                 )
-            if mode == "LSTM":
+            if has_c:
                 return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
             return out.to(h_dtype), hidden.to(h_dtype)
+    if spec.project_input is not None and input.dtype in _HALF:
+        # LayerNorm divides by the spread of what it normalises, which magnifies the half
+        # rounding of the projections (and of the activations between layers) feeding it:
+        # such a layer computes in float32 inside and rounds its results only (measured, bf16
+        # LayerNormLSTM against the float32 equations: 0.7e-2..9e-2 relative error before,
+        # 2e-3..4e-3 after for one layer, at the rounding floor of the results themselves).
+        states = tuple(hx) if has_c else (hx,)
+        out, hidden = rnn(
+            mode,
+            input.float(),
+            tuple(s.float() for s in states) if has_c else states[0].float(),
+            [w.float() for w in weights],
+            bias=bias,
+            num_layers=num_layers,
+            dropout=dropout,
+            training=training,
+            bidirectional=bidirectional,
+            proj_size=proj_size,
+            lengths=lengths,
+            backend=backend,
+            options=options,
+        )
+        cast = tuple(h.to(s.dtype) for h, s in zip(hidden if has_c else (hidden,), states, strict=True))
+        return out.to(input.dtype), (cast if has_c else cast[0])
     concrete = backends.resolve(backend, input.device)
-    spec = cells.for_mode(mode)
     D = 2 if bidirectional else 1
     states0 = tuple(hx) if len(spec.states) > 1 else (hx,)
     T, B = input.shape[0], input.shape[1]
@@ -154,10 +190,10 @@ def rnn(
     layer_input = input
     for layer in range(num_layers):
         groups = [_layer_weights(spec, weights, bias, proj_size > 0, layer * D + d) for d in range(D)]
-        loop = [spec.loop_inputs(mode, g, bias) for g in groups]  # (x_proj bias, extras, attrs)
+        loop = [spec.loop_inputs(mode, g, bias, options) for g in groups]  # (x_proj bias, extras, attrs)
         w_ih = torch.cat([g["weight_ih"] for g in groups]) if D > 1 else groups[0]["weight_ih"]
         x2d = layer_input.reshape(T * B, layer_input.shape[-1])
-        if bias:
+        if loop[0][0] is not None:  # the bias folded into the projection (LayerNormLSTM has none)
             b = torch.cat([lp[0] for lp in loop]) if D > 1 else loop[0][0]
             x_proj = torch.addmm(b, x2d, w_ih.t())
         else:
@@ -168,9 +204,12 @@ def rnn(
         for d in range(D):
             i = layer * D + d
             _, extras, attrs = loop[d]
+            x_d = x_proj[..., d * G : (d + 1) * G] if D > 1 else x_proj
+            if spec.project_input is not None:
+                x_d = spec.project_input(x_d, groups[d], options)
             y, *final = ops.recurrence(
                 spec,
-                x_proj[..., d * G : (d + 1) * G] if D > 1 else x_proj,
+                x_d,
                 groups[d]["weight_hh"],
                 extras,
                 tuple(s[i] for s in states0),
@@ -204,28 +243,71 @@ def cell(
     b_hh: Tensor | None,
     backend: str = "auto",
 ):
-    """One step of a cell on (B, I) input: the recurrence op with T = 1."""
-    states = tuple(hx) if mode == "LSTM" else (hx,)
+    """One step of a torch.nn cell on (B, I) input: the recurrence op with T = 1."""
+    weights = {"weight_ih": w_ih, "weight_hh": w_hh}
+    if b_ih is not None:
+        weights.update(bias_ih=b_ih, bias_hh=b_hh)
+    return cell_step(mode, input, hx, weights, bias=b_ih is not None, backend=backend)
+
+
+def cell_step(
+    mode: str,
+    input: Tensor,
+    hx: Tensor | tuple[Tensor, Tensor],
+    weights: dict,
+    *,
+    bias: bool,
+    backend: str = "auto",
+    options: dict | None = None,
+):
+    """One step of any cell on (B, I) input, its parameters by spec name (``weight_ih``, ...)."""
+    spec = cells.for_mode(mode)
+    has_c = len(spec.states) > 1
+    states = tuple(hx) if has_c else (hx,)
     plan = None
     if torch.is_autocast_enabled(input.device.type):
         plan = _autocast_dtypes(
-            mode, input.device.type, cell=True, packed=False, proj=False, states=states, weights=(w_ih, w_hh)
+            mode,
+            input.device.type,
+            cell=True,
+            packed=False,
+            proj=False,
+            states=states,
+            weights=(weights["weight_ih"], weights["weight_hh"]),
         )
     if plan is not None:
         compute, h_dtype, c_dtype = plan
-        cast = [_autocast_cast(t, compute) for t in (input, *states, w_ih, w_hh, b_ih, b_hh)]
+        cast_states = tuple(_autocast_cast(s, compute) for s in states)
+        cast_weights = {k: _autocast_cast(w, compute) for k, w in weights.items()}
         with torch.autocast(input.device.type, enabled=False):
-            if mode == "LSTM":
-                h1, c1 = cell(mode, cast[0], (cast[1], cast[2]), *cast[3:], backend=backend)
-                return h1.to(h_dtype), c1.to(c_dtype)
-            return cell(mode, cast[0], cast[1], *cast[2:], backend=backend).to(h_dtype)
+            out = cell_step(
+                mode,
+                _autocast_cast(input, compute),
+                cast_states if has_c else cast_states[0],
+                cast_weights,
+                bias=bias,
+                backend=backend,
+                options=options,
+            )
+        return (out[0].to(h_dtype), out[1].to(c_dtype)) if has_c else out.to(h_dtype)
+    if spec.project_input is not None and input.dtype in _HALF:  # float32 inside, as in rnn()
+        out = cell_step(
+            mode,
+            input.float(),
+            tuple(s.float() for s in states) if has_c else states[0].float(),
+            {k: w.float() for k, w in weights.items()},
+            bias=bias,
+            backend=backend,
+            options=options,
+        )
+        return tuple(o.to(s.dtype) for o, s in zip(out, states, strict=True)) if has_c else out.to(states[0].dtype)
     concrete = backends.resolve(backend, input.device)
-    spec = cells.for_mode(mode)
-    bias, extras, attrs = spec.loop_inputs(
-        mode, {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}, b_ih is not None
-    )
-    x_proj = (torch.addmm(bias, input, w_ih.t()) if bias is not None else input @ w_ih.t()).unsqueeze(0)
-    _, *final = ops.recurrence(spec, x_proj, w_hh, extras, states, None, False, attrs, concrete)
+    b, extras, attrs = spec.loop_inputs(mode, weights, bias, options)
+    w_ih = weights["weight_ih"]
+    x_proj = (torch.addmm(b, input, w_ih.t()) if b is not None else input @ w_ih.t()).unsqueeze(0)
+    if spec.project_input is not None:
+        x_proj = spec.project_input(x_proj, weights, options)
+    _, *final = ops.recurrence(spec, x_proj, weights["weight_hh"], extras, states, None, False, attrs, concrete)
     return tuple(final) if len(final) > 1 else final[0]
 
 

@@ -22,6 +22,11 @@ __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 _NAMES = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 
 
+def _layer_name(module) -> str:
+    """The name torch.nn's messages use for the layer (a variant: its own class name)."""
+    return _NAMES.get(module.mode, type(module).__name__)
+
+
 def _check_state_like(input: Tensor, states: tuple[Tensor, ...]) -> None:
     for s in states:
         if s.device != input.device:
@@ -45,6 +50,10 @@ class _RecurrentLayer:
     qconfig = interop.qconfig_property
     # -- end interop
 
+    def _options(self) -> dict | None:
+        """Settings of the layer a cell's loop reads besides its parameters (none for torch.nn's)."""
+        return None
+
     def _zeros_state(self, input: Tensor, batch: int):
         """Zero initial states, one per state of the cell, shaped as the cell's spec says."""
         spec = cells.for_mode(self.mode)
@@ -61,11 +70,12 @@ class _RecurrentLayer:
     def _check_hx_rank(self, hx, batched: bool) -> None:
         want = 3 if batched else 2
         what = "batched 3-D" if batched else "unbatched 2-D"
-        if self.mode == "LSTM":
+        if len(cells.for_mode(self.mode).states) > 1:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 is_seq = isinstance(hx, (tuple, list))
-                msg = f"LSTM expects hx to be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}" + (
-                    f" of length {len(hx)}" if is_seq else ""
+                msg = (
+                    f"{_layer_name(self)} expects hx to be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}"
+                    + (f" of length {len(hx)}" if is_seq else "")
                 )
                 # torch.nn's classes: indexing hx[1] of a tensor or a 1-tuple is an IndexError,
                 # of a non-sequence a TypeError
@@ -93,7 +103,7 @@ class _RecurrentLayer:
             batched = True
             if data.dtype != self._flat_weights[0].dtype:
                 raise RuntimeError(
-                    f"{_NAMES[self.mode]}: packed input dtype ({data.dtype}) does not match weight dtype "
+                    f"{_layer_name(self)}: packed input dtype ({data.dtype}) does not match weight dtype "
                     f"({self._flat_weights[0].dtype}). Convert input: input.to({self._flat_weights[0].dtype})"
                 )
             if hx is None:
@@ -106,9 +116,9 @@ class _RecurrentLayer:
             x, lengths = functional.unpack(PackedSequence(data, batch_sizes))
         else:
             if input.dim() not in (2, 3):
-                kind = " tensor" if _NAMES[self.mode] == "RNN" else ""
+                kind = " tensor" if _layer_name(self) == "RNN" else ""
                 raise ValueError(
-                    f"{_NAMES[self.mode]}: Expected input to be 2D or 3D, got {input.dim()}D{kind} instead"
+                    f"{_layer_name(self)}: Expected input to be 2D or 3D, got {input.dim()}D{kind} instead"
                 )
             batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
@@ -141,6 +151,7 @@ class _RecurrentLayer:
             proj_size=self.proj_size,
             lengths=lengths,
             backend=getattr(self, "backend", "auto"),
+            options=self._options(),
         )
 
         if packed:
@@ -208,6 +219,9 @@ class _Cell:
     qconfig = interop.qconfig_property
     # -- end interop
 
+    def _options(self) -> dict | None:
+        return None
+
     def forward(self, input: Tensor, hx=None):
         if interop.records_torch_nn():  # jit.trace and ONNX export record torch.nn's forward
             return interop.torch_forward(self, input, hx)
@@ -255,15 +269,15 @@ class _Cell:
             )
         _check_state_like(input, states)
 
-        out = functional.cell(
+        spec = cells.for_mode(self._mode)
+        out = functional.cell_step(
             self._mode,
             input,
             states if is_lstm else states[0],
-            self.weight_ih,
-            self.weight_hh,
-            self.bias_ih,
-            self.bias_hh,
+            {p.name: getattr(self, p.name) for p in spec.layer_params(self.bias, False)},
+            bias=self.bias,
             backend=getattr(self, "backend", "auto"),
+            options=self._options(),
         )
         if not batched:
             out = (out[0].squeeze(0), out[1].squeeze(0)) if is_lstm else out.squeeze(0)

@@ -34,6 +34,8 @@ from . import backends, cells
 from .convert import TWINS
 from .modules import LAYERS
 from .numerics import BOUNDS, bound, rel_rms, tf32_allowed
+from .variants import LAYERS as VARIANT_LAYERS
+from .variants import _VariantCell, _VariantLayer
 
 __all__ = ["BOUNDS", "bound", "rel_rms", "compare", "oracle", "ParityReport", "ParityRow", "main"]
 
@@ -124,7 +126,7 @@ def _input_names(module: nn.Module, inputs: tuple) -> list[str]:
 def _output_names(module: nn.Module, n: int) -> list[str]:
     # a torch.compile'd module wraps the layer: name the outputs after the layer inside
     layer = getattr(module, "_orig_mod", module)
-    names = ["output", "h_n", "c_n"] if isinstance(layer, nn.RNNBase) else ["h", "c"]
+    names = ["output", "h_n", "c_n"] if isinstance(layer, (nn.RNNBase, _VariantLayer)) else ["h", "c"]
     return names[:n]
 
 
@@ -197,7 +199,7 @@ def oracle(module: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
     twin = copy.deepcopy(module)
     if type(twin) in TWINS:
         twin.__class__ = TWINS[type(twin)]
-    elif not isinstance(twin, tuple(TWINS.values())):
+    elif not isinstance(twin, (*TWINS.values(), _VariantLayer, _VariantCell)):
         raise TypeError(f"oracle() takes a recurrent module, got {type(module).__name__}")
     twin.backend = backends.ORACLE
     return twin.to(dtype)
@@ -218,7 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=50)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--proj", type=int, default=0, help="proj_size (LSTM only)")
+    p.add_argument("--proj", type=int, default=0, help="proj_size (LSTM and PeepholeLSTM only)")
     p.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only")
     p.add_argument("--backend", default="auto", choices=list(backends.BACKENDS))
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
@@ -228,10 +230,10 @@ def main(argv=None) -> int:
 
     torch.manual_seed(a.seed)
     dtype = getattr(torch, a.dtype)
-    ours_cls = LAYERS[a.cell]
-    nn_cls = next(c for c, twin in TWINS.items() if twin is ours_cls)
+    ours_cls = {**LAYERS, **VARIANT_LAYERS}[a.cell]
+    nn_cls = next((c for c, twin in TWINS.items() if twin is ours_cls), None)
     kw = dict(num_layers=a.layers, bidirectional=a.bidirectional)
-    if a.cell == "lstm" and a.proj:
+    if a.cell in ("lstm", "peephole_lstm") and a.proj:
         kw["proj_size"] = a.proj
     if a.cell == "rnn":
         kw["nonlinearity"] = a.nonlinearity
@@ -246,7 +248,9 @@ def main(argv=None) -> int:
         f"backend {backends.resolve(a.backend, torch.device(a.device))}"
     )
     print(f"{a.cell.upper()} T={a.seq} B={a.batch} input={in_size} hidden={a.hidden} {kw}\n")
-    if dtype in (torch.float16, torch.bfloat16):
+    if nn_cls is None:
+        print(f"torch.nn: has no {ours_cls.__name__}; the float64 oracle below is the reference\n")
+    elif dtype in (torch.float16, torch.bfloat16):
         print("torch.nn: skipped (its fp16/bf16 results are not a reference; see the oracle below)\n")
     else:
         theirs = nn_cls(in_size, a.hidden, **kw).to(a.device, dtype)

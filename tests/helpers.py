@@ -24,8 +24,9 @@ def _configs(cell):
     return out
 
 
-# (id, family, constructor kwargs)
-CELLS = [c for cell in fastrnn.cells.CELLS.values() for c in _configs(cell)]
+# (id, family, constructor kwargs) of the cells with a torch.nn twin (the variants of
+# fastrnn.variants have their own tests, tests/test_variants.py)
+CELLS = [c for cell in fastrnn.cells.TORCH_NN for c in _configs(cell)]
 
 
 def make_pair(family, input_size, hidden, dtype, device=DEVICE, **kw):
