@@ -4,6 +4,7 @@ fastrnn.cells' steps): outputs, final states and every gradient, at the numerics
 bounds. Then what every fastrnn layer does: cells, torch.compile without graph breaks,
 determinism, backward in eval mode, double backward, torch.func, DDP, parity tools."""
 
+import copy
 import os
 import tempfile
 import time
@@ -525,3 +526,19 @@ def test_ddp_gloo_two_processes_averages_gradients():
     for g0, g1, a, b in zip(got[0], got[1], *local):
         assert torch.equal(g0, g1)
         assert testing.rel_rms(g0, (a + b) / 2) <= testing.bound(torch.float32)
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_autocast_runs_in_the_autocast_dtype(make):
+    """Under autocast a variant runs as an unpacked nn.LSTM layer does: in the autocast
+    dtype, i.e. exactly as the same module cast to that dtype; parameter gradients float32."""
+    m = make().to(DEVICE)
+    low = copy.deepcopy(m).to(torch.bfloat16)
+    x = torch.randn(6, 3, 5, device=DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        got = m(x)
+    want = low(x.to(torch.bfloat16))
+    for a, b in zip((got[0], *got[1]), (want[0], *want[1]), strict=True):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    got[0].float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in m.parameters())
