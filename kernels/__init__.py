@@ -3,8 +3,10 @@
 One module per cell (lstm.py, gru.py, rnn.py), each with its cell math in one
 ``@triton.jit`` helper shared by all of its kernels, and one launcher per direction that
 names the tensors each kernel takes. launch.py picks the kernel shape and launches every
-kernel (by keyword). The entry points below run the time loop only (the backend contract):
-the weight gradients and h_prev are computed once, after the loop, by the caller.
+kernel (by keyword). peephole_lstm.py is only a cell pair: the PeepholeLSTM runs on
+lstm.py's kernels, which take their cell as a constexpr. The entry points below run the
+time loop only (the backend contract): the weight gradients and h_prev are computed once,
+after the loop, by the caller.
 
 Kernel shapes, chosen by ``_common.kernel_shape`` from the weight size:
 
