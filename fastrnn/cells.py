@@ -81,7 +81,10 @@ class Cell:
     workspace: tuple[str, ...]  # forward results the backward loop needs besides y
     saved_states: tuple[int, ...]  # workspace entries that are carried states (by state index)
     backward_args: tuple[str, ...]  # the backend backward loop's arguments, by name
-    loop_grads: tuple[str, ...]  # backward loop results after dx_proj and the state gradients
+    # backward loop results after dx_proj and the state gradients: (T, B, n) per step and row,
+    # or, named "sum_*", (T, n) per step summed over the step's active rows (a parameter's
+    # gradient reduced in the loop, where its operands are in cache, in a fixed order)
+    loop_grads: tuple[str, ...]
     params: tuple[Param, ...]
     # (mode, per-direction weights by name, has bias, layer options such as eps)
     #   -> (bias for x_proj or None, extras, attrs)
@@ -94,7 +97,8 @@ class Cell:
     step: Callable
     # reference backward step, see reference.backward_loop
     step_backward: Callable
-    # after the backward loop: (dx_proj, named tensors) -> gradient of the recurrent product
+    # after the backward loop: (dx_proj, loop_grads, named tensors) -> gradient of the
+    # recurrent product h_{t-1} @ W_hh^T, (T, B, G)
     recurrent_grad: Callable
     # (dx_proj, dgh, loop_grads, named tensors) -> gradients of the extras (None where absent)
     extra_grads: Callable
@@ -246,7 +250,7 @@ LSTM = Cell(
     },
     step=_lstm_step,
     step_backward=_lstm_step_backward,
-    recurrent_grad=lambda dx, t: dx,
+    recurrent_grad=lambda dx, loop, t: dx,
     extra_grads=_lstm_extra_grads,
 )
 
@@ -285,7 +289,7 @@ def _gru_step_backward(s, dh, dstates, w_hh, extras, attrs):
     return torch.cat([dar, daz, dan], dim=-1), torch.cat([dar, daz, dan * r], dim=-1), dh * z, (), ()
 
 
-def _gru_recurrent_grad(dx, t):
+def _gru_recurrent_grad(dx, loop, t):
     """dgh = [dar, daz, dan * r] from dx_proj = [dar, daz, dan] and the saved r."""
     H = dx.shape[-1] // 3
     return torch.cat([dx[..., : 2 * H], dx[..., 2 * H :] * t["gates"][..., :H]], dim=-1)
@@ -385,7 +389,7 @@ RNN = Cell(
     shapes=lambda T, B, H, P: {"w_hh": (H, H), "h0": (B, H), "y": (T, B, H), "h_n": (B, H)},
     step=_rnn_step,
     step_backward=_rnn_step_backward,
-    recurrent_grad=lambda dx, t: dx,
+    recurrent_grad=lambda dx, loop, t: dx,
     extra_grads=_no_grads,
 )
 
@@ -477,7 +481,7 @@ PEEPHOLE_LSTM = Cell(
     shapes=lambda T, B, H, P: {**LSTM.shapes(T, B, H, P), "w_ch": (3 * H,)},
     step=_peephole_step,
     step_backward=_peephole_step_backward,
-    recurrent_grad=lambda dx, t: dx,
+    recurrent_grad=lambda dx, loop, t: dx,
     extra_grads=_peephole_extra_grads,
 )
 
@@ -525,7 +529,8 @@ def _ln_step_backward(s, dh, dstates, w_hh, extras, attrs):
     """dc_t = dc + dh*o*(1 - tanh(c_t)^2) reaches LN_c's output; ds = LN'(dc_t*w_c) reaches
     s = f*c_{t-1} + i*g; the gate gradients follow as the LSTM's with ds for dc_t, and
     dc_{t-1} = ds*f. dx_proj_t = da; the product's gradient dgh_t = LN'(da*w_r).
-    Loop result: dc_t (T, B, H), for the gradients of LN_c's gain and shift."""
+    Loop results: dgh_t, and per step, summed over the batch, the gradients of the LN gains
+    and shifts: da*rhat, da, dc_t*shat, dc_t."""
     (dc,) = dstates
     w_r, _, w_c, _ = extras
     gates, rhat, shat, rstd_r, rstd_s = _ln_split(s.ws)
@@ -542,23 +547,17 @@ def _ln_step_backward(s, dh, dstates, w_hh, extras, attrs):
         ],
         dim=-1,
     )
-    return da, _layer_norm_backward(da * w_r, rhat, rstd_r), None, (ds * f,), (dc_t,)
-
-
-def _ln_recurrent_grad(dx, t):
-    """dgh = LN_hh'(da * w_r) for every step at once, from the saved rhat and rstd_r."""
-    _, rhat, _, rstd_r, _ = _ln_split(t["ws"])
-    return _layer_norm_backward(dx * t["ln_hh_weight"], rhat, rstd_r)
+    dgh = _layer_norm_backward(da * w_r, rhat, rstd_r)
+    return da, dgh, None, (ds * f,), (dgh, da * rhat, da, dc_t * shat, dc_t)
 
 
 def _ln_extra_grads(dx, dgh, loop_grads, t):
-    (dc_out,) = loop_grads
-    _, rhat, shat, _, _ = _ln_split(t["ws"])
+    _, da_rhat, da, dc_shat, dc = loop_grads
     return (
-        (dx * rhat).sum((0, 1)),
-        None if t["ln_hh_bias"] is None else dx.sum((0, 1)),
-        (dc_out * shat).sum((0, 1)),
-        None if t["ln_c_bias"] is None else dc_out.sum((0, 1)),
+        da_rhat.sum(0),
+        None if t["ln_hh_bias"] is None else da.sum(0),
+        dc_shat.sum(0),
+        None if t["ln_c_bias"] is None else dc.sum(0),
     )
 
 
@@ -595,7 +594,7 @@ LAYERNORM_LSTM = Cell(
         "lengths",
         "reverse",
     ),
-    loop_grads=("dc_out",),
+    loop_grads=("dgh", "sum_da_rhat", "sum_da", "sum_dc_shat", "sum_dc"),
     params=(
         Param("weight_ih", lambda i, h, p: (4 * h, i)),
         Param("weight_hh", lambda i, h, p: (4 * h, h)),
@@ -628,7 +627,7 @@ LAYERNORM_LSTM = Cell(
     },
     step=_ln_step,
     step_backward=_ln_step_backward,
-    recurrent_grad=_ln_recurrent_grad,
+    recurrent_grad=lambda dx, loop, t: loop[0],
     extra_grads=_ln_extra_grads,
     project_input=_ln_project_input,
 )

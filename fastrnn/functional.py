@@ -75,8 +75,9 @@ def autocast_rule(
     if device_type != "cpu" or (mode == "LSTM" and not cell and not packed and not proj):
         return low, low, low
     if mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
-        # the fused LSTM variants: torch.nn has no twin whose dtypes to follow; they run as
-        # an unpacked nn.LSTM layer does under autocast, everything in the autocast dtype
+        # the variants: no torch.nn twin whose dtypes to follow; they run as an unpacked
+        # nn.LSTM layer does under autocast, in the autocast dtype (LayerNormLSTM then
+        # computes in float32 inside and rounds its results, as for half modules)
         return low, low, low
     state = torch.promote_types(low, state_dtype)
     if mode.startswith("RNN"):

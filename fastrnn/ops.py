@@ -159,7 +159,7 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     loop = backends.implementation(backend, f"{cell.name}_backward")(*(named[a] for a in cell.backward_args))
     n = 1 + len(cell.states)
     dx, dstates0, loop_grads = loop[0], loop[1:n], loop[n:]
-    dgh = cell.recurrent_grad(dx, named)
+    dgh = cell.recurrent_grad(dx, loop_grads, named)
     T, B, G = dgh.shape
     P = h0.shape[-1]
     if hp is not None:

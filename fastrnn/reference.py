@@ -142,7 +142,10 @@ def backward_loop(cell: Cell, named: dict):
         carried = dgh_t @ w_hh if direct is None else direct + dgh_t @ w_hh
         dh = _keep(m, carried, dh)
         drest = tuple(_keep(m, n, o) for n, o in zip(new_rest, drest, strict=True))
-        outs[t] = tuple(None if o is None else _zero_inactive(m, o) for o in out_t)
+        outs[t] = tuple(
+            None if o is None else _zero_inactive(m, o).sum(0) if name.startswith("sum_") else _zero_inactive(m, o)
+            for name, o in zip(cell.loop_grads, out_t, strict=True)
+        )
     loop = tuple(
         dy.new_empty(0) if outs[0][k] is None else torch.stack([o[k] for o in outs])
         for k in range(len(cell.loop_grads))

@@ -3,8 +3,10 @@
 One module per cell (lstm.py, gru.py, rnn.py), each with its cell math in one
 ``@triton.jit`` helper shared by all of its kernels, and one launcher per direction that
 names the tensors each kernel takes. launch.py picks the kernel shape and launches every
-kernel (by keyword). The entry points below run the time loop only (the backend contract):
-the weight gradients and h_prev are computed once, after the loop, by the caller.
+kernel (by keyword). peephole_lstm.py is only a cell pair: the PeepholeLSTM runs on
+lstm.py's kernels, which take their cell as a constexpr. The entry points below run the
+time loop only (the backend contract): the weight gradients and h_prev are computed once,
+after the loop, by the caller.
 
 Kernel shapes, chosen by ``_common.kernel_shape`` from the weight size:
 
@@ -36,9 +38,18 @@ import torch
 
 from fastrnn.numerics import dot_precision
 
-from . import gru, lstm, rnn
+from . import gru, lstm, peephole_lstm, rnn
 
-__all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
+__all__ = [
+    "lstm_forward",
+    "lstm_backward",
+    "peephole_lstm_forward",
+    "peephole_lstm_backward",
+    "gru_forward",
+    "gru_backward",
+    "rnn_forward",
+    "rnn_backward",
+]
 
 
 def _check(x: torch.Tensor) -> None:
@@ -57,6 +68,19 @@ def lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse):
     """-> dx_proj (T, B, 4H), dh0 (B, P), dc0 (B, H), dh_out (T, B, P) (an empty (0,) tensor
     without w_hr), fp32."""
     return lstm.backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, dot_precision(dy))
+
+
+def peephole_lstm_forward(x_proj, w_hh, w_hr, w_ch, h0, c0, lengths, reverse, workspace=True):
+    """lstm_forward's results for the PeepholeLSTM (w_ch (3H,) = p_i, p_f, p_o): the LSTM
+    kernels with the peephole cell (peephole_lstm.py)."""
+    _check(x_proj)
+    return peephole_lstm.forward(x_proj, w_hh, w_hr, w_ch, h0, c0, lengths, reverse, dot_precision(x_proj))
+
+
+def peephole_lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, w_ch, c0, gates, cs, lengths, reverse):
+    """lstm_backward's results for the PeepholeLSTM; dw_ch is left to the caller (a reduction
+    of dx_proj * c after the loop)."""
+    return peephole_lstm.backward(dy, dh_n, dc_n, w_hh, w_hr, w_ch, c0, gates, cs, lengths, reverse, dot_precision(dy))
 
 
 def gru_forward(x_proj, w_hh, b_hn, h0, lengths, reverse, workspace=True):

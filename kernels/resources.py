@@ -21,7 +21,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import _common, gru, launch, lstm, rnn
+from . import _common, gru, launch, lstm, peephole_lstm, rnn
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -33,12 +33,18 @@ INPUT_DTYPE_ARGS = {"x_ptr", "w_ptr", "wr_ptr", "h0_ptr", "c0_ptr", "y_ptr", "bh
 # the LSTM kernels' cell, as lstm.forward / lstm.backward pass it by default
 LSTM_FWD = dict(CELL=lstm.LSTM_CELL[0], HAS_CELL_PARAMS=False, CP_ROWS=1)
 LSTM_BWD = dict(CELL_BACKWARD=lstm.LSTM_CELL[1], HAS_CELL_PARAMS=False, CP_ROWS=1)
+# the same kernels with the peephole cell and its (3, H) parameters, padded to 4 rows as
+# lstm._cell_args pads them
+PEEPHOLE_FWD = dict(CELL=peephole_lstm.PEEPHOLE_CELL[0], HAS_CELL_PARAMS=True, CP_ROWS=4)
+PEEPHOLE_BWD = dict(CELL_BACKWARD=peephole_lstm.PEEPHOLE_CELL[1], HAS_CELL_PARAMS=True, CP_ROWS=4)
 
 # (name, kernel, weight tiles, flags) of each shape; block sizes and warps come from
 # launch.blocks, the launchers' own source
 SEQUENCE = [
     ("lstm_fwd_seq", lstm.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False, **LSTM_FWD)),
     ("lstm_bwd_seq", lstm.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False, **LSTM_BWD)),
+    ("peephole_fwd_seq", lstm.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False, **PEEPHOLE_FWD)),
+    ("peephole_bwd_seq", lstm.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False, **PEEPHOLE_BWD)),
     ("gru_fwd_seq", gru.gru_fwd_seq_kernel, 3, dict(REVERSE=False, HAS_BHN=True)),
     ("gru_bwd_seq", gru.gru_bwd_seq_kernel, 3, dict(REVERSE=False)),
     ("rnn_fwd_seq", rnn.rnn_fwd_seq_kernel, 1, dict(REVERSE=False, RELU=False)),
@@ -49,6 +55,8 @@ STEP = [
     ("lstm_proj_step", lstm.lstm_proj_step_kernel, 4, {}),
     ("lstm_dt_step", lstm.lstm_dt_step_kernel, 4, {}),
     ("lstm_bwd_step", lstm.lstm_bwd_step_kernel, 4, dict(HAS_PROJ=True, **LSTM_BWD)),
+    ("peephole_fwd_step", lstm.lstm_fwd_step_kernel, 4, dict(HAS_PROJ=False, **PEEPHOLE_FWD)),
+    ("peephole_bwd_step", lstm.lstm_bwd_step_kernel, 4, dict(HAS_PROJ=True, **PEEPHOLE_BWD)),
     ("carry_dh_step", _common.carry_dh_step_kernel, 4, dict(HAS_DIRECT=True)),
     ("gru_fwd_step", gru.gru_fwd_step_kernel, 3, dict(HAS_BHN=True)),
     ("gru_bwd_step", gru.gru_bwd_step_kernel, 3, {}),
@@ -58,6 +66,8 @@ STEP = [
 PERSISTENT = [
     ("lstm_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_FWD)),
     ("lstm_bwd_persistent", lstm.lstm_bwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_BWD)),
+    ("peephole_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False, **PEEPHOLE_FWD)),
+    ("peephole_bwd_persistent", lstm.lstm_bwd_persistent_kernel, 4, dict(REVERSE=False, **PEEPHOLE_BWD)),
     ("gru_fwd_persistent", gru.gru_fwd_persistent_kernel, 3, dict(REVERSE=False, HAS_BHN=True)),
     ("gru_bwd_persistent", gru.gru_bwd_persistent_kernel, 3, dict(REVERSE=False)),
 ]
@@ -121,19 +131,19 @@ def resources(compiled) -> dict:
 def main(argv=None) -> int:
     sizes = [int(v) for v in (sys.argv[1:] if argv is None else argv)] or [64, 256, 512, 1024]
     print(f"triton {triton.__version__}, target sm_90")
-    print(f"{'kernel':<33} {'warps':>5} {'regs':>5} {'stack B':>8} {'shared B':>9}")
+    print(f"{'kernel':<37} {'warps':>5} {'regs':>5} {'stack B':>8} {'shared B':>9}")
     for dtype in ("fp32", "bf16"):
         for H in sizes:
             for name, k, consts, warps, dt in configs(H, dtype):
                 try:
                     r = resources(compile_for_hopper(k, consts, warps, dt))
                     print(
-                        f"{name:<33} {warps:>5} {r['registers']:>5} {r['stack_bytes']:>8} {r['shared_bytes']:>9}",
+                        f"{name:<37} {warps:>5} {r['registers']:>5} {r['stack_bytes']:>8} {r['shared_bytes']:>9}",
                         flush=True,
                     )
                 except Exception as e:  # report and go on: one failing kernel is a finding
                     first = str(e).splitlines()[0] if str(e) else ""
-                    print(f"{name:<33} FAILED: {type(e).__name__}: {first}", flush=True)
+                    print(f"{name:<37} FAILED: {type(e).__name__}: {first}", flush=True)
     return 0
 
 

@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 from fastrnn import testing
+from fastrnn.testing import bound, rel_rms
 from helpers import CELLS, TWIN
 
 triton = pytest.importorskip("triton")
@@ -451,3 +452,107 @@ class TestGPU:
         out, _ = m(x)
         out.sum().backward()
         assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+# PeepholeLSTM: the entry points against fastrnn.reference's, called with the same tensors
+# (each backward on its own forward's workspace), in every kernel shape. H = 20 is not a
+# power of two (padded tile columns); H = 70 spans two step-kernel column tiles (the
+# peephole tile read at a column offset) and B = 18 two batch blocks; lengths unsorted.
+PEEPHOLE_CASES = {
+    "lengths": dict(T=6, B=5, H=20, P=0, lengths=[3, 6, 1, 5, 2], reverse=False),
+    "lengths_rev": dict(T=6, B=5, H=20, P=0, lengths=[3, 6, 1, 5, 2], reverse=True),
+    "proj_lengths": dict(T=6, B=5, H=20, P=7, lengths=[3, 6, 1, 5, 2], reverse=False),
+    "proj_lengths_rev": dict(T=6, B=5, H=20, P=7, lengths=[3, 6, 1, 5, 2], reverse=True),
+    "B1": dict(T=5, B=1, H=20, P=0, lengths=None, reverse=False),
+    "B1_proj_rev": dict(T=5, B=1, H=20, P=7, lengths=None, reverse=True),
+    "H70_B18_rev": dict(T=3, B=18, H=70, P=0, lengths=[3, 1, 2] * 6, reverse=True),
+}
+
+
+def _peephole_inputs(T, B, H, P, lengths, reverse, layer_init=False):
+    """(forward arguments, backward's incoming gradients dy, dh_n, dc_n), float64. Weights
+    0.4 N(0, 1), or with ``layer_init`` U(-1/sqrt(H), 1/sqrt(H)) as the layers initialise them."""
+    g = torch.Generator().manual_seed(T * 1000 + B * 10 + H + P)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    k = H**-0.5
+    u = lambda *s: (torch.rand(*s, generator=g, dtype=torch.float64) * 2 - 1) * k  # noqa: E731
+    wt = u if layer_init else (lambda *s: r(*s) * 0.4)
+    Pw = P or H
+    fwd = dict(
+        x_proj=r(T, B, 4 * H),
+        w_hh=wt(4 * H, Pw),
+        w_hr=wt(P, H) if P else None,
+        w_ch=wt(3 * H),
+        h0=r(B, Pw),
+        c0=r(B, H),
+        lengths=None if lengths is None else torch.tensor(lengths),
+        reverse=reverse,
+    )
+    return fwd, (r(T, B, Pw), r(B, Pw), r(B, H))
+
+
+def _peephole_run(entries, fwd, grads):
+    """A backend module's peephole forward, then its backward on that workspace: by name."""
+    y, h_n, c_n, gates, cs = entries.peephole_lstm_forward(*fwd.values())
+    w_hh, w_hr, w_ch, c0 = fwd["w_hh"], fwd["w_hr"], fwd["w_ch"], fwd["c0"]
+    dx, dh0, dc0, dh_out = entries.peephole_lstm_backward(
+        *grads, w_hh, w_hr, w_ch, c0, gates, cs, fwd["lengths"], fwd["reverse"]
+    )
+    return dict(y=y, h_n=h_n, c_n=c_n, gates=gates, cs=cs, dx_proj=dx, dh0=dh0, dc0=dc0, dh_out=dh_out)
+
+
+def _peephole_errors(case, dtype, ref_dtype, layer_init=False):
+    """rel_rms of every result of the triton entries (inputs rounded to ``dtype``) against
+    the reference's (the same rounded inputs in ``ref_dtype``). Workspace gate rows of
+    inactive steps may hold any value (the contract): compared on active steps only."""
+    from fastrnn import reference
+
+    kernels = fastrnn.backends._import("fastrnn.kernels")
+    fwd, grads = _peephole_inputs(**case, layer_init=layer_init)
+    cast = lambda v, dt, dev: v.to(dev, dt) if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+    lens = lambda v, dev: v.to(dev) if isinstance(v, torch.Tensor) and not v.is_floating_point() else v  # noqa: E731
+    ours = _peephole_run(
+        kernels,
+        {k: lens(cast(v, dtype, DEV), DEV) for k, v in fwd.items()},
+        [cast(v, dtype, DEV) for v in grads],
+    )
+    rounded = lambda v: cast(cast(v, dtype, "cpu"), ref_dtype, "cpu")  # noqa: E731
+    want = _peephole_run(reference, {k: rounded(v) for k, v in fwd.items()}, [rounded(v) for v in grads])
+    T, B = case["T"], case["B"]
+    active = (
+        torch.ones(T, B, dtype=torch.bool)
+        if case["lengths"] is None
+        else (torch.arange(T)[:, None] < torch.tensor(case["lengths"])[None, :])
+    )
+    ours["gates"], want["gates"] = ours["gates"].cpu()[active], want["gates"][active]
+    if not case["P"]:  # no projection: dh_out is an empty (0,) tensor in both
+        assert ours.pop("dh_out").numel() == 0 and want.pop("dh_out").numel() == 0
+    assert ours["y"].dtype == dtype and ours["gates"].dtype == torch.float32
+    return {k: rel_rms(ours[k].cpu(), want[k]) for k in ours}
+
+
+@pytest.mark.parametrize("kernel", ["sequence", "step", "persistent"])
+@pytest.mark.parametrize("case", list(PEEPHOLE_CASES))
+def test_peephole_lstm_entries_vs_reference(kernel, case, monkeypatch):
+    """fp32 kernels against the float64 reference at the fp32 bound; every result and
+    workspace, lengths, reverse, projection, B = 1. "persistent" runs the step kernels with
+    a projection, and under the interpreter at H = 70 (two programs along the hidden axis)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", kernel)
+    errors = _peephole_errors(PEEPHOLE_CASES[case], torch.float32, torch.float64)
+    assert all(e <= bound(torch.float32) for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("kernel", ["sequence", "step", "persistent"])
+@pytest.mark.parametrize("case", ["lengths_rev", "proj_lengths", "B1_proj_rev"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_peephole_lstm_entries_half_vs_fp32_reference(kernel, case, dtype, monkeypatch):
+    """fp16/bf16 inputs (half-operand products, fp32 state and cell math) against the fp32
+    reference on the same rounded inputs, at the half-precision bound, with the weights of
+    a freshly initialised layer. The operands' rounding (2^-9 relative for bf16) compounds
+    with the recurrent gain: at the fp32 test's 0.4 N(0, 1) weights, bf16 with a projection
+    reached 1.0e-2 in dh0 in every shape alike (fp16: 2.4e-4), and the LSTM's own kernels
+    8.4e-3 on the same inputs, so the policy, not the peephole cell, sets that error."""
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", kernel)
+    errors = _peephole_errors(PEEPHOLE_CASES[case], dtype, torch.float32, layer_init=True)
+    assert all(e <= bound(dtype) for e in errors.values()), errors

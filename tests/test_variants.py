@@ -4,6 +4,7 @@ fastrnn.cells' steps): outputs, final states and every gradient, at the numerics
 bounds. Then what every fastrnn layer does: cells, torch.compile without graph breaks,
 determinism, backward in eval mode, double backward, torch.func, DDP, parity tools."""
 
+import copy
 import os
 import tempfile
 import time
@@ -415,16 +416,20 @@ def test_backward_in_eval_mode(make):
 
 
 @pytest.mark.skipif(NO_FP64, reason="float64 is not a dtype of this backend")
-@pytest.mark.parametrize("cls,kw", [(fastrnn.PeepholeLSTM, {"proj_size": 2}), (fastrnn.LayerNormLSTM, {})])
-def test_gradcheck_and_gradgradcheck_float64(cls, kw):
+@pytest.mark.parametrize(
+    "cls,kw,names",
+    [
+        (fastrnn.PeepholeLSTM, {"proj_size": 2}, ["weight_hh_l0", "weight_ch_l0", "weight_hr_l0_reverse"]),
+        (fastrnn.LayerNormLSTM, {}, ["weight_hh_l0", "ln_hh_weight_l0", "ln_c_bias_l0", "ln_ih_weight_l0_reverse"]),
+    ],
+    ids=["peephole", "layernorm"],
+)
+def test_gradcheck_and_gradgradcheck_float64(cls, kw, names):
     torch.manual_seed(0)
-    m = cls(3, 4, bidirectional=True, **kw).double().to(DEVICE)
+    m = cls(2, 3, bidirectional=True, **kw).double().to(DEVICE)
     _randomise(m, torch.Generator().manual_seed(2))
-    x = torch.randn(4, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    lengths = torch.tensor([4, 2])
-    names = [n for n, _ in m.named_parameters() if n.endswith("_l0")][:4] + [
-        n for n, _ in m.named_parameters() if n.startswith(("weight_ch", "ln_c"))
-    ]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    lengths = torch.tensor([3, 2])
     ws = [getattr(m, n).detach().clone().requires_grad_() for n in names]
 
     def f(x, *ws):
@@ -525,3 +530,19 @@ def test_ddp_gloo_two_processes_averages_gradients():
     for g0, g1, a, b in zip(got[0], got[1], *local):
         assert torch.equal(g0, g1)
         assert testing.rel_rms(g0, (a + b) / 2) <= testing.bound(torch.float32)
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_autocast_runs_in_the_autocast_dtype(make):
+    """Under autocast a variant runs as an unpacked nn.LSTM layer does: in the autocast
+    dtype, i.e. exactly as the same module cast to that dtype; parameter gradients float32."""
+    m = make().to(DEVICE)
+    low = copy.deepcopy(m).to(torch.bfloat16)
+    x = torch.randn(6, 3, 5, device=DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        got = m(x)
+    want = low(x.to(torch.bfloat16))
+    for a, b in zip((got[0], *got[1]), (want[0], *want[1]), strict=True):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    got[0].float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in m.parameters())
