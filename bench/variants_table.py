@@ -52,10 +52,13 @@ def _head() -> str:
 
 
 def _line(cfg, t_var, t_peer, t_lstm, vs_peer, vs_lstm) -> str:
-    """vs_peer, vs_lstm: (median, min, max) of the ratio, or None when a side is missing."""
+    """vs_peer, vs_lstm: (median, min, max) of the ratio over rounds, (ratio,) for one
+    measurement, or None when a side is missing."""
 
     def ratio(r):
-        return "-" if r is None else f"{r[0]:6.2f}x ({r[1]:.2f}-{r[2]:.2f})"
+        if r is None:
+            return "-"
+        return f"{r[0]:6.2f}x" + (f" ({r[1]:.2f}-{r[2]:.2f})" if len(r) == 3 else "")
 
     def ms(t):
         return "-" if t is None else f"{t * 1e3:.3f}"
@@ -93,8 +96,8 @@ def report(rows) -> None:
                 == (cfg.cell, cfg.mode, cfg.T, cfg.B, cfg.I, cfg.H, cfg.dtype)
             }
             t_var, t_peer, t_lstm = t.get(fast), t.get("jit_premul"), t.get(lstm)
-            vs_peer = (t_peer / t_var,) * 3 if t_var and t_peer else None
-            vs_lstm = (t_var / t_lstm,) * 3 if t_var and t_lstm else None
+            vs_peer = (t_peer / t_var,) if t_var and t_peer else None
+            vs_lstm = (t_var / t_lstm,) if t_var and t_lstm else None
             print(_line(cfg, t_var, t_peer, t_lstm, vs_peer, vs_lstm))
 
 
