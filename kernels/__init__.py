@@ -36,9 +36,18 @@ import torch
 
 from fastrnn.numerics import dot_precision
 
-from . import gru, lstm, rnn
+from . import gru, layernorm_lstm, lstm, rnn
 
-__all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
+__all__ = [
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
+    "rnn_forward",
+    "rnn_backward",
+    "layernorm_lstm_forward",
+    "layernorm_lstm_backward",
+]
 
 
 def _check(x: torch.Tensor) -> None:
@@ -79,3 +88,34 @@ def rnn_forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, workspace=True
 def rnn_backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity):
     """-> dx_proj (T, B, H), dh0 (B, H), fp32."""
     return rnn.backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, dot_precision(dy))
+
+
+def layernorm_lstm_forward(
+    x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse, eps, workspace=True
+):
+    """x_proj (T, B, 4H) with LN_ih applied -> y (T, B, H), h_n (B, H), c_n (B, H) in the
+    input dtype; ws (T, B, 9H + 2) = [i, f, g, o | rhat | shat | rstd_r, rstd_s] and cs
+    (T, B, H) carried c_t, fp32."""
+    _check(x_proj)
+    return layernorm_lstm.forward(
+        x_proj,
+        w_hh,
+        ln_hh_weight,
+        ln_hh_bias,
+        ln_c_weight,
+        ln_c_bias,
+        h0,
+        c0,
+        lengths,
+        reverse,
+        eps,
+        dot_precision(x_proj),
+    )
+
+
+def layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, lengths, reverse):
+    """-> dx_proj (T, B, 4H), dh0 (B, H), dc0 (B, H), dc_out (T, B, H) (dc_t, zero rows at
+    inactive steps), fp32."""
+    return layernorm_lstm.backward(
+        dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, lengths, reverse, dot_precision(dy)
+    )
