@@ -28,6 +28,8 @@ Backward of one step (means over the normalised row: H for s, 4H for r):
 Workspace row (9H + 2, fp32): [i, f, g, o | rhat (4H) | shat (H) | rstd_r, rstd_s].
 """
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -140,22 +142,22 @@ def _ln_cell(
 
 
 @triton.jit
-def _ln_cell_backward(
-    i, f, g, o, rh_i, rh_f, rh_g, rh_o, shat, rstd_r, rstd_s, c, c_prev, dh, dc, gr_i, gr_f, gr_g, gr_o, gc, cm, H
-):
+def _ln_cell_backward(i, f, g, o, shat, rstd_s, c, c_prev, dh, dc, gc, cm, H):
     """dh: gradient reaching h_t (carried + dy_t); dc: reaching c_t from later steps.
-    Returns da (4 tiles, = dx_proj_t), dr (4 tiles, reaching h_{t-1} @ W_hh^T), dc_t, dc_{t-1}."""
+    Returns da (4 tiles, = dx_proj_t), dc_t and dc_{t-1}. The gradient reaching the
+    product, dr = LN_hh'(da*w_r), is _normalise4_backward's (the caller loads rhat for it
+    only then: fewer tiles live at once)."""
     tc = tanh(c)
     dct = dc + dh * o * (1.0 - tc * tc)
     ds = _normalise_backward(dct * gc, shat, rstd_s, cm, H)
-    da_i = ds * g * i * (1.0 - i)
-    da_f = ds * c_prev * f * (1.0 - f)
-    da_g = ds * i * (1.0 - g * g)
-    da_o = dh * tc * o * (1.0 - o)
-    dr_i, dr_f, dr_g, dr_o = _normalise4_backward(
-        da_i * gr_i, da_f * gr_f, da_g * gr_g, da_o * gr_o, rh_i, rh_f, rh_g, rh_o, rstd_r, cm, 4 * H
+    return (
+        ds * g * i * (1.0 - i),
+        ds * c_prev * f * (1.0 - f),
+        ds * i * (1.0 - g * g),
+        dh * tc * o * (1.0 - o),
+        dct,
+        ds * f,
     )
-    return da_i, da_f, da_g, da_o, dr_i, dr_f, dr_g, dr_o, dct, ds * f
 
 
 @triton.jit
@@ -277,29 +279,33 @@ def _ln_step_backward(
     cm = (jj < H)[None, :]
     W = 9 * H + 2
     dt = dh + load_rows(dy_ptr, H, rows, rmask, jj, H)
-    da_i, da_f, da_g, da_o, dr_i, dr_f, dr_g, dr_o, dct, dc_prev = _ln_cell_backward(
+    da_i, da_f, da_g, da_o, dct, dc_prev = _ln_cell_backward(
         load_rows(ws_ptr, W, rows, rmask, jj, H),
         load_rows(ws_ptr + H, W, rows, rmask, jj, H),
         load_rows(ws_ptr + 2 * H, W, rows, rmask, jj, H),
         load_rows(ws_ptr + 3 * H, W, rows, rmask, jj, H),
-        load_rows(ws_ptr + 4 * H, W, rows, rmask, jj, H),
-        load_rows(ws_ptr + 5 * H, W, rows, rmask, jj, H),
-        load_rows(ws_ptr + 6 * H, W, rows, rmask, jj, H),
-        load_rows(ws_ptr + 7 * H, W, rows, rmask, jj, H),
         load_rows(ws_ptr + 8 * H, W, rows, rmask, jj, H),
-        _load_col(ws_ptr + 9 * H, W, rows, rmask),
         _load_col(ws_ptr + 9 * H + 1, W, rows, rmask),
         c,
         c_prev,
         dt,
         dc,
-        gr_i,
-        gr_f,
-        gr_g,
-        gr_o,
         gc,
         cm,
         H,
+    )
+    dr_i, dr_f, dr_g, dr_o = _normalise4_backward(
+        da_i * gr_i,
+        da_f * gr_f,
+        da_g * gr_g,
+        da_o * gr_o,
+        load_rows(ws_ptr + 4 * H, W, rows, rmask, jj, H),
+        load_rows(ws_ptr + 5 * H, W, rows, rmask, jj, H),
+        load_rows(ws_ptr + 6 * H, W, rows, rmask, jj, H),
+        load_rows(ws_ptr + 7 * H, W, rows, rmask, jj, H),
+        _load_col(ws_ptr + 9 * H, W, rows, rmask),
+        cm,
+        4 * H,
     )
     _store4(dx_ptr, 4 * H, rows, rmask, jj, H, a2, da_i, da_f, da_g, da_o)
     store_rows(dcout_ptr, H, rows, rmask, jj, H, tl.where(a2, dct, 0.0))
@@ -614,6 +620,19 @@ def ln_bwd_row_kernel(
 # ---------------------------------------------------------------------------------------
 # Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
 # ---------------------------------------------------------------------------------------
+# Warps of the sequence kernels, whatever their size. Compiled for sm_90 (python -m
+# fastrnn.kernels.resources), with the LSTM's rule (4 warps below H=64 fp32 / H=128 half)
+# the backward spilled 24 B at H=32 bf16 and the forward 40 B at H=16 bf16; with 8 warps
+# neither spills (184-243 registers). At H=64 the backward keeps a 24-32 B spill with 8.
+SEQ_WARPS = 8
+
+
+def _plan(H: int, w_hh: torch.Tensor, B: int) -> Plan:
+    """launch.plan's shape and blocks (no persistent kernels), SEQ_WARPS for the sequence kernels."""
+    p = plan(4, H, H, False, w_hh.element_size(), B, w_hh.device, has_persistent=False)
+    return replace(p, meta={**p.meta, "num_warps": SEQ_WARPS}) if p.shape == "sequence" else p
+
+
 def _row_plan(p: Plan) -> Plan:
     """The row kernels' plan beside a step plan: whole rows, ``launch.row_blocks``."""
     return Plan(p.shape, p.B, p.H, p.P, row_blocks(p.H))
@@ -644,7 +663,7 @@ def forward(x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, 
         eps=float(eps),
     )
     lens = lengths if lengths is not None else cs
-    p = plan(4, H, H, False, w_hh.element_size(), B, dev, has_persistent=False)
+    p = _plan(H, w_hh, B)
     # h_{t-1} and h_t of the step kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
@@ -721,7 +740,7 @@ def backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, length
     ws, cs = ws.contiguous(), cs.contiguous()
     ln = dict(lnr_w_ptr=ln_hh_weight.contiguous(), lnc_w_ptr=ln_c_weight.contiguous())
     lens = lengths if lengths is not None else dx
-    p = plan(4, H, H, False, w_hh.element_size(), B, dev, has_persistent=False)
+    p = _plan(H, w_hh, B)
     dh = alloc(B, H, device=dev, dtype=f32)
     dc = alloc(B, H, device=dev, dtype=f32)
 

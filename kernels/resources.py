@@ -51,7 +51,7 @@ LSTM_FWD = dict(CELL=lstm.LSTM_CELL[0], HAS_CELL_PARAMS=False, CP_ROWS=1)
 LSTM_BWD = dict(CELL_BACKWARD=lstm.LSTM_CELL[1], HAS_CELL_PARAMS=False, CP_ROWS=1)
 
 # (name, kernel, weight tiles, flags) of each shape; block sizes and warps come from
-# launch.blocks, the launchers' own source
+# launch.blocks, the launchers' own source (num_warps in flags: a launcher's own choice)
 SEQUENCE = [
     ("lstm_fwd_seq", lstm.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False, **LSTM_FWD)),
     ("lstm_bwd_seq", lstm.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False, **LSTM_BWD)),
@@ -59,8 +59,13 @@ SEQUENCE = [
     ("gru_bwd_seq", gru.gru_bwd_seq_kernel, 3, dict(REVERSE=False)),
     ("rnn_fwd_seq", rnn.rnn_fwd_seq_kernel, 1, dict(REVERSE=False, RELU=False)),
     ("rnn_bwd_seq", rnn.rnn_bwd_seq_kernel, 1, dict(REVERSE=False, RELU=True)),
-    ("ln_lstm_fwd_seq", layernorm_lstm.ln_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_LNR_B=True, HAS_LNC_B=True)),
-    ("ln_lstm_bwd_seq", layernorm_lstm.ln_bwd_seq_kernel, 4, dict(REVERSE=True)),
+    (
+        "ln_lstm_fwd_seq",
+        layernorm_lstm.ln_fwd_seq_kernel,
+        4,
+        dict(REVERSE=False, HAS_LNR_B=True, HAS_LNC_B=True, num_warps=layernorm_lstm.SEQ_WARPS),
+    ),
+    ("ln_lstm_bwd_seq", layernorm_lstm.ln_bwd_seq_kernel, 4, dict(REVERSE=True, num_warps=layernorm_lstm.SEQ_WARPS)),
 ]
 STEP = [
     ("lstm_fwd_step", lstm.lstm_fwd_step_kernel, 4, dict(HAS_PROJ=False, **LSTM_FWD)),
@@ -103,7 +108,7 @@ def configs(H: int, dtype: str = "fp32") -> list[tuple]:
             if meta is None:
                 continue
             consts = {**meta, **flags, "HAS_LENGTHS": True, "PRECISION": prec}
-            out.append((f"{name} H={H} {dtype}", k, consts, meta["num_warps"], dtype))
+            out.append((f"{name} H={H} {dtype}", k, consts, consts["num_warps"], dtype))
     return out
 
 
