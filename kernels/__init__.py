@@ -1,6 +1,6 @@
 """Triton kernels of fastrnn (installed as ``fastrnn.kernels``): the ``"triton"`` backend.
 
-One module per cell (lstm.py, gru.py, rnn.py), each with its cell math in one
+One module per cell (lstm.py, gru.py, rnn.py, layernorm_lstm.py), each with its cell math in one
 ``@triton.jit`` helper shared by all of its kernels, and one launcher per direction that
 names the tensors each kernel takes. launch.py picks the kernel shape and launches every
 kernel (by keyword). The entry points below run the time loop only (the backend contract):
@@ -11,10 +11,12 @@ Kernel shapes, chosen by ``_common.kernel_shape`` from the weight size:
 * sequence kernel: one launch for the whole sequence; each program owns 16 batch rows and
   the whole hidden width and keeps the W_hh (and W_hr) tiles, h and c on chip for all T
   steps, with no inter-program synchronisation. Used while the padded fp32 weight tiles
-  fit ``RESIDENT_BYTES`` (64 KiB: LSTM H=P<=64, GRU H<=64, RNN H<=128).
+  fit ``RESIDENT_BYTES`` (64 KiB: LSTM and LayerNorm LSTM H=P<=64, GRU H<=64, RNN H<=128).
 * step kernels: one launch per time step over batch x hidden tiles, h @ W_hh^T fused with
   the cell and the state update; the backward's dh_{t-1} = dgates @ W_hh is the shared
-  ``carry_dh`` step. Used for larger weights, which no single program can hold.
+  ``carry_dh`` step. Used for larger weights, which no single program can hold. The
+  LayerNorm LSTM's norms need whole rows: its step writes h @ W_hh^T to a buffer, and a
+  row kernel (programs over batch rows, ``launch.row_blocks``) does the rest of the step.
 
 * persistent kernels (LSTM without projection, GRU): programs tile batch x hidden, keep
   their weight slice on chip for all T steps, and meet at a grid barrier each step. Only

@@ -372,12 +372,13 @@ def ln_fwd_seq_kernel(
     for s in range(T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+        tb = tl.cast(t, tl.int64) * B  # T * B * (9H + 2) passes 2^31 well within memory
         h, c = _ln_step(
-            x_ptr + t * sxt,
+            x_ptr + tl.cast(t, tl.int64) * sxt,
             sxb,
-            ws_ptr + t * B * (9 * H + 2),
-            cs_ptr + t * B * H,
-            y_ptr + t * B * H,
+            ws_ptr + tb * (9 * H + 2),
+            cs_ptr + tb * H,
+            y_ptr + tb * H,
             rows,
             rmask,
             jj,
@@ -453,20 +454,21 @@ def ln_bwd_seq_kernel(
         # c_{t-1}: the carried c of the previous step, or c0 at the first (masked loads, so
         # no scalar-condition select)
         first = tl.full((1, BH), fs, tl.int32) == 0
-        c_prev = tl.load(cs_ptr + prev * B * H + off, mask=m2 & ~first, other=0.0) + tl.load(
+        tb = tl.cast(t, tl.int64) * B  # T * B * (9H + 2) passes 2^31 well within memory
+        c_prev = tl.load(cs_ptr + tl.cast(prev, tl.int64) * B * H + off, mask=m2 & ~first, other=0.0) + tl.load(
             c0_ptr + off, mask=m2 & first, other=0.0
         ).to(tl.float32)
         dr_i, dr_f, dr_g, dr_o, dc = _ln_step_backward(
-            dy_ptr + t * B * H,
-            ws_ptr + t * B * (9 * H + 2),
-            dx_ptr + t * B * 4 * H,
-            dcout_ptr + t * B * H,
+            dy_ptr + tb * H,
+            ws_ptr + tb * (9 * H + 2),
+            dx_ptr + tb * 4 * H,
+            dcout_ptr + tb * H,
             rows,
             rmask,
             jj,
             H,
             a2,
-            load_rows(cs_ptr + t * B * H, H, rows, rmask, jj, H),
+            load_rows(cs_ptr + tb * H, H, rows, rmask, jj, H),
             c_prev,
             dh,
             dc,

@@ -171,3 +171,21 @@ def test_empty(K):
     args, grads = _inputs(0, 3, 6)
     y, h_n, c_n, ws, cs = K.layernorm_lstm_forward(*_cast(args, torch.float32), None, False, EPS)
     assert y.shape == (0, 3, 6) and ws.shape == (0, 3, 56) and torch.equal(h_n, args[6].float())
+
+
+def test_shape_rule_and_row_blocks(K, monkeypatch):
+    """The LSTM's fit rule picks the shape (sequence up to H=64, then the step and row
+    kernels), the sequence kernels take SEQ_WARPS, and a row program holds whole rows."""
+    from fastrnn.kernels import layernorm_lstm
+    from fastrnn.kernels.launch import row_blocks
+
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    w = torch.empty(4 * 64, 64, device=DEV)
+    p = layernorm_lstm._plan(64, w, 3)
+    assert p.shape == "sequence" and p.meta["num_warps"] == layernorm_lstm.SEQ_WARPS
+    p = layernorm_lstm._plan(65, torch.empty(4 * 65, 65, device=DEV), 40)
+    assert p.shape == "step"
+    rp = layernorm_lstm._row_plan(p)
+    assert rp.meta["BW"] == 128 and rp.meta["BR"] == 8 and rp.grid("rows") == (5,)
+    assert row_blocks(6)["BR"] == 16 and row_blocks(6)["BW"] == 16
+    assert row_blocks(5000)["BR"] == 1 and row_blocks(5000)["BW"] == 8192
