@@ -48,7 +48,7 @@ from ._common import (
     store_rows,
     tanh,
 )
-from .launch import Plan, carry_dh, launch, plan, row_blocks, run
+from .launch import Plan, blocks, carry_dh, launch, plan, row_blocks, run
 
 
 @triton.jit
@@ -125,20 +125,23 @@ def _normalise4_backward(d_i, d_f, d_g, d_o, vh_i, vh_f, vh_g, vh_o, rstd, cm, n
 
 
 @triton.jit
-def _ln_cell(
-    x_i, x_f, x_g, x_o, r_i, r_f, r_g, r_o, c_prev, gr_i, gr_f, gr_g, gr_o, br_i, br_f, br_g, br_o, gc, bc, cm, H, eps
-):
-    """x*: x_proj_t parts, r*: h_{t-1} @ W_hh^T parts, gr*/br*: LN_hh gain/shift parts,
-    gc/bc: LN_c gain/shift. Returns i, f, g, o, rhat (4 tiles), shat, rstd_r, rstd_s, c_t, h_t.
-    The only copy of the math."""
-    rh_i, rh_f, rh_g, rh_o, rstd_r = _normalise4(r_i, r_f, r_g, r_o, cm, 4 * H, eps)
-    i = sigmoid(x_i + rh_i * gr_i + br_i)
-    f = sigmoid(x_f + rh_f * gr_f + br_f)
-    g = tanh(x_g + rh_g * gr_g + br_g)
-    o = sigmoid(x_o + rh_o * gr_o + br_o)
+def _ln_gate(x, rh, gr, br, TANH: tl.constexpr):
+    """One gate from its x_proj_t part and its LN_hh-normalised product part rh (gain gr,
+    shift br): sigmoid, or tanh for g."""
+    a = x + rh * gr + br
+    if TANH:
+        v = tanh(a)
+    else:
+        v = sigmoid(a)
+    return v
+
+
+@triton.jit
+def _ln_state(i, f, g, o, c_prev, gc, bc, cm, H, eps):
+    """s = f*c_{t-1} + i*g, LN_c (gain gc, shift bc) -> shat, rstd_s, c_t, h_t = o*tanh(c_t)."""
     shat, rstd_s = _normalise(f * c_prev + i * g, cm, H, eps)
     c = shat * gc + bc
-    return i, f, g, o, rh_i, rh_f, rh_g, rh_o, shat, rstd_r, rstd_s, c, o * tanh(c)
+    return shat, rstd_s, c, o * tanh(c)
 
 
 @triton.jit
@@ -215,36 +218,21 @@ def _ln_step(
     """One step on whole rows, given the recurrent products r*: adds x_proj[t] (rows at x_ptr,
     stride sxb), applies the cell, writes ws[t] (zero where inactive), the carried c_t to
     cs[t] and y[t] (zero where inactive). Returns the carried (h_t, c_t)."""
+    # The cell (_normalise4, _ln_gate, _ln_state), with each workspace part stored as soon as
+    # it is known: compiled for sm_90, storing them all at the end kept every tile live and
+    # the H=64 sequence kernel spilled (python -m fastrnn.kernels.resources).
     cm = (jj < H)[None, :]
-    i, f, g, o, rh_i, rh_f, rh_g, rh_o, shat, rstd_r, rstd_s, c_new, h_new = _ln_cell(
-        load_rows(x_ptr, sxb, rows, rmask, jj, H),
-        load_rows(x_ptr + H, sxb, rows, rmask, jj, H),
-        load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H),
-        load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H),
-        r_i,
-        r_f,
-        r_g,
-        r_o,
-        c,
-        gr_i,
-        gr_f,
-        gr_g,
-        gr_o,
-        br_i,
-        br_f,
-        br_g,
-        br_o,
-        gc,
-        bc,
-        cm,
-        H,
-        eps,
-    )
     W = 9 * H + 2
-    _store4(ws_ptr, W, rows, rmask, jj, H, a2, i, f, g, o)
+    rh_i, rh_f, rh_g, rh_o, rstd_r = _normalise4(r_i, r_f, r_g, r_o, cm, 4 * H, eps)
     _store4(ws_ptr + 4 * H, W, rows, rmask, jj, H, a2, rh_i, rh_f, rh_g, rh_o)
-    store_rows(ws_ptr + 8 * H, W, rows, rmask, jj, H, tl.where(a2, shat, 0.0))
     _store_col(ws_ptr + 9 * H, W, rows, rmask, tl.where(a2, rstd_r, 0.0))
+    i = _ln_gate(load_rows(x_ptr, sxb, rows, rmask, jj, H), rh_i, gr_i, br_i, False)
+    f = _ln_gate(load_rows(x_ptr + H, sxb, rows, rmask, jj, H), rh_f, gr_f, br_f, False)
+    g = _ln_gate(load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H), rh_g, gr_g, br_g, True)
+    o = _ln_gate(load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H), rh_o, gr_o, br_o, False)
+    _store4(ws_ptr, W, rows, rmask, jj, H, a2, i, f, g, o)
+    shat, rstd_s, c_new, h_new = _ln_state(i, f, g, o, c, gc, bc, cm, H, eps)
+    store_rows(ws_ptr + 8 * H, W, rows, rmask, jj, H, tl.where(a2, shat, 0.0))
     _store_col(ws_ptr + 9 * H + 1, W, rows, rmask, tl.where(a2, rstd_s, 0.0))
     c = tl.where(a2, c_new, c)
     store_rows(cs_ptr, H, rows, rmask, jj, H, c)
@@ -294,6 +282,8 @@ def _ln_step_backward(
         cm,
         H,
     )
+    _store4(dx_ptr, 4 * H, rows, rmask, jj, H, a2, da_i, da_f, da_g, da_o)
+    store_rows(dcout_ptr, H, rows, rmask, jj, H, tl.where(a2, dct, 0.0))
     dr_i, dr_f, dr_g, dr_o = _normalise4_backward(
         da_i * gr_i,
         da_f * gr_f,
@@ -307,8 +297,6 @@ def _ln_step_backward(
         cm,
         4 * H,
     )
-    _store4(dx_ptr, 4 * H, rows, rmask, jj, H, a2, da_i, da_f, da_g, da_o)
-    store_rows(dcout_ptr, H, rows, rmask, jj, H, tl.where(a2, dct, 0.0))
     return (
         tl.where(a2, dr_i, 0.0),
         tl.where(a2, dr_f, 0.0),
@@ -372,9 +360,9 @@ def ln_fwd_seq_kernel(
     for s in range(T):
         t = step_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        tb = tl.cast(t, tl.int64) * B  # T * B * (9H + 2) passes 2^31 well within memory
+        tb = t * B  # int32 offsets: _plan keeps T * B * (9H + 2) below 2^31 here
         h, c = _ln_step(
-            x_ptr + tl.cast(t, tl.int64) * sxt,
+            x_ptr + t * sxt,
             sxb,
             ws_ptr + tb * (9 * H + 2),
             cs_ptr + tb * H,
@@ -454,8 +442,8 @@ def ln_bwd_seq_kernel(
         # c_{t-1}: the carried c of the previous step, or c0 at the first (masked loads, so
         # no scalar-condition select)
         first = tl.full((1, BH), fs, tl.int32) == 0
-        tb = tl.cast(t, tl.int64) * B  # T * B * (9H + 2) passes 2^31 well within memory
-        c_prev = tl.load(cs_ptr + tl.cast(prev, tl.int64) * B * H + off, mask=m2 & ~first, other=0.0) + tl.load(
+        tb = t * B  # int32 offsets: _plan keeps T * B * (9H + 2) below 2^31 here
+        c_prev = tl.load(cs_ptr + prev * B * H + off, mask=m2 & ~first, other=0.0) + tl.load(
             c0_ptr + off, mask=m2 & first, other=0.0
         ).to(tl.float32)
         dr_i, dr_f, dr_g, dr_o, dc = _ln_step_backward(
@@ -624,14 +612,21 @@ def ln_bwd_row_kernel(
 # ---------------------------------------------------------------------------------------
 # Warps of the sequence kernels, whatever their size. Compiled for sm_90 (python -m
 # fastrnn.kernels.resources), with the LSTM's rule (4 warps below H=64 fp32 / H=128 half)
-# the backward spilled 24 B at H=32 bf16 and the forward 40 B at H=16 bf16; with 8 warps
-# neither spills (184-243 registers). At H=64 the backward keeps a 24-32 B spill with 8.
+# the backward spilled 16 B at H=32 bf16 and the H=16/32 kernels sat at 226-255 registers;
+# with 8 warps none spills (175-186 registers). At H=64 (8 warps either way) the forward
+# takes 245-255 registers without spills and the backward 255 with an 8 B spill.
 SEQ_WARPS = 8
 
 
-def _plan(H: int, w_hh: torch.Tensor, B: int) -> Plan:
-    """launch.plan's shape and blocks (no persistent kernels), SEQ_WARPS for the sequence kernels."""
-    p = plan(4, H, H, False, w_hh.element_size(), B, w_hh.device, has_persistent=False)
+def _plan(T: int, B: int, H: int, w_hh: torch.Tensor) -> Plan:
+    """launch.plan's shape and blocks (no persistent kernels), SEQ_WARPS for the sequence
+    kernels. The sequence kernels address the whole (T, B, 9H + 2) workspace with int32
+    offsets (int64 ones cost 10-40 registers and brought back the H=64 spills, compiled for
+    sm_90): past 2^31 elements the step kernels run, which address one step at a time."""
+    elem = w_hh.element_size()
+    p = plan(4, H, H, False, elem, B, w_hh.device, has_persistent=False)
+    if p.shape == "sequence" and T * B * (9 * H + 2) >= 2**31:
+        p = Plan("step", B, H, H, blocks("step", 4, H, H, False, elem))
     return replace(p, meta={**p.meta, "num_warps": SEQ_WARPS}) if p.shape == "sequence" else p
 
 
@@ -665,7 +660,7 @@ def forward(x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, 
         eps=float(eps),
     )
     lens = lengths if lengths is not None else cs
-    p = _plan(H, w_hh, B)
+    p = _plan(T, B, H, w_hh)
     # h_{t-1} and h_t of the step kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
@@ -742,7 +737,7 @@ def backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, length
     ws, cs = ws.contiguous(), cs.contiguous()
     ln = dict(lnr_w_ptr=ln_hh_weight.contiguous(), lnc_w_ptr=ln_c_weight.contiguous())
     lens = lengths if lengths is not None else dx
-    p = _plan(H, w_hh, B)
+    p = _plan(T, B, H, w_hh)
     dh = alloc(B, H, device=dev, dtype=f32)
     dc = alloc(B, H, device=dev, dtype=f32)
 

@@ -181,11 +181,16 @@ def test_shape_rule_and_row_blocks(K, monkeypatch):
 
     monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
     w = torch.empty(4 * 64, 64, device=DEV)
-    p = layernorm_lstm._plan(64, w, 3)
+    p = layernorm_lstm._plan(5, 3, 64, w)
     assert p.shape == "sequence" and p.meta["num_warps"] == layernorm_lstm.SEQ_WARPS
-    p = layernorm_lstm._plan(65, torch.empty(4 * 65, 65, device=DEV), 40)
+    p = layernorm_lstm._plan(5, 40, 65, torch.empty(4 * 65, 65, device=DEV))
     assert p.shape == "step"
     rp = layernorm_lstm._row_plan(p)
     assert rp.meta["BW"] == 128 and rp.meta["BR"] == 8 and rp.grid("rows") == (5,)
     assert row_blocks(6)["BR"] == 16 and row_blocks(6)["BW"] == 16
     assert row_blocks(5000)["BR"] == 1 and row_blocks(5000)["BW"] == 8192
+    # int32 offsets in the sequence kernels: a workspace of 2^31 elements or more runs the step kernels
+    assert layernorm_lstm._plan(2**31 // (4 * 578) + 1, 4, 64, w).shape == "step"
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "sequence")
+    assert layernorm_lstm._plan(2**31 // (4 * 578) + 1, 4, 64, w).shape == "step"
+    assert layernorm_lstm._plan(2**31 // (4 * 578), 4, 64, w).shape == "sequence"
