@@ -612,7 +612,7 @@ def ln_bwd_row_kernel(
 # ---------------------------------------------------------------------------------------
 # Warps of the sequence kernels, whatever their size. Compiled for sm_90 (python -m
 # fastrnn.kernels.resources), with the LSTM's rule (4 warps below H=64 fp32 / H=128 half)
-# the backward spilled 16 B at H=32 bf16 and the H=16/32 kernels sat at 226-255 registers;
+# the backward spilled 16 B at H=32 bf16 and most H=16/32 kernels took 226-255 registers;
 # with 8 warps none spills (175-186 registers). At H=64 (8 warps either way) the forward
 # takes 245-255 registers without spills and the backward 255 with an 8 B spill.
 SEQ_WARPS = 8
