@@ -317,6 +317,10 @@ using PeepholeLstm = LstmCell<T, true>;
 //   dc_t = dc + dh*o*(1-tanh(c)^2) (-> dc_out);  ds = LN_s'(dc_t*w_c)
 //   dx = da = [ds*g*i(1-i), ds*c_prev*f(1-f), ds*i*(1-g^2), dh*tanh(c)*o(1-o)]
 //   dgh = dr = LN_r'(da*w_r);  dc_prev = ds*f
+// Measured fwd+bwd (fp32, T=100, one thread, AMD EPYC Zen 4): 1.16x the LSTM's at B=1 H=64,
+// 1.16-1.24x at B=8 H=128, 1.1x at B=32 H=256. In the backward the samples sit on the first
+// reads of the saved row (9H + 2 wide against the LSTM's 4H), not on the reductions'
+// arithmetic; a software prefetch of the next step's rows gained nothing measurable.
 template <typename T>
 struct LayerNormLstm {
   using Scalar = T;
