@@ -217,7 +217,9 @@ std::vector<at::Tensor> layernorm_lstm_forward(const at::Tensor& x_proj, const a
   });
 }
 
-// -> dx_proj (T,B,4H), dh0 (B,H), dc0 (B,H), dc_out (T,B,H): the gradient reaching each c_t
+// -> dx_proj (T,B,4H), dh0 (B,H), dc0 (B,H), dgh (T,B,4H) the gradient of each step's product
+// h_prev @ W_hh^T, and per step summed over its active rows: sum_da_rhat (T,4H), sum_da (T,4H),
+// sum_dc_shat (T,H), sum_dc (T,H) (dc_t: the gradient reaching c_t)
 std::vector<at::Tensor> layernorm_lstm_backward(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
                                                 const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
                                                 const at::Tensor& ln_c_weight, const at::Tensor& c0,

@@ -225,12 +225,18 @@ FASTRNN_INLINE void ln_grad_means(int64_t n, const T* __restrict g, const T* __r
 //   H_DIRECT      h_prev also reaches h_t outside the product (GRU's z*h_prev): the backward
 //                 writes that part of dh_prev to dh_direct, the product is added to it
 //   PROJECTION    the cell may have an output projection h = out @ W_hr^T (the loop applies it)
-//   DC_OUT        the backward returns the gradient reaching each step's c_t (T, B, H) as
-//                 dc_out (LayerNorm LSTM: LN_c's gain and shift gradients are reductions of it)
+//   DGH_OUT       the backward returns every step's dgh rows (T, B, GATES*H) instead of
+//                 keeping them in scratch (LayerNorm LSTM: dW_hh needs them after the loop,
+//                 and recomputing them there cost more than the loop's whole backward)
+//   STEP_SUMS     the backward returns STEP_SUMS tensors (T, step_sum(k, H)), each step's row
+//                 summed over the step's active batch rows: parameter gradients reduced
+//                 while their operands are in cache, in a fixed order (b ascending)
+// backward(H, saved, c, c_prev, h_prev, dout, dc, sums, dx, dgh, dh_direct): dout is the
+// gradient reaching out; dc the gradient reaching c (in), c_prev (out); sums the step's rows
+// of the STEP_SUMS tensors, which the cell adds its row's terms to. Pointers a cell does not
+// use may be null.
+// Inactive rows (t >= length) are the loop's business, not the cell's.
 // forward(H, pre, x, h_prev, c_prev, ws, c, out): out (H) is h, or the input of the projection.
-// backward(H, saved, c, c_prev, h_prev, dout, dc, dc_out, dx, dgh, dh_direct): dout is the
-// gradient reaching out; dc the gradient reaching c (in), c_prev (out). Pointers a cell does
-// not use may be null. Inactive rows (t >= length) are the loop's business, not the cell's.
 // ---------------------------------------------------------------------------------------
 
 // LSTM, and with PEEPHOLE the peephole LSTM (p = p_i, p_f, p_o, 3H: the cell state feeds the
@@ -248,9 +254,11 @@ struct LstmCell {
   using Scalar = T;
   static constexpr int GATES = 4;
   static constexpr bool X_IN_PRODUCT = true, IN_PLACE = true, HAS_C = true, H_DIRECT = false, PROJECTION = true,
-                        DC_OUT = false;
+                        DGH_OUT = false;
   static constexpr int64_t workspace(int64_t H) { return 4 * H; }
   static constexpr int64_t saved(int64_t H) { return 4 * H; }
+  static constexpr int STEP_SUMS = 0;
+  static constexpr int64_t step_sum(int, int64_t) { return 0; }
   const T* p;  // (3H) with PEEPHOLE
 
   FASTRNN_INLINE void forward(int64_t H, const T*, const T*, const T*, const T* __restrict c_prev, T* __restrict gates,
@@ -280,7 +288,7 @@ struct LstmCell {
   }
 
   FASTRNN_INLINE void backward(int64_t H, const T* __restrict gates, const T* __restrict c, const T* __restrict c_prev,
-                               const T*, const T* __restrict dm, T* __restrict dc, T*, T* __restrict dgates, T*,
+                               const T*, const T* __restrict dm, T* __restrict dc, T* const*, T* __restrict dgates, T*,
                                T*) const {
     const T* __restrict pp = p;
     for (int64_t j = 0; j < H; ++j) {
@@ -314,21 +322,28 @@ using PeepholeLstm = LstmCell<T, true>;
 //   rstd = 1/sqrt(mean((v - mean v)^2) + eps): two passes, as the reference computes it
 // ws (9H + 2) = [i, f, g, o | rhat (4H) | shat (H) | rstd_r, rstd_s].
 // Backward, dh = dout (LN'(dv) = rstd*(dv - mean dv - vhat*mean(dv*vhat)), means over the row):
-//   dc_t = dc + dh*o*(1-tanh(c)^2) (-> dc_out);  ds = LN_s'(dc_t*w_c)
+//   dc_t = dc + dh*o*(1-tanh(c)^2);  ds = LN_s'(dc_t*w_c)
 //   dx = da = [ds*g*i(1-i), ds*c_prev*f(1-f), ds*i*(1-g^2), dh*tanh(c)*o(1-o)]
-//   dgh = dr = LN_r'(da*w_r);  dc_prev = ds*f
-// Measured fwd+bwd (fp32, T=100, one thread, AMD EPYC Zen 4): 1.16x the LSTM's at B=1 H=64,
-// 1.16-1.24x at B=8 H=128, 1.1x at B=32 H=256. In the backward the samples sit on the first
-// reads of the saved row (9H + 2 wide against the LSTM's 4H), not on the reductions'
-// arithmetic; a software prefetch of the next step's rows gained nothing measurable.
+//   dgh = dr = LN_r'(da*w_r) (returned per step);  dc_prev = ds*f
+//   step sums += da*rhat (4H), da (4H), dc_t*shat (H), dc_t (H): the LN gains' and shifts'
+//   gradients, per step
+// Measured fwd+bwd (fp32, T=100, one thread, AMD EPYC Zen 4, CPU time on a shared machine):
+// 1.2-1.26x the LSTM's at B=1 H=64, 1.23-1.38x at B=8 H=128, 1.14-1.18x at B=32 H=256. The
+// backward also writes the (T, B, 4H) dgh the LSTM does not have (that took it from ~1.2x to
+// ~1.45x the LSTM's backward at B=8 H=128; it saves ops.py recomputing dgh after the loop);
+// its other samples sit on the first reads of the saved row (9H + 2 wide against the LSTM's
+// 4H), not on the reductions' arithmetic. A software prefetch of the next step's saved rows
+// gained nothing measurable.
 template <typename T>
 struct LayerNormLstm {
   using Scalar = T;
   static constexpr int GATES = 4;
   static constexpr bool X_IN_PRODUCT = false, IN_PLACE = false, HAS_C = true, H_DIRECT = false, PROJECTION = false,
-                        DC_OUT = true;
+                        DGH_OUT = true;
   static constexpr int64_t workspace(int64_t H) { return 9 * H + 2; }
   static constexpr int64_t saved(int64_t H) { return 9 * H + 2; }
+  static constexpr int STEP_SUMS = 4;
+  static constexpr int64_t step_sum(int k, int64_t H) { return k < 2 ? 4 * H : H; }
   const T* w_r;  // ln_hh_weight (4H)
   const T* b_r;  // ln_hh_bias (4H) or null
   const T* w_c;  // ln_c_weight (H)
@@ -395,7 +410,7 @@ struct LayerNormLstm {
   }
 
   FASTRNN_INLINE void backward(int64_t H, const T* __restrict saved, const T* __restrict c, const T* __restrict c_prev,
-                               const T*, const T* __restrict dh, T* __restrict dc, T* __restrict dct, T* __restrict da,
+                               const T*, const T* __restrict dh, T* __restrict dc, T* const* sums, T* __restrict da,
                                T* __restrict dr, T*) const {
     const int64_t G = 4 * H;
     const T* __restrict gates = saved;
@@ -404,6 +419,7 @@ struct LayerNormLstm {
     const T rstd_r = saved[9 * H], rstd_s = saved[9 * H + 1];
     const T* __restrict wr = w_r;
     const T* __restrict wc = w_c;
+    T* __restrict dct = dr;  // dc_t, in the dr row until dr is written
     for (int64_t j = 0; j < H; ++j) {
       const T o = gates[3 * H + j];
       const T tc = tanh_<T>(c[j]);
@@ -413,8 +429,12 @@ struct LayerNormLstm {
     // LN_c': means over H of dshat = dc_t*w_c and of dshat*shat
     T m1, m2;
     ln_grad_means<T>(H, dct, wc, shat, m1, m2);
+    T* __restrict s_dc_shat = sums[2];
+    T* __restrict s_dc = sums[3];
     for (int64_t j = 0; j < H; ++j) {
       const T i = gates[j], f = gates[H + j], g = gates[2 * H + j];
+      s_dc_shat[j] += dct[j] * shat[j];
+      s_dc[j] += dct[j];
       const T ds = rstd_s * (dct[j] * wc[j] - m1 - shat[j] * m2);
       da[j] = ds * g * i * (T(1) - i);
       da[H + j] = ds * c_prev[j] * f * (T(1) - f);
@@ -424,7 +444,13 @@ struct LayerNormLstm {
     // LN_r': means over 4H of drh = da*w_r and of drh*rhat
     T n1, n2;
     ln_grad_means<T>(G, da, wr, rhat, n1, n2);
-    for (int64_t j = 0; j < G; ++j) dr[j] = rstd_r * (da[j] * wr[j] - n1 - rhat[j] * n2);
+    T* __restrict s_da_rhat = sums[0];
+    T* __restrict s_da = sums[1];
+    for (int64_t j = 0; j < G; ++j) {
+      dr[j] = rstd_r * (da[j] * wr[j] - n1 - rhat[j] * n2);
+      s_da_rhat[j] += da[j] * rhat[j];
+      s_da[j] += da[j];
+    }
   }
 };
 
@@ -439,9 +465,11 @@ struct Gru {
   using Scalar = T;
   static constexpr int GATES = 3;
   static constexpr bool X_IN_PRODUCT = false, IN_PLACE = false, HAS_C = false, H_DIRECT = true, PROJECTION = false,
-                        DC_OUT = false;
+                        DGH_OUT = false;
   static constexpr int64_t workspace(int64_t H) { return 4 * H; }
   static constexpr int64_t saved(int64_t H) { return 4 * H; }
+  static constexpr int STEP_SUMS = 0;
+  static constexpr int64_t step_sum(int, int64_t) { return 0; }
   const T* b_hn;  // (H) or null
 
   template <bool HAS_BHN>
@@ -473,7 +501,7 @@ struct Gru {
   }
 
   FASTRNN_INLINE void backward(int64_t H, const T* __restrict acts, const T*, const T*, const T* __restrict h_prev,
-                               const T* __restrict dh, T*, T*, T* __restrict dx, T* __restrict dgh,
+                               const T* __restrict dh, T*, T* const*, T* __restrict dx, T* __restrict dgh,
                                T* __restrict dh_direct) const {
     for (int64_t j = 0; j < H; ++j) {
       T r = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
@@ -497,9 +525,11 @@ struct Rnn {
   using Scalar = T;
   static constexpr int GATES = 1;
   static constexpr bool X_IN_PRODUCT = true, IN_PLACE = false, HAS_C = false, H_DIRECT = false, PROJECTION = false,
-                        DC_OUT = false;
+                        DGH_OUT = false;
   static constexpr int64_t workspace(int64_t) { return 0; }
   static constexpr int64_t saved(int64_t H) { return H; }
+  static constexpr int STEP_SUMS = 0;
+  static constexpr int64_t step_sum(int, int64_t) { return 0; }
 
   FASTRNN_INLINE void forward(int64_t H, const T* __restrict a, const T*, const T*, const T*, T*, T*,
                               T* __restrict h) const {
@@ -511,7 +541,7 @@ struct Rnn {
   }
 
   FASTRNN_INLINE void backward(int64_t H, const T* __restrict h, const T*, const T*, const T*, const T* __restrict dh,
-                               T*, T*, T* __restrict da, T*, T*) const {
+                               T*, T* const*, T* __restrict da, T*, T*) const {
     if (RELU) {
       for (int64_t j = 0; j < H; ++j) da[j] = h[j] > T(0) ? dh[j] : T(0);
     } else {

@@ -114,18 +114,20 @@ struct BackwardArgs {
   T* dh;                    // (B, P): dh_n in, dh0 out
   T* dc;                    // (B, H) with HAS_C: dc_n in, dc0 out
   T* dh_out;                // (T, B, P) with a projection: the gradient reaching h_t
-  T* dc_out;                // (T, B, H) with DC_OUT: the gradient reaching c_t
+  T* sums[4];               // STEP_SUMS tensors (T, step_sum(k, H)): per-step sums over the active rows
   T* dht;                   // scratch (B, P)
   T* dhnew;                 // scratch (B, P)
   T* dm;                    // scratch (B, H) with a projection
-  T* dgh;                   // scratch (B, GATES*H) without X_IN_PRODUCT
+  T* dgh;                   // without X_IN_PRODUCT: scratch (B, GATES*H), or (T, B, GATES*H) with DGH_OUT
 };
 
-// Reverse time. Inactive rows write zero dx (and dc_out) rows and carry dh, dc through.
+// Reverse time. Inactive rows write zero dx (and dgh) rows, add nothing to the step's sums
+// and carry dh, dc through.
 template <class Cell, class Isa>
 FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a) {
   using T = typename Cell::Scalar;
   const int64_t B = a.B, H = a.H, P = a.P, GH = Cell::GATES * H, SH = Cell::saved(H);
+  static_assert(Cell::STEP_SUMS <= 4, "BackwardArgs::sums holds 4");
   const int64_t* L = a.lengths;
   for (int64_t s = a.steps - 1; s >= 0; --s) {
     const int64_t t = step_at(s, a.steps, a.reverse);
@@ -147,19 +149,24 @@ FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename 
       dout = a.dm;
     }
     T* dx_t = a.dx + t * B * GH;
-    T* dg = Cell::X_IN_PRODUCT ? dx_t : a.dgh;  // operand of the product's backward
-    T* dco = Cell::DC_OUT ? a.dc_out + t * B * H : nullptr;
+    // operand of the product's backward
+    T* dg = Cell::X_IN_PRODUCT ? dx_t : Cell::DGH_OUT ? a.dgh + t * B * GH : a.dgh;
+    T* sums[Cell::STEP_SUMS > 0 ? Cell::STEP_SUMS : 1] = {};
+    for (int k = 0; k < Cell::STEP_SUMS; ++k) {
+      const int64_t w = Cell::step_sum(k, H);
+      sums[k] = a.sums[k] + t * w;
+      std::fill(sums[k], sums[k] + w, T(0));
+    }
     if (!Cell::H_DIRECT) std::fill(a.dhnew, a.dhnew + B * P, T(0));
     for (int64_t b = 0; b < B; ++b) {
       const int64_t tb = t * B + b;
       if (active(L, t, b)) {
         cell.backward(H, a.saved + tb * SH, row(a.cs, tb, H), row(c_prev, b, H), row(a.h_prev, tb, H), dout + b * H,
-                      row(a.dc, b, H), row(dco, b, H), dx_t + b * GH, Cell::X_IN_PRODUCT ? nullptr : dg + b * GH,
+                      row(a.dc, b, H), sums, dx_t + b * GH, Cell::X_IN_PRODUCT ? nullptr : dg + b * GH,
                       a.dhnew + b * P);
       } else {
         std::fill(dx_t + b * GH, dx_t + (b + 1) * GH, T(0));
         if (!Cell::X_IN_PRODUCT) std::fill(dg + b * GH, dg + (b + 1) * GH, T(0));
-        if constexpr (Cell::DC_OUT) std::fill(dco + b * H, dco + (b + 1) * H, T(0));
       }
     }
     a.rec->template acc<Isa>(B, dg, GH, a.dhnew, P);
@@ -330,8 +337,9 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
 }
 
 // -> dx_proj (T, B, GATES*H), dh0 (B, P), [dc0 (B, H)], [dh_out (T, B, P), empty (0,)
-// without a projection], [dc_out (T, B, H)] (the bracketed ones when the cell has c, a
-// projection, DC_OUT). H: the hidden size the checked arguments were derived from.
+// without a projection], [dgh (T, B, GATES*H)], [STEP_SUMS tensors (T, step_sum(k, H))] (the
+// bracketed ones when the cell has c, a projection, DGH_OUT, step sums). H: the hidden size the checked
+// arguments were derived from.
 template <class Cell>
 std::vector<at::Tensor> backward(const Cell& cell, int64_t H, const at::Tensor& dy, const at::Tensor& dh_n,
                                  const at::Tensor* dc_n, const at::Tensor& w_hh, const at::Tensor* w_hr,
@@ -354,7 +362,8 @@ std::vector<at::Tensor> backward(const Cell& cell, int64_t H, const at::Tensor& 
   StepGemm<T> rec(w_hh, B);
   c10::optional<StepGemm<T>> proj;
   a.rec = &rec;
-  at::Tensor dm, dh_out = at::empty({0}, opts), dc, dgh, dc_out;
+  at::Tensor dm, dh_out = at::empty({0}, opts), dc, dgh;
+  std::vector<at::Tensor> sums;
   if (w_hr) {
     proj.emplace(*w_hr, B);
     a.proj = &*proj;
@@ -379,18 +388,19 @@ std::vector<at::Tensor> backward(const Cell& cell, int64_t H, const at::Tensor& 
   }
   if (Cell::H_DIRECT) a.h_prev = h_prev->data_ptr<T>();
   if (!Cell::X_IN_PRODUCT) {
-    dgh = fresh({B, GH}, opts);
+    dgh = Cell::DGH_OUT ? fresh({steps, B, GH}, opts) : fresh({B, GH}, opts);
     a.dgh = dgh.data_ptr<T>();
   }
-  if (Cell::DC_OUT) {
-    dc_out = fresh({steps, B, H}, opts);
-    a.dc_out = dc_out.data_ptr<T>();
+  for (int k = 0; k < Cell::STEP_SUMS; ++k) {
+    sums.push_back(fresh({steps, Cell::step_sum(k, H)}, opts));
+    a.sums[k] = sums.back().data_ptr<T>();
   }
   run_backward_loop(cell, a);
   std::vector<at::Tensor> out{dx, dh};
   if (Cell::HAS_C) out.push_back(dc);
   if (Cell::PROJECTION) out.push_back(dh_out);
-  if (Cell::DC_OUT) out.push_back(dc_out);
+  if (Cell::DGH_OUT) out.push_back(dgh);
+  out.insert(out.end(), sums.begin(), sums.end());
   return out;
 }
 

@@ -18,7 +18,8 @@ Entry points, time-major (G: gate width, P: proj_size or H):
 * ``layernorm_lstm_forward(x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0,
   lengths, reverse, eps, workspace=True)`` -> y (T,B,H), h_n, c_n, ws (T,B,9H+2), cs (T,B,H)
 * ``layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, lengths,
-  reverse)`` -> dx_proj (T,B,4H), dh0 (B,H), dc0 (B,H), dc_out (T,B,H)
+  reverse)`` -> dx_proj (T,B,4H), dh0 (B,H), dc0 (B,H), dgh (T,B,4H), and per step summed over
+  its active rows sum_da_rhat (T,4H), sum_da (T,4H), sum_dc_shat (T,H), sum_dc (T,H)
 
 With ``workspace=False`` (no backward will follow) gates/ws/cs/acts come back as empty tensors
 and the loop keeps only O(B*H) state. The weight gradients are not computed here.
