@@ -9,7 +9,7 @@
 #include <cstring>
 #include <limits>
 
-#define FASTRNN_INLINE inline __attribute__((always_inline))
+#include "vec.h"
 
 namespace fastrnn {
 
@@ -35,21 +35,6 @@ inline at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options)
 // These are always inlined into the per-ISA instance of the kernel (recurrence.h), which
 // compiles them for that ISA.
 // ---------------------------------------------------------------------------------------
-template <typename T> struct Vec64;
-template <> struct Vec64<float> { typedef float type __attribute__((vector_size(64))); };
-template <> struct Vec64<double> { typedef double type __attribute__((vector_size(64))); };
-
-template <typename T>
-FASTRNN_INLINE typename Vec64<T>::type vload(const T* p) {
-  typename Vec64<T>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-FASTRNN_INLINE void vstore(T* p, typename Vec64<T>::type v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
 // RB rows x CV vectors of C, accumulated over all K.
 template <typename T, int RB, int CV>
 FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {

@@ -43,7 +43,7 @@ struct ForwardArgs {
   T* y;                     // (T, B, P)
   T* h;                     // (B, P): h0 in, h_n out
   T* c_n;                   // (B, H) with HAS_C
-  T* ws;                    // (T or 1, B, WORKSPACE*H)
+  T* ws;                    // (T or 1, B, workspace(H))
   T* cs;                    // (T or 2, B, H) with HAS_C: the carried c of every step
   T* pre;                   // scratch (B, GATES*H) unless IN_PLACE
   T* m;                     // scratch (B, H) with a projection
@@ -53,8 +53,9 @@ struct ForwardArgs {
 template <class Cell, class Isa>
 FASTRNN_INLINE void forward_loop(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a) {
   using T = typename Cell::Scalar;
-  const int64_t B = a.B, H = a.H, P = a.P, GH = Cell::GATES * H, WH = Cell::WORKSPACE * H;
-  static_assert(!Cell::IN_PLACE || Cell::WORKSPACE == Cell::GATES, "IN_PLACE: the workspace row is the pre row");
+  const int64_t B = a.B, H = a.H, P = a.P, GH = Cell::GATES * H, WH = Cell::workspace(H);
+  static_assert(!Cell::IN_PLACE || (Cell::workspace(1) == Cell::GATES && Cell::workspace(2) == 2 * Cell::GATES),
+                "IN_PLACE: the workspace row is the pre row");
   const int64_t* L = a.lengths;
   const T* c_prev = a.c0;
   for (int64_t s = 0; s < a.steps; ++s) {
@@ -78,7 +79,7 @@ FASTRNN_INLINE void forward_loop(const Cell& cell, const ForwardArgs<typename Ce
         cell.forward(H, pre_t + b * GH, x_t + b * a.sx1, a.h + b * P, row(c_prev, b, H), row(ws, b, WH), row(c, b, H),
                      out + b * H);
       } else {  // state carried; the workspace row is zeroed so every output is defined
-        if constexpr (Cell::WORKSPACE > 0) std::fill(ws + b * WH, ws + (b + 1) * WH, T(0));
+        if (WH > 0) std::fill(ws + b * WH, ws + (b + 1) * WH, T(0));
         if constexpr (Cell::HAS_C) std::copy(c_prev + b * H, c_prev + (b + 1) * H, c + b * H);
       }
     }
@@ -101,7 +102,7 @@ template <typename T>
 struct BackwardArgs {
   int64_t steps, B, H, P;
   const T* dy;      // (T, B, P)
-  const T* saved;   // (T, B, SAVED*H): the forward's workspace (RNN: y)
+  const T* saved;   // (T, B, saved(H)): the forward's workspace (RNN: y)
   const T* cs;      // (T, B, H) with HAS_C
   const T* c0;      // (B, H) with HAS_C
   const T* h_prev;  // (T, B, H) with H_DIRECT: the state each step started from
@@ -113,17 +114,20 @@ struct BackwardArgs {
   T* dh;                    // (B, P): dh_n in, dh0 out
   T* dc;                    // (B, H) with HAS_C: dc_n in, dc0 out
   T* dh_out;                // (T, B, P) with a projection: the gradient reaching h_t
+  T* sums[4];               // STEP_SUMS tensors (T, step_sum(k, H)): per-step sums over the active rows
   T* dht;                   // scratch (B, P)
   T* dhnew;                 // scratch (B, P)
   T* dm;                    // scratch (B, H) with a projection
-  T* dgh;                   // scratch (B, GATES*H) without X_IN_PRODUCT
+  T* dgh;                   // without X_IN_PRODUCT: scratch (B, GATES*H), or (T, B, GATES*H) with DGH_OUT
 };
 
-// Reverse time. Inactive rows write zero dx rows and carry dh, dc through.
+// Reverse time. Inactive rows write zero dx (and dgh) rows, add nothing to the step's sums
+// and carry dh, dc through.
 template <class Cell, class Isa>
 FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a) {
   using T = typename Cell::Scalar;
-  const int64_t B = a.B, H = a.H, P = a.P, GH = Cell::GATES * H, SH = Cell::SAVED * H;
+  const int64_t B = a.B, H = a.H, P = a.P, GH = Cell::GATES * H, SH = Cell::saved(H);
+  static_assert(Cell::STEP_SUMS <= 4, "BackwardArgs::sums holds 4");
   const int64_t* L = a.lengths;
   for (int64_t s = a.steps - 1; s >= 0; --s) {
     const int64_t t = step_at(s, a.steps, a.reverse);
@@ -145,13 +149,21 @@ FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename 
       dout = a.dm;
     }
     T* dx_t = a.dx + t * B * GH;
-    T* dg = Cell::X_IN_PRODUCT ? dx_t : a.dgh;  // operand of the product's backward
+    // operand of the product's backward
+    T* dg = Cell::X_IN_PRODUCT ? dx_t : Cell::DGH_OUT ? a.dgh + t * B * GH : a.dgh;
+    T* sums[Cell::STEP_SUMS > 0 ? Cell::STEP_SUMS : 1] = {};
+    for (int k = 0; k < Cell::STEP_SUMS; ++k) {
+      const int64_t w = Cell::step_sum(k, H);
+      sums[k] = a.sums[k] + t * w;
+      std::fill(sums[k], sums[k] + w, T(0));
+    }
     if (!Cell::H_DIRECT) std::fill(a.dhnew, a.dhnew + B * P, T(0));
     for (int64_t b = 0; b < B; ++b) {
       const int64_t tb = t * B + b;
       if (active(L, t, b)) {
         cell.backward(H, a.saved + tb * SH, row(a.cs, tb, H), row(c_prev, b, H), row(a.h_prev, tb, H), dout + b * H,
-                      row(a.dc, b, H), dx_t + b * GH, Cell::X_IN_PRODUCT ? nullptr : dg + b * GH, a.dhnew + b * P);
+                      row(a.dc, b, H), sums, dx_t + b * GH, Cell::X_IN_PRODUCT ? nullptr : dg + b * GH,
+                      a.dhnew + b * P);
       } else {
         std::fill(dx_t + b * GH, dx_t + (b + 1) * GH, T(0));
         if (!Cell::X_IN_PRODUCT) std::fill(dg + b * GH, dg + (b + 1) * GH, T(0));
@@ -176,7 +188,7 @@ FASTRNN_INLINE void backward_loop(const Cell& cell, const BackwardArgs<typename 
 // of the whole loop covers both, costs nothing per step, and treats float and double alike.
 // Portable: no -march=native; without x86 target attributes only the baseline is built.
 // The GEMM kernel stays one function per (ISA, dtype), called by that ISA's loops, rather
-// than being inlined into each of the 16 loop instances of an ISA.
+// than being inlined into each of the 24 loop instances of an ISA.
 // ---------------------------------------------------------------------------------------
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FASTRNN_X86_ISAS 1
@@ -264,7 +276,7 @@ void run_backward_loop(const Cell& cell, const BackwardArgs<typename Cell::Scala
 // Buffers around the loops. Arguments are checked and contiguous (bindings.cpp), except
 // x_proj, whose rows need only be contiguous.
 // ---------------------------------------------------------------------------------------
-// -> y (T, B, P), h_n (B, P), [c_n (B, H)], [ws (T, B, WORKSPACE*H)], [cs (T, B, H)]
+// -> y (T, B, P), h_n (B, P), [c_n (B, H)], [ws (T, B, workspace(H))], [cs (T, B, H)]
 // (the bracketed ones when the cell has them; without the workspace, empty (0,) tensors:
 // the loop then keeps one ws slot and two alternating c slots, O(B*H) memory)
 template <class Cell>
@@ -304,8 +316,9 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
     pre = fresh({B, Cell::GATES * H}, opts);
     a.pre = pre.data_ptr<T>();
   }
-  if (Cell::WORKSPACE) {
-    ws = fresh({workspace ? steps : 1, B, Cell::WORKSPACE * H}, opts);
+  constexpr bool has_ws = Cell::workspace(1) > 0;
+  if (has_ws) {
+    ws = fresh({workspace ? steps : 1, B, Cell::workspace(H)}, opts);
     a.ws = ws.data_ptr<T>();
   }
   if (Cell::HAS_C) {
@@ -318,21 +331,24 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
   run_forward_loop(cell, a);
   std::vector<at::Tensor> out{y, h};
   if (Cell::HAS_C) out.push_back(c_n);
-  if (Cell::WORKSPACE) out.push_back(workspace ? ws : at::empty({0}, opts));
+  if (has_ws) out.push_back(workspace ? ws : at::empty({0}, opts));
   if (Cell::HAS_C) out.push_back(workspace ? cs : at::empty({0}, opts));
   return out;
 }
 
 // -> dx_proj (T, B, GATES*H), dh0 (B, P), [dc0 (B, H)], [dh_out (T, B, P), empty (0,)
-// without a projection] (the bracketed ones when the cell has c, a projection)
+// without a projection], [dgh (T, B, GATES*H)], [STEP_SUMS tensors (T, step_sum(k, H))] (the
+// bracketed ones when the cell has c, a projection, DGH_OUT, step sums). H: the hidden size the checked
+// arguments were derived from.
 template <class Cell>
-std::vector<at::Tensor> backward(const Cell& cell, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor* dc_n,
-                                 const at::Tensor& w_hh, const at::Tensor* w_hr, const at::Tensor* c0,
-                                 const at::Tensor& saved, const at::Tensor* cs, const at::Tensor* h_prev,
-                                 const int64_t* lengths, bool reverse) {
+std::vector<at::Tensor> backward(const Cell& cell, int64_t H, const at::Tensor& dy, const at::Tensor& dh_n,
+                                 const at::Tensor* dc_n, const at::Tensor& w_hh, const at::Tensor* w_hr,
+                                 const at::Tensor* c0, const at::Tensor& saved, const at::Tensor* cs,
+                                 const at::Tensor* h_prev, const int64_t* lengths, bool reverse) {
   using T = typename Cell::Scalar;
   const auto opts = dy.options();
-  const int64_t steps = saved.size(0), B = saved.size(1), H = saved.size(2) / Cell::SAVED, P = dh_n.size(1);
+  const int64_t steps = saved.size(0), B = saved.size(1), P = dh_n.size(1);
+  TORCH_INTERNAL_ASSERT(saved.size(2) == Cell::saved(H));
   const int64_t GH = Cell::GATES * H;
   BackwardArgs<T> a{};
   a.steps = steps;
@@ -347,6 +363,7 @@ std::vector<at::Tensor> backward(const Cell& cell, const at::Tensor& dy, const a
   c10::optional<StepGemm<T>> proj;
   a.rec = &rec;
   at::Tensor dm, dh_out = at::empty({0}, opts), dc, dgh;
+  std::vector<at::Tensor> sums;
   if (w_hr) {
     proj.emplace(*w_hr, B);
     a.proj = &*proj;
@@ -371,13 +388,19 @@ std::vector<at::Tensor> backward(const Cell& cell, const at::Tensor& dy, const a
   }
   if (Cell::H_DIRECT) a.h_prev = h_prev->data_ptr<T>();
   if (!Cell::X_IN_PRODUCT) {
-    dgh = fresh({B, GH}, opts);
+    dgh = Cell::DGH_OUT ? fresh({steps, B, GH}, opts) : fresh({B, GH}, opts);
     a.dgh = dgh.data_ptr<T>();
+  }
+  for (int k = 0; k < Cell::STEP_SUMS; ++k) {
+    sums.push_back(fresh({steps, Cell::step_sum(k, H)}, opts));
+    a.sums[k] = sums.back().data_ptr<T>();
   }
   run_backward_loop(cell, a);
   std::vector<at::Tensor> out{dx, dh};
   if (Cell::HAS_C) out.push_back(dc);
   if (Cell::PROJECTION) out.push_back(dh_out);
+  if (Cell::DGH_OUT) out.push_back(dgh);
+  out.insert(out.end(), sums.begin(), sums.end());
   return out;
 }
 

@@ -11,8 +11,17 @@ Entry points, time-major (G: gate width, P: proj_size or H):
 * ``gru_backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse)`` -> dx_proj (T,B,3H), dh0 (B,H)
 * ``rnn_forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, workspace=True)`` -> y, h_n
 * ``rnn_backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity)`` -> dx_proj (T,B,H), dh0 (B,H)
+* ``peephole_lstm_forward(x_proj, w_hh, w_hr, w_ch, h0, c0, lengths, reverse, workspace=True)``
+  -> y (T,B,P), h_n (B,P), c_n (B,H), gates (T,B,4H), cs (T,B,H); w_ch (3H,) = p_i, p_f, p_o
+* ``peephole_lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, w_ch, c0, gates, cs, lengths, reverse)``
+  -> dx_proj (T,B,4H), dh0 (B,P), dc0 (B,H), dh_out (T,B,P) or an empty (0,) tensor without w_hr
+* ``layernorm_lstm_forward(x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0,
+  lengths, reverse, eps, workspace=True)`` -> y (T,B,H), h_n, c_n, ws (T,B,9H+2), cs (T,B,H)
+* ``layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, lengths,
+  reverse)`` -> dx_proj (T,B,4H), dh0 (B,H), dc0 (B,H), dgh (T,B,4H), and per step summed over
+  its active rows sum_da_rhat (T,4H), sum_da (T,4H), sum_dc_shat (T,H), sum_dc (T,H)
 
-With ``workspace=False`` (no backward will follow) gates/cs/acts come back as empty tensors
+With ``workspace=False`` (no backward will follow) gates/ws/cs/acts come back as empty tensors
 and the loop keeps only O(B*H) state. The weight gradients are not computed here.
 """
 
@@ -29,3 +38,7 @@ gru_forward = _C.gru_forward
 gru_backward = _C.gru_backward
 rnn_forward = _C.rnn_forward
 rnn_backward = _C.rnn_backward
+peephole_lstm_forward = _C.peephole_lstm_forward
+peephole_lstm_backward = _C.peephole_lstm_backward
+layernorm_lstm_forward = _C.layernorm_lstm_forward
+layernorm_lstm_backward = _C.layernorm_lstm_backward

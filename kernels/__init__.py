@@ -1,6 +1,6 @@
 """Triton kernels of fastrnn (installed as ``fastrnn.kernels``): the ``"triton"`` backend.
 
-One module per cell (lstm.py, gru.py, rnn.py), each with its cell math in one
+One module per cell (lstm.py, gru.py, rnn.py, layernorm_lstm.py), each with its cell math in one
 ``@triton.jit`` helper shared by all of its kernels, and one launcher per direction that
 names the tensors each kernel takes. launch.py picks the kernel shape and launches every
 kernel (by keyword). peephole_lstm.py is only a cell pair: the PeepholeLSTM runs on
@@ -13,10 +13,12 @@ Kernel shapes, chosen by ``_common.kernel_shape`` from the weight size:
 * sequence kernel: one launch for the whole sequence; each program owns 16 batch rows and
   the whole hidden width and keeps the W_hh (and W_hr) tiles, h and c on chip for all T
   steps, with no inter-program synchronisation. Used while the padded fp32 weight tiles
-  fit ``RESIDENT_BYTES`` (64 KiB: LSTM H=P<=64, GRU H<=64, RNN H<=128).
+  fit ``RESIDENT_BYTES`` (64 KiB: LSTM and LayerNorm LSTM H=P<=64, GRU H<=64, RNN H<=128).
 * step kernels: one launch per time step over batch x hidden tiles, h @ W_hh^T fused with
   the cell and the state update; the backward's dh_{t-1} = dgates @ W_hh is the shared
-  ``carry_dh`` step. Used for larger weights, which no single program can hold.
+  ``carry_dh`` step. Used for larger weights, which no single program can hold. The
+  LayerNorm LSTM's norms need whole rows: its step writes h @ W_hh^T to a buffer, and a
+  row kernel (programs over batch rows, ``launch.row_blocks``) does the rest of the step.
 
 * persistent kernels (LSTM without projection, GRU): programs tile batch x hidden, keep
   their weight slice on chip for all T steps, and meet at a grid barrier each step. Only
@@ -36,9 +38,10 @@ Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (IEEE).
 
 import torch
 
+from fastrnn.cells import _layer_norm_backward
 from fastrnn.numerics import dot_precision
 
-from . import gru, lstm, peephole_lstm, rnn
+from . import gru, layernorm_lstm, lstm, peephole_lstm, rnn
 
 __all__ = [
     "lstm_forward",
@@ -49,6 +52,8 @@ __all__ = [
     "gru_backward",
     "rnn_forward",
     "rnn_backward",
+    "layernorm_lstm_forward",
+    "layernorm_lstm_backward",
 ]
 
 
@@ -103,3 +108,43 @@ def rnn_forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, workspace=True
 def rnn_backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity):
     """-> dx_proj (T, B, H), dh0 (B, H), fp32."""
     return rnn.backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, dot_precision(dy))
+
+
+def layernorm_lstm_forward(
+    x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse, eps, workspace=True
+):
+    """x_proj (T, B, 4H) with LN_ih applied -> y (T, B, H), h_n (B, H), c_n (B, H) in the
+    input dtype; ws (T, B, 9H + 2) = [i, f, g, o | rhat | shat | rstd_r, rstd_s] and cs
+    (T, B, H) carried c_t, fp32."""
+    _check(x_proj)
+    return layernorm_lstm.forward(
+        x_proj,
+        w_hh,
+        ln_hh_weight,
+        ln_hh_bias,
+        ln_c_weight,
+        ln_c_bias,
+        h0,
+        c0,
+        lengths,
+        reverse,
+        eps,
+        dot_precision(x_proj),
+    )
+
+
+def layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, lengths, reverse):
+    """-> dx_proj (T, B, 4H), dh0 (B, H), dc0 (B, H), dgh (T, B, 4H) (the gradient of
+    h_{t-1} @ W_hh^T), and per step summed over its active rows sum_da_rhat, sum_da (T, 4H),
+    sum_dc_shat, sum_dc (T, H), fp32 (the contract of fastrnn.cells.LAYERNORM_LSTM).
+
+    The kernels return dx_proj and dc_t; dgh and the per-step sums are formed here from them
+    and the workspace, in a few bandwidth-bound passes over (T, B, 4H) (inactive rows are
+    zero in both, so they add nothing), which costs little next to the loop on a GPU."""
+    dx, dh0, dc0, dc_out = layernorm_lstm.backward(
+        dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, c0, ws, cs, lengths, reverse, dot_precision(dy)
+    )
+    H = cs.shape[-1]
+    rhat, shat, rstd_r = ws[..., 4 * H : 8 * H], ws[..., 8 * H : 9 * H], ws[..., 9 * H : 9 * H + 1]
+    dgh = _layer_norm_backward(dx * ln_hh_weight.to(dx.dtype), rhat, rstd_r)
+    return dx, dh0, dc0, dgh, (dx * rhat).sum(1), dx.sum(1), (dc_out * shat).sum(1), dc_out.sum(1)

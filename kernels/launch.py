@@ -31,6 +31,22 @@ from ._common import (
 )
 
 STEP_BK = 32  # K-chunk of the step kernels' streamed products (matmul_rows)
+# Elements of one (BR, BW) tile of a row kernel (a program holding BR whole rows, for
+# statistics over a row: LayerNorm), and threads per element. Compiled for sm_90 (python -m
+# fastrnn.kernels.resources), the LayerNorm LSTM row kernels at 4 elements of a tile per
+# thread take 102-128 registers without spills (H=64 and H=1024, fp32); at 8 they take
+# 187-255 (4 warps), and at H=4096 (16 warps, at most 128 registers) they spill 312-336 B.
+ROW_ELEMS = 1024
+ROW_ELEMS_PER_THREAD = 4
+
+
+def row_blocks(N: int) -> dict:
+    """Block sizes of a row kernel over rows N wide: BW >= N (the whole row, a power of two)
+    and BR rows per program, BR * BW <= ROW_ELEMS where BW allows (one row at least); warps
+    for ROW_ELEMS_PER_THREAD elements of a tile per thread, 8 to 16."""
+    BW = pow2_block(N, hi=1 << 30)
+    BR = max(1, min(BLOCK_B, ROW_ELEMS // BW))
+    return dict(BR=BR, BW=BW, num_warps=max(8, min(16, BR * BW // (32 * ROW_ELEMS_PER_THREAD))))
 
 
 def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> dict | None:
@@ -64,7 +80,10 @@ class Plan:
 
     def grid(self, width: str | None = None) -> tuple:
         """Sequence: one program per batch block. Persistent: batch blocks x hidden tiles.
-        Step: batch blocks x tiles of ``width`` ("H" or "P", the columns the kernel owns)."""
+        Step: batch blocks x tiles of ``width`` ("H" or "P", the columns the kernel owns).
+        Width "rows": a row kernel's programs, BR whole rows each (``row_blocks``)."""
+        if width == "rows":
+            return (triton.cdiv(self.B, self.meta["BR"]),)
         n_b = triton.cdiv(self.B, BLOCK_B)
         if self.shape == "sequence":
             return (n_b,)

@@ -21,14 +21,30 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import _common, gru, launch, lstm, peephole_lstm, rnn
+from . import _common, gru, launch, layernorm_lstm, lstm, peephole_lstm, rnn
 
 TARGET = GPUTarget("cuda", 90, 32)
 
 
 # arguments that carry the input dtype; every other pointer is an fp32 workspace (or the
 # int64 lengths, the int32 barrier counters)
-INPUT_DTYPE_ARGS = {"x_ptr", "w_ptr", "wr_ptr", "h0_ptr", "c0_ptr", "y_ptr", "bhn_ptr", "dy_ptr", "dhn_ptr", "dcn_ptr"}
+INPUT_DTYPE_ARGS = {
+    "x_ptr",
+    "w_ptr",
+    "wr_ptr",
+    "h0_ptr",
+    "c0_ptr",
+    "y_ptr",
+    "bhn_ptr",
+    "dy_ptr",
+    "dhn_ptr",
+    "dcn_ptr",
+    "lnr_w_ptr",
+    "lnr_b_ptr",
+    "lnc_w_ptr",
+    "lnc_b_ptr",
+}
+FLOAT_ARGS = {"eps"}  # fp32 scalars; every other non-pointer runtime argument is an int32
 
 # the LSTM kernels' cell, as lstm.forward / lstm.backward pass it by default
 LSTM_FWD = dict(CELL=lstm.LSTM_CELL[0], HAS_CELL_PARAMS=False, CP_ROWS=1)
@@ -39,7 +55,7 @@ PEEPHOLE_FWD = dict(CELL=peephole_lstm.PEEPHOLE_CELL[0], HAS_CELL_PARAMS=True, C
 PEEPHOLE_BWD = dict(CELL_BACKWARD=peephole_lstm.PEEPHOLE_CELL[1], HAS_CELL_PARAMS=True, CP_ROWS=4)
 
 # (name, kernel, weight tiles, flags) of each shape; block sizes and warps come from
-# launch.blocks, the launchers' own source
+# launch.blocks, the launchers' own source (num_warps in flags: a launcher's own choice)
 SEQUENCE = [
     ("lstm_fwd_seq", lstm.lstm_fwd_seq_kernel, 4, dict(REVERSE=False, HAS_PROJ=False, **LSTM_FWD)),
     ("lstm_bwd_seq", lstm.lstm_bwd_seq_kernel, 4, dict(REVERSE=True, HAS_PROJ=False, **LSTM_BWD)),
@@ -49,6 +65,13 @@ SEQUENCE = [
     ("gru_bwd_seq", gru.gru_bwd_seq_kernel, 3, dict(REVERSE=False)),
     ("rnn_fwd_seq", rnn.rnn_fwd_seq_kernel, 1, dict(REVERSE=False, RELU=False)),
     ("rnn_bwd_seq", rnn.rnn_bwd_seq_kernel, 1, dict(REVERSE=False, RELU=True)),
+    (
+        "ln_lstm_fwd_seq",
+        layernorm_lstm.ln_fwd_seq_kernel,
+        4,
+        dict(REVERSE=False, HAS_LNR_B=True, HAS_LNC_B=True, num_warps=layernorm_lstm.SEQ_WARPS),
+    ),
+    ("ln_lstm_bwd_seq", layernorm_lstm.ln_bwd_seq_kernel, 4, dict(REVERSE=True, num_warps=layernorm_lstm.SEQ_WARPS)),
 ]
 STEP = [
     ("lstm_fwd_step", lstm.lstm_fwd_step_kernel, 4, dict(HAS_PROJ=False, **LSTM_FWD)),
@@ -62,6 +85,12 @@ STEP = [
     ("gru_bwd_step", gru.gru_bwd_step_kernel, 3, {}),
     ("rnn_fwd_step", rnn.rnn_fwd_step_kernel, 1, dict(RELU=False)),
     ("rnn_bwd_step", rnn.rnn_bwd_step_kernel, 1, dict(RELU=True)),
+    ("ln_lstm_product_step", layernorm_lstm.ln_product_step_kernel, 4, {}),
+]
+# row kernels (whole rows per program): blocks from launch.row_blocks
+ROWS = [
+    ("ln_lstm_fwd_row", layernorm_lstm.ln_fwd_row_kernel, 4, dict(HAS_LNR_B=True, HAS_LNC_B=True)),
+    ("ln_lstm_bwd_row", layernorm_lstm.ln_bwd_row_kernel, 4, {}),
 ]
 PERSISTENT = [
     ("lstm_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_FWD)),
@@ -76,27 +105,27 @@ PERSISTENT = [
 def configs(H: int, dtype: str = "fp32") -> list[tuple]:
     """(name, kernel, constexprs, num_warps, dtype) as the launchers would run them at hidden
     H (no projection) for inputs of ``dtype`` ("fp32", "bf16" or "fp16"): the sequence
-    kernels where the rule picks them, the step kernels, and the persistent kernels where a
-    tile fits; lengths given, TF32 for fp32."""
+    kernels where the rule picks them, the step and row kernels, and the persistent kernels
+    where a tile fits; lengths given, TF32 for fp32."""
     elem = 4 if dtype == "fp32" else 2
     prec = "tf32" if dtype == "fp32" else "ieee"
     out = []
-    for shape, table in (("sequence", SEQUENCE), ("step", STEP), ("persistent", PERSISTENT)):
+    for shape, table in (("sequence", SEQUENCE), ("step", STEP), ("rows", ROWS), ("persistent", PERSISTENT)):
         for name, k, gates, flags in table:
             if shape == "sequence" and _common.kernel_shape(gates, H, H, False, elem) != "sequence":
                 continue
-            meta = launch.blocks(shape, gates, H, H, False, elem)
+            meta = launch.row_blocks(H) if shape == "rows" else launch.blocks(shape, gates, H, H, False, elem)
             if meta is None:
                 continue
             consts = {**meta, **flags, "HAS_LENGTHS": True, "PRECISION": prec}
-            out.append((f"{name} H={H} {dtype}", k, consts, meta["num_warps"], dtype))
+            out.append((f"{name} H={H} {dtype}", k, consts, consts["num_warps"], dtype))
     return out
 
 
 def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "fp32"):
     """triton.compile of ``kernel`` for sm_90: the input-dtype pointers as ``dtype``, the
     other pointers fp32 (int64 lengths, int32 barrier counters), other runtime arguments
-    int32."""
+    int32 (fp32 for FLOAT_ARGS)."""
     sig, const = {}, {}
     for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params, strict=False)):
         if p.is_constexpr:
@@ -107,7 +136,7 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "f
                 name, f"*{dtype}" if name in INPUT_DTYPE_ARGS else "*fp32"
             )
         else:
-            sig[name] = "i32"
+            sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
     return triton.compile(
         ASTSource(fn=kernel, signature=sig, constexprs=const), target=TARGET, options={"num_warps": num_warps}
     )

@@ -192,6 +192,58 @@ def _rnn_bwd():
     )
 
 
+def _peephole_fwd(proj):
+    name, args, free = _lstm_fwd(proj)
+    return "peephole_" + name, [*args[:3], torch.randn(3 * H_), *args[3:]], free
+
+
+def _peephole_bwd(proj):
+    name, args, free = _lstm_bwd(proj)
+    return "peephole_" + name, [*args[:5], torch.randn(3 * H_), *args[5:]], free
+
+
+def _layernorm_fwd():
+    G = 4 * H_
+    return (
+        "layernorm_lstm_forward",
+        [
+            torch.randn(T_, B_, G),
+            torch.randn(G, H_),
+            torch.ones(G),
+            torch.zeros(G),
+            torch.ones(H_),
+            torch.zeros(H_),
+            torch.randn(B_, H_),
+            torch.randn(B_, H_),
+            torch.tensor([3, 2]),
+            False,
+            1e-5,
+            True,
+        ],
+        {0: {0}},
+    )
+
+
+def _layernorm_bwd():
+    return (
+        "layernorm_lstm_backward",
+        [
+            torch.randn(T_, B_, H_),
+            torch.randn(B_, H_),
+            torch.randn(B_, H_),
+            torch.randn(4 * H_, H_),
+            torch.ones(4 * H_),
+            torch.ones(H_),
+            torch.randn(B_, H_),
+            torch.rand(T_, B_, 9 * H_ + 2),
+            torch.randn(T_, B_, H_),
+            torch.tensor([3, 2]),
+            False,
+        ],
+        {},
+    )
+
+
 ENTRIES = [
     ("lstm_fwd", _lstm_fwd(False)),
     ("lstm_fwd_proj", _lstm_fwd(True)),
@@ -201,6 +253,12 @@ ENTRIES = [
     ("gru_bwd", _gru_bwd()),
     ("rnn_fwd", _rnn_fwd()),
     ("rnn_bwd", _rnn_bwd()),
+    ("peephole_lstm_fwd", _peephole_fwd(False)),
+    ("peephole_lstm_fwd_proj", _peephole_fwd(True)),
+    ("peephole_lstm_bwd", _peephole_bwd(False)),
+    ("peephole_lstm_bwd_proj", _peephole_bwd(True)),
+    ("layernorm_lstm_fwd", _layernorm_fwd()),
+    ("layernorm_lstm_bwd", _layernorm_bwd()),
 ]
 
 
@@ -269,3 +327,131 @@ def test_lstm_backward_state_width_must_match_without_projection(delta):
             None,
             False,
         )
+
+
+# ----------------------------------------------------------------------------------------
+# The LSTM variants' entry points against the reference backend's (the same contract, run
+# by fastrnn.reference's loops in float64): every output and every loop result, fp64 to the
+# fp64 bound and fp32 to the fp32 bound, with unsorted lengths, reverse, a projection
+# (peephole), B = 1 and widths that leave vector tails (H = 5, 37).
+# ----------------------------------------------------------------------------------------
+def _variant_case(cell, T, B, H, P=None, lengths=None, reverse=False, biases=(True, True)):
+    return pytest.param(
+        dict(cell=cell, T=T, B=B, H=H, P=P, lengths=lengths, reverse=reverse, biases=biases),
+        id=f"{cell}-T{T}-B{B}-H{H}"
+        + (f"-P{P}" if P else "")
+        + ("-lengths" if lengths else "")
+        + ("-rev" if reverse else "")
+        + ("" if biases == (True, True) else f"-bias{int(biases[0])}{int(biases[1])}"),
+    )
+
+
+VARIANT_CASES = [
+    _variant_case("peephole_lstm", 7, 4, 5),
+    _variant_case("peephole_lstm", 7, 4, 5, lengths=[3, 7, 1, 5]),
+    _variant_case("peephole_lstm", 7, 4, 5, lengths=[3, 7, 1, 5], reverse=True),
+    _variant_case("peephole_lstm", 6, 3, 5, P=3, lengths=[2, 6, 4], reverse=True),
+    _variant_case("peephole_lstm", 6, 3, 37, P=16, lengths=[6, 1, 4]),
+    _variant_case("peephole_lstm", 9, 1, 37, reverse=True),
+    _variant_case("peephole_lstm", 5, 2, 64),
+    _variant_case("layernorm_lstm", 7, 4, 5),
+    _variant_case("layernorm_lstm", 7, 4, 5, lengths=[3, 7, 1, 5]),
+    _variant_case("layernorm_lstm", 7, 4, 5, lengths=[3, 7, 1, 5], reverse=True, biases=(False, True)),
+    _variant_case("layernorm_lstm", 6, 3, 37, lengths=[6, 1, 4], biases=(True, False)),
+    _variant_case("layernorm_lstm", 9, 1, 37, reverse=True, biases=(False, False)),
+    _variant_case("layernorm_lstm", 5, 2, 64, reverse=True),
+]
+
+
+def _variant_args(case):
+    """(forward arguments, upstream gradients) in float64, every value exact in float32 (so the
+    float32 comparison measures the kernels' rounding, not the inputs')."""
+    T, B, H, P = case["T"], case["B"], case["H"], case["P"] or case["H"]
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return (shift + scale * torch.randn(*shape)).double()
+
+    lengths = torch.tensor(case["lengths"]) if case["lengths"] else None
+    x, w_hh, h0, c0 = r(T, B, 4 * H), r(4 * H, P, scale=P**-0.5), r(B, P), r(B, H)
+    if case["cell"] == "peephole_lstm":
+        w_hr = r(P, H, scale=H**-0.5) if case["P"] else None
+        args = (x, w_hh, w_hr, r(3 * H, scale=0.5), h0, c0, lengths, case["reverse"])
+    else:
+        b_r, b_c = case["biases"]
+        ln = (r(4 * H, scale=0.3, shift=1.0), r(4 * H, scale=0.3) if b_r else None)
+        ln += (r(H, scale=0.3, shift=1.0), r(H, scale=0.3) if b_c else None)
+        args = (x, w_hh, *ln, h0, c0, lengths, case["reverse"], 1e-5)
+    return args, (r(T, B, P), r(B, P), r(B, H))
+
+
+def _backward_args(case, args, out, upstream):
+    dy, dh_n, dc_n = upstream
+    if case["cell"] == "peephole_lstm":
+        x, w_hh, w_hr, w_ch, h0, c0, lengths, reverse = args
+        return (dy, dh_n, dc_n, w_hh, w_hr, w_ch, c0, out[3], out[4], lengths, reverse)
+    x, w_hh, w_r, b_r, w_c, b_c, h0, c0, lengths, reverse, eps = args
+    return (dy, dh_n, dc_n, w_hh, w_r, w_c, c0, out[3], out[4], lengths, reverse)
+
+
+def _inactive(case):
+    """(T, B) bool: the steps outside each sequence."""
+    if not case["lengths"]:
+        return torch.zeros(case["T"], case["B"], dtype=torch.bool)
+    return torch.arange(case["T"]).unsqueeze(1) >= torch.tensor(case["lengths"]).unsqueeze(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", VARIANT_CASES)
+def test_variant_entries_match_reference(case, dtype):
+    from fastrnn import _cpp, reference
+
+    name = case["cell"]
+    args, upstream = _variant_args(case)
+    cast = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    ours = getattr(_cpp, f"{name}_forward")(*cast)
+    ref = getattr(reference, f"{name}_forward")(*args)
+    tol = testing.bound(dtype)
+    inactive = _inactive(case)
+    # the reference records a workspace row for inactive steps too; the contract leaves them free
+    active_ws = ~inactive.unsqueeze(-1)
+    for label, a, b in zip(("y", "h_n", "c_n", "ws", "cs"), ours, ref, strict=True):
+        assert a.dtype == dtype and a.shape == b.shape, label
+        if label == "ws":
+            assert torch.isfinite(a).all()
+            a, b = a * active_ws, b * active_ws
+        err = testing.rel_rms(a, b)
+        assert err <= tol, f"{label}: rel-RMS {err:.3e} > {tol:.0e}"
+    assert not ours[0][inactive].any(), "y rows of inactive steps must be zero"
+
+    # no workspace: the same results, bitwise, and empty workspaces
+    lean = getattr(_cpp, f"{name}_forward")(*cast, workspace=False)
+    assert all(torch.equal(a, b) for a, b in zip(lean[:3], ours[:3]))
+    assert lean[3].numel() == 0 and lean[4].numel() == 0
+
+    # backward: each side from its own forward's workspace
+    up = tuple(u.to(dtype) for u in upstream)
+    grads = getattr(_cpp, f"{name}_backward")(*_backward_args(case, cast, ours, up))
+    ref_grads = getattr(reference, f"{name}_backward")(*_backward_args(case, args, ref, upstream))
+    labels = ("dx_proj", "dh0", "dc0")
+    labels += ("dh_out",) if name == "peephole_lstm" else ("dgh", "sum_da_rhat", "sum_da", "sum_dc_shat", "sum_dc")
+    for label, a, b in zip(labels, grads, ref_grads, strict=True):
+        assert a.dtype == dtype and a.shape == b.shape, label
+        err = testing.rel_rms(a, b)
+        assert err <= tol, f"{label}: rel-RMS {err:.3e} > {tol:.0e}"
+    assert not grads[0][inactive].any(), "dx_proj rows of inactive steps must be zero"
+    if grads[3].numel():
+        assert not grads[3][inactive].any(), f"{labels[3]} rows of inactive steps must be zero"
+    if name == "peephole_lstm" and not case["P"]:
+        assert grads[3].shape == (0,)
+
+
+def test_layernorm_lstm_eps_must_be_finite_and_nonnegative():
+    from fastrnn import _C
+
+    T, B, H = 3, 2, 4
+    args = [torch.randn(T, B, 4 * H), torch.randn(4 * H, H), torch.ones(4 * H), None, torch.ones(H), None]
+    args += [torch.randn(B, H), torch.randn(B, H), None, False]
+    for eps in (-1e-5, float("nan"), float("inf")):
+        with pytest.raises(RuntimeError, match="eps must be finite and >= 0"):
+            _C.layernorm_lstm_forward(*args, eps)
+    _C.layernorm_lstm_forward(*args, 0.0)

@@ -75,3 +75,24 @@ def test_lstm_kernels_compile_with_another_cell(name, kernel, constexprs, warps,
     )
     assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r
     print(name, r)
+
+
+# LayerNorm LSTM kernels beyond CASES: a small sequence kernel (H=32, where the LSTM's warp
+# rule spilled) and the row kernels at H=1024 (one row a program), without the LN shifts
+# and in the other direction
+LN_CASES = [
+    c
+    for H in (32, 1024)
+    for dtype in ("fp32", "bf16")
+    for c in _resources().configs(H, dtype)
+    if c[0].startswith("ln_lstm_") and (("seq" in c[0]) == (H == 32)) and "product" not in c[0]
+]
+
+
+@pytest.mark.parametrize("name,kernel,constexprs,warps,dtype", LN_CASES, ids=[c[0].replace(" ", "-") for c in LN_CASES])
+def test_layernorm_lstm_kernels_compile_without_shifts(name, kernel, constexprs, warps, dtype):
+    res = _resources()
+    flip = {k: not v for k, v in constexprs.items() if k in ("REVERSE", "HAS_LNR_B", "HAS_LNC_B")}
+    r = res.resources(res.compile_for_hopper(kernel, {**constexprs, **flip}, warps, dtype))
+    assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r
+    print(name, flip, r)
