@@ -14,7 +14,7 @@ else
 fi
 # the interpreter runs the kernels in numpy: the files whose cases are small enough
 TRITON_FILES="tests/test_triton.py tests/test_triton_layernorm.py tests/test_beyond.py tests/test_module_samples.py tests/test_precision.py
-  tests/test_transforms.py tests/test_dropin.py tests/test_interop.py"
+  tests/test_transforms.py tests/test_dropin.py tests/test_interop.py tests/test_variants.py"
 echo "== lane: triton backend through the interpreter ($(echo $TRITON_FILES))"
 TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest $TRITON_FILES -q "$@"
 echo "== lane: triton kernels compiled for sm_90 without a GPU (tests/test_triton_compile.py)"

@@ -69,7 +69,21 @@ def _run(fwd, bwd, args, grads, lengths, reverse, eps=EPS):
     return (y, h_n, c_n, ws, cs, *back)
 
 
-NAMES = ("y", "h_n", "c_n", "ws", "cs", "dx_proj", "dh0", "dc0", "dgh", "sum_da_rhat", "sum_da", "sum_dc_shat", "sum_dc")
+NAMES = (
+    "y",
+    "h_n",
+    "c_n",
+    "ws",
+    "cs",
+    "dx_proj",
+    "dh0",
+    "dc0",
+    "dgh",
+    "sum_da_rhat",
+    "sum_da",
+    "sum_dc_shat",
+    "sum_dc",
+)
 
 
 def _check(ours, ref, lengths, bound):
