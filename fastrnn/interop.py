@@ -80,6 +80,12 @@ def onnx_export() -> bool:
     return _dynamo_onnx_export() or (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export())
 
 
+def _Cell() -> type:
+    from .modules import _Cell
+
+    return _Cell
+
+
 def torch_twin(module: nn.Module) -> type:
     """The torch.nn class a fastrnn module (or a subclass of one) stands in for."""
     for cls in type(module).__mro__:
@@ -89,7 +95,13 @@ def torch_twin(module: nn.Module) -> type:
 
 
 def torch_forward(module: nn.Module, input, hx=None):
-    """``forward`` while a model is recorded: torch.nn's own, on the same Parameters."""
+    """``forward`` while a model is recorded: torch.nn's own, on the same Parameters (a
+    variant of :mod:`fastrnn.variants`: its scripted loops, see :mod:`fastrnn._script`)."""
+    from . import _script
+
+    if _script.is_variant(module):
+        record = _script.record_cell if isinstance(module, _Cell()) else _script.record_layer
+        return record(module, input, hx, onnx=onnx_export(), dynamo=_dynamo_onnx_export())
     twin = torch_twin(module)
     if onnx_export() and getattr(module, "proj_size", 0) > 0:
         raise ValueError(
@@ -121,7 +133,12 @@ def to_torch(module: nn.Module) -> nn.Module:
 
 
 def prepare_scriptable(self):
-    """``__prepare_scriptable__``: TorchScript compiles the torch.nn twin (same Parameters)."""
+    """``__prepare_scriptable__``: TorchScript compiles the torch.nn twin (same Parameters);
+    for a variant of :mod:`fastrnn.variants`, a module running its scripted loops."""
+    from . import _script
+
+    if _script.is_variant(self):
+        return _script.scriptable(self)
     return to_torch(self)
 
 
