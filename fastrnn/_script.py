@@ -8,15 +8,18 @@ function with its loop intact, so a traced model runs any sequence length and ba
 for another T). Around the loops, layers, directions, packing and dropout are traceable
 Python (:func:`record_layer`, :func:`record_cell`).
 
-ONNX (the TorchScript exporter): a PeepholeLSTM layer becomes ONNX's LSTM operator with
-its peephole input P, one node per layer (``direction="bidirectional"`` for both
-directions, ``sequence_lens`` for packed input); a LayerNormLSTM's loop becomes an ONNX
-Loop around LayerNormalization (opset >= 17). The ``dynamo=True`` exporter cannot record
-either (its tracer does not run TorchScript): a clear error names ``dynamo=False``.
+ONNX, the TorchScript exporter (``dynamo=False``): a PeepholeLSTM layer becomes ONNX's LSTM
+operator with its peephole input P, one node per layer (``direction="bidirectional"`` for
+both directions, ``sequence_lens`` for packed input; no projection, so ``proj_size > 0``
+is a clear error); a LayerNormLSTM's loop becomes an ONNX Loop around LayerNormalization
+(opset >= 17). The ``dynamo=True`` exporter cannot run TorchScript: there the same steps
+run in torch's ``scan``, which torch.export keeps as one node and the exporter writes as
+an ONNX Scan, for any T (projection included). Packed input does not get through
+torch.export itself (``pack_padded_sequence`` is data-dependent), as for torch.nn's LSTM.
 
 ``torch.jit.script(module)``: :func:`scriptable` builds a module TorchScript compiles,
 sharing the Parameter objects, whose forward calls the same scripted loops. Its
-parameters are named per layer and direction (``layers.0.weight_ih``) rather than
+parameters are named per layer and direction (``directions.0.weight_ih``) rather than
 ``weight_ih_l0``.
 
 Packed semantics as everywhere in fastrnn: step t of sequence b is active iff
@@ -45,6 +48,40 @@ def is_variant(module: nn.Module) -> bool:
 # ------------------------------------------------------------------------------------------
 # The time loops, one layer and direction; x_proj (T, B, 4H) is the input side of the gates
 # ------------------------------------------------------------------------------------------
+def _peephole_step(
+    x_t: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_hr: Tensor | None, w_ch: Tensor, H: int
+) -> tuple[Tensor, Tensor]:
+    a = (x_t + torch.mm(h, w_hh.t())).chunk(4, 1)
+    i = torch.sigmoid(a[0] + w_ch[0:H] * c)
+    f = torch.sigmoid(a[1] + w_ch[H : 2 * H] * c)
+    c_new = f * c + i * torch.tanh(a[2])
+    h_new = torch.sigmoid(a[3] + w_ch[2 * H : 3 * H] * c_new) * torch.tanh(c_new)
+    if w_hr is not None:
+        h_new = torch.mm(h_new, w_hr.t())
+    return h_new, c_new
+
+
+def _layernorm_step(
+    x_t: Tensor,
+    h: Tensor,
+    c: Tensor,
+    w_hh: Tensor,
+    ln_hh_weight: Tensor,
+    ln_hh_bias: Tensor,
+    ln_c_weight: Tensor,
+    ln_c_bias: Tensor,
+    eps: float,
+    H: int,
+) -> tuple[Tensor, Tensor]:
+    r = F.layer_norm(torch.mm(h, w_hh.t()), [4 * H], ln_hh_weight, ln_hh_bias, eps)
+    a = (x_t + r).chunk(4, 1)
+    i, f, g, o = torch.sigmoid(a[0]), torch.sigmoid(a[1]), torch.tanh(a[2]), torch.sigmoid(a[3])
+    c_new = F.layer_norm(f * c + i * g, [H], ln_c_weight, ln_c_bias, eps)
+    return o * torch.tanh(c_new), c_new
+
+
+# The loops below call the steps above, which TorchScript compiles with them; the dynamo
+# exporter's loop (:func:`_scan_direction`) runs the same steps as Python.
 @torch.jit.script
 def peephole_lstm_loop(
     x_proj: Tensor,
@@ -58,18 +95,11 @@ def peephole_lstm_loop(
 ) -> tuple[Tensor, Tensor, Tensor]:
     T = x_proj.size(0)
     H = c0.size(1)
-    p_i, p_f, p_o = w_ch[0:H], w_ch[H : 2 * H], w_ch[2 * H : 3 * H]
     h, c = h0, c0
     ys: list[Tensor] = []
     for s in range(T):
         t = T - 1 - s if reverse else s
-        a = (x_proj[t] + torch.mm(h, w_hh.t())).chunk(4, 1)
-        i = torch.sigmoid(a[0] + p_i * c)
-        f = torch.sigmoid(a[1] + p_f * c)
-        c_new = f * c + i * torch.tanh(a[2])
-        h_new = torch.sigmoid(a[3] + p_o * c_new) * torch.tanh(c_new)
-        if w_hr is not None:
-            h_new = torch.mm(h_new, w_hr.t())
+        h_new, c_new = _peephole_step(x_proj[t], h, c, w_hh, w_hr, w_ch, H)
         if lengths is not None:
             m = (lengths > t).unsqueeze(1)
             h = torch.where(m, h_new, h)
@@ -109,11 +139,7 @@ def layernorm_lstm_loop(
     ys: list[Tensor] = []
     for s in range(T):
         t = T - 1 - s if reverse else s
-        r = F.layer_norm(torch.mm(h, w_hh.t()), [4 * H], ln_hh_weight, ln_hh_bias, eps)
-        a = (x_proj[t] + r).chunk(4, 1)
-        i, f, g, o = torch.sigmoid(a[0]), torch.sigmoid(a[1]), torch.tanh(a[2]), torch.sigmoid(a[3])
-        c_new = F.layer_norm(f * c + i * g, [H], ln_c_weight, ln_c_bias, eps)
-        h_new = o * torch.tanh(c_new)
+        h_new, c_new = _layernorm_step(x_proj[t], h, c, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, eps, H)
         if masked:
             m = (lengths > t).unsqueeze(1)
             h = torch.where(m, h_new, h)
@@ -142,15 +168,56 @@ def _shift(w: dict, name: str) -> Tensor:
     return b if b is not None else torch.zeros_like(w[f"{name}_weight"])
 
 
-def _direction(spec: cells.Cell, x: Tensor, w: dict, h0, c0, lengths, reverse: bool, eps: float):
-    """One layer and direction of a variant: the input projection for all steps, then the loop."""
+def _scan(step, x_proj: Tensor, h0: Tensor, c0: Tensor, lengths: Tensor | None, reverse: bool):
+    """The loop for the dynamo exporter: torch's ``scan``, which torch.export keeps as one
+    node and the exporter writes as an ONNX Scan (valid for any T). ``step(x_t, h, c)``."""
+    try:
+        from torch._higher_order_ops.scan import scan
+    except ImportError:  # pragma: no cover - torch without scan
+        raise ValueError(
+            "this torch has no scan operator for torch.onnx.export(..., dynamo=True) to record a fastrnn "
+            "LSTM variant's time loop; export with dynamo=False (the TorchScript exporter)"
+        ) from None
+    h0, c0 = h0.clone(), c0.clone()  # scan's carries may not alias each other (h0 is c0 for zeros)
+    if lengths is None:
+
+        def body(carry, x_t):
+            h, c = step(x_t, carry[0], carry[1])
+            return (h, c), h.clone()  # scan's outputs may not alias its carry
+
+        (h, c), y = scan(body, (h0, c0), x_proj, reverse=reverse)
+        return y, h, c
+    T = x_proj.shape[0]
+    active = (torch.arange(T, device=x_proj.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
+
+    def masked(carry, xs):
+        x_t, m = xs
+        h, c = step(x_t, carry[0], carry[1])
+        return (torch.where(m, h, carry[0]), torch.where(m, c, carry[1])), torch.where(m, h, 0.0)
+
+    (h, c), y = scan(masked, (h0, c0), (x_proj, active), reverse=reverse)
+    return y, h, c
+
+
+def _direction(spec: cells.Cell, x: Tensor, w: dict, h0, c0, lengths, reverse: bool, eps: float, dynamo=False):
+    """One layer and direction of a variant: the input projection for all steps, then the
+    loop (TorchScript, or torch's scan for the dynamo exporter)."""
+    G = w["weight_ih"].shape[0]
+    H = G // 4
     if spec is cells.PEEPHOLE_LSTM:
         x_proj = torch.matmul(x, w["weight_ih"].t())
         if "bias_ih" in w:
             x_proj = x_proj + (w["bias_ih"] + w["bias_hh"])
-        return peephole_lstm_loop(x_proj, w["weight_hh"], w.get("weight_hr"), w["weight_ch"], h0, c0, lengths, reverse)
-    G = w["weight_ih"].shape[0]
+        w_hh, w_hr, w_ch = w["weight_hh"], w.get("weight_hr"), w["weight_ch"]
+        if dynamo:
+            return _scan(
+                lambda x_t, h, c: _peephole_step(x_t, h, c, w_hh, w_hr, w_ch, H), x_proj, h0, c0, lengths, reverse
+            )
+        return peephole_lstm_loop(x_proj, w_hh, w_hr, w_ch, h0, c0, lengths, reverse)
     x_proj = F.layer_norm(torch.matmul(x, w["weight_ih"].t()), (G,), w["ln_ih_weight"], w.get("ln_ih_bias"), eps)
+    if dynamo:
+        args = (w["weight_hh"], w["ln_hh_weight"], _shift(w, "ln_hh"), w["ln_c_weight"], _shift(w, "ln_c"), eps, H)
+        return _scan(lambda x_t, h, c: _layernorm_step(x_t, h, c, *args), x_proj, h0, c0, lengths, reverse)
     return layernorm_lstm_loop(
         x_proj,
         w["weight_hh"],
@@ -268,19 +335,13 @@ def _onnx_none(g):
 # Recording: the forward of a variant while torch.jit.trace or torch.onnx.export records it
 # ------------------------------------------------------------------------------------------
 def _check_recordable(module: nn.Module, onnx: bool, dynamo: bool) -> None:
-    name = type(module).__name__
-    if dynamo:
+    if onnx and not dynamo and getattr(module, "proj_size", 0) > 0:
         raise ValueError(
-            f"fastrnn.{name} cannot be exported with torch.onnx.export(..., dynamo=True): its time "
-            "loop is TorchScript, which the dynamo exporter cannot record. Export with "
-            "torch.onnx.export(..., dynamo=False) (the TorchScript exporter), which writes "
-            + ("ONNX's LSTM operator with peepholes." if module._spec is cells.PEEPHOLE_LSTM else "an ONNX Loop.")
-        )
-    if onnx and getattr(module, "proj_size", 0) > 0:
-        raise ValueError(
-            f"fastrnn.{name} with proj_size > 0 cannot be exported to ONNX: ONNX's LSTM operator "
-            "has no projection (an LSTM node followed by a MatMul is not equivalent, since the "
-            "projected state feeds the next step). torch.jit.trace and torch.jit.script do support it."
+            f"fastrnn.{type(module).__name__} with proj_size > 0 cannot be exported with the TorchScript "
+            "ONNX exporter: ONNX's LSTM operator has no projection (an LSTM node followed by a MatMul "
+            "is not equivalent, since the projected state feeds the next step). "
+            "torch.onnx.export(..., dynamo=True) exports it as a Scan; torch.jit.trace and "
+            "torch.jit.script support it too."
         )
 
 
@@ -312,7 +373,10 @@ def record_layer(module: nn.Module, input, hx, *, onnx: bool, dynamo: bool):
         x = input if batched else input.unsqueeze(0 if module.batch_first else 1)
         x = x.transpose(0, 1) if module.batch_first else x
         lengths = None
-    if hx is None:
+    if hx is None and dynamo:
+        h0 = torch.zeros(L * D, x.shape[1], P, dtype=x.dtype, device=x.device)
+        c0 = torch.zeros(L * D, x.shape[1], H, dtype=x.dtype, device=x.device)
+    elif hx is None:
         h0, c0 = _zero_state(x, L * D, P, 1), _zero_state(x, L * D, H, 1)
     else:
         h0, c0 = hx
@@ -325,7 +389,7 @@ def record_layer(module: nn.Module, input, hx, *, onnx: bool, dynamo: bool):
     h_n, c_n = [], []
     layer_in = x
     for layer in range(L):
-        if onnx and spec is cells.PEEPHOLE_LSTM:
+        if onnx and not dynamo and spec is cells.PEEPHOLE_LSTM:
             groups = [_weights(module, layer * D + d) for d in range(D)]
             names = tuple(groups[0])
             flat = [w for g in groups for w in g.values()]
@@ -337,7 +401,8 @@ def record_layer(module: nn.Module, input, hx, *, onnx: bool, dynamo: bool):
             outs = []
             for d in range(D):
                 i = layer * D + d
-                y, h, c = _direction(spec, layer_in, _weights(module, i), h0[i], c0[i], lengths, d == 1, eps)
+                w = _weights(module, i)
+                y, h, c = _direction(spec, layer_in, w, h0[i], c0[i], lengths, d == 1, eps, dynamo)
                 outs.append(y)
                 h_n.append(h.unsqueeze(0))
                 c_n.append(c.unsqueeze(0))
@@ -367,19 +432,21 @@ def record_cell(module: nn.Module, input: Tensor, hx, *, onnx: bool, dynamo: boo
     batched = input.dim() == 2
     x = input if batched else input.unsqueeze(0)
     H = module.hidden_size
-    if hx is None:
+    if hx is None and dynamo:
+        h0 = c0 = torch.zeros(x.shape[0], H, dtype=x.dtype, device=x.device)
+    elif hx is None:
         h0 = c0 = _zero_state(x, 1, H, 0)[0]
     else:
         h0, c0 = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
     w = {p.name: getattr(module, p.name) for p in module._spec.layer_params(module.bias, False)}
-    if onnx and module._spec is cells.PEEPHOLE_LSTM:
+    if onnx and not dynamo and module._spec is cells.PEEPHOLE_LSTM:
         _, h, c = _PeepholeLayerOnnx.apply(
             x.unsqueeze(0), h0.unsqueeze(0), c0.unsqueeze(0), None, tuple(w), *w.values()
         )
         h, c = h[0], c[0]
     else:
         eps = float(getattr(module, "eps", 0.0))
-        _, h, c = _direction(module._spec, x.unsqueeze(0), w, h0, c0, None, False, eps)
+        _, h, c = _direction(module._spec, x.unsqueeze(0), w, h0, c0, None, False, eps, dynamo)
     return (h, c) if batched else (h[0], c[0])
 
 

@@ -27,8 +27,8 @@ same Parameter objects), and the recorded model runs torch's kernels:
   (add the model's other classes, e.g. ``torch.nn.Sequential``, as torch requires).
 
 The LSTM variants of :mod:`fastrnn.variants` have no torch.nn twin: while recorded they run
-TorchScript loops of their own, and ``torch.jit.script`` compiles a module calling them
-(:mod:`fastrnn._script`).
+loops of their own (TorchScript; torch's ``scan`` for the ``dynamo=True`` exporter), and
+``torch.jit.script`` compiles a module calling them (:mod:`fastrnn._script`).
 
 ONNX export of an LSTM with ``proj_size > 0`` raises a ValueError: torch.nn cannot export
 it either, and ONNX's LSTM operator has no projection (an LSTM node followed by a MatMul
