@@ -246,8 +246,8 @@ def _onnx_const(g, values):
 
 
 def _onnx_rows(g, w, blocks, H: int, shape):
-    """Rows [k*H, (k+1)*H) of w for k in ``blocks``, concatenated and reshaped to ``shape``
-    (ONNX's gate order from fastrnn's; folded into the initializers at export)."""
+    """Rows [k*H, (k+1)*H) of w for k in ``blocks``, concatenated and reshaped to ``shape``:
+    ONNX's gate order from fastrnn's, in the graph (the parameters stay fastrnn's)."""
     parts = [
         g.op("Slice", w, _onnx_const(g, [k * H]), _onnx_const(g, [(k + 1) * H]), _onnx_const(g, [0])) for k in blocks
     ]
@@ -260,8 +260,7 @@ class _PeepholeLayerOnnx(torch.autograd.Function):
     apply(x (T, B, I), h0 (D, B, H), c0 (D, B, H), lengths (B,) or None, names, *weights):
     ``names`` the spec names of one direction's parameters, ``weights`` those of every
     direction in order. Returns (y (T, B, D*H), h_n (D, B, H), c_n (D, B, H)). forward
-    computes it with the scripted loop (the exporter runs it for the output shapes);
-    symbolic writes the ONNX node.
+    computes it (the exporter runs it for the output shapes); symbolic writes the node.
     """
 
     @staticmethod
@@ -353,8 +352,9 @@ def _weights(module: nn.Module, index: int) -> dict:
 
 
 def record_layer(module: nn.Module, input, hx, *, onnx: bool, dynamo: bool):
-    """A variant layer's forward in ops torch.jit.trace and the TorchScript ONNX exporter
-    record for any T and B: the scripted loops (PeepholeLSTM in ONNX: the LSTM operator)."""
+    """A variant layer's forward in ops that torch.jit.trace and both ONNX exporters record
+    for any T and B: the scripted loops (PeepholeLSTM for the TorchScript ONNX exporter:
+    the LSTM operator; for the dynamo exporter: scan)."""
     _check_recordable(module, onnx, dynamo)
     spec = module._spec
     packed = isinstance(input, PackedSequence)
