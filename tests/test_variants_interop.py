@@ -160,8 +160,9 @@ class _Packed(nn.Module):
         super().__init__()
         self.rnn = rnn
 
-    def forward(self, x, lengths):
-        out, (h, c) = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    def forward(self, x, lengths, h0=None, c0=None):
+        hx = None if h0 is None else (h0, c0)
+        out, (h, c) = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
         return pad_packed_sequence(out)[0], h, c
 
 
@@ -351,18 +352,23 @@ def test_onnx_layer_any_length_and_batch(cid, cls, kw, with_state):
 @needs_onnx
 @pytest.mark.parametrize("cls", [fastrnn.PeepholeLSTM, fastrnn.LayerNormLSTM])
 def test_onnx_packed_sequence_inside_the_model(cls):
-    # ONNX's LSTM takes the lengths as sequence_lens; the Loop masks the inactive steps
+    # ONNX's LSTM takes the lengths as sequence_lens; the Loop masks the inactive steps.
+    # The states given in the caller's batch order are permuted to the packed order and back.
     model = _Packed(make(cls, {"bidirectional": True, "num_layers": 2})).eval()
     session, _ = onnx_export(
         model,
-        (torch.randn(6, 3, I), torch.tensor([6, 2, 4])),
-        input_names=["x", "lengths"],
-        dynamic_axes={"x": {0: "T", 1: "B"}, "lengths": {0: "B"}},
+        (torch.randn(6, 3, I), torch.tensor([6, 2, 4]), *layer_state(model.rnn, 3)),
+        input_names=["x", "lengths", "h0", "c0"],
+        dynamic_axes={"x": {0: "T", 1: "B"}, "lengths": {0: "B"}, "h0": {1: "B"}, "c0": {1: "B"}},
     )
     for lengths in PACKED_LENGTHS:
-        x, n = torch.randn(max(lengths), len(lengths), I), torch.tensor(lengths)
+        args = (
+            torch.randn(max(lengths), len(lengths), I),
+            torch.tensor(lengths),
+            *layer_state(model.rnn, len(lengths)),
+        )
         with torch.no_grad():
-            assert_close(ort_outputs(session, (x, n)), model(x, n), f"onnxruntime lengths {lengths}")
+            assert_close(ort_outputs(session, args), model(*args), f"onnxruntime lengths {lengths}")
 
 
 @needs_onnx
