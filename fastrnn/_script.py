@@ -36,7 +36,15 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import cells, functional, reference
 
-__all__ = ["peephole_lstm_loop", "layernorm_lstm_loop", "record_layer", "record_cell", "scriptable", "is_variant"]
+__all__ = [
+    "peephole_lstm_loop",
+    "layernorm_lstm_loop",
+    "record",
+    "record_layer",
+    "record_cell",
+    "scriptable",
+    "is_variant",
+]
 
 
 def is_variant(module: nn.Module) -> bool:
@@ -422,6 +430,14 @@ def record_layer(module: nn.Module, input, hx, *, onnx: bool, dynamo: bool):
         output = output.squeeze(0 if module.batch_first else 1)
         hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
     return output, hidden
+
+
+def record(module: nn.Module, input, hx, *, onnx: bool, dynamo: bool):
+    """A variant's forward while torch.jit.trace or torch.onnx.export records it."""
+    from .modules import _Cell
+
+    record = record_cell if isinstance(module, _Cell) else record_layer
+    return record(module, input, hx, onnx=onnx, dynamo=dynamo)
 
 
 def record_cell(module: nn.Module, input: Tensor, hx, *, onnx: bool, dynamo: bool):

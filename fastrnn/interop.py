@@ -84,12 +84,6 @@ def onnx_export() -> bool:
     return _dynamo_onnx_export() or (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export())
 
 
-def _Cell() -> type:
-    from .modules import _Cell
-
-    return _Cell
-
-
 def torch_twin(module: nn.Module) -> type:
     """The torch.nn class a fastrnn module (or a subclass of one) stands in for."""
     for cls in type(module).__mro__:
@@ -104,8 +98,7 @@ def torch_forward(module: nn.Module, input, hx=None):
     from . import _script
 
     if _script.is_variant(module):
-        record = _script.record_cell if isinstance(module, _Cell()) else _script.record_layer
-        return record(module, input, hx, onnx=onnx_export(), dynamo=_dynamo_onnx_export())
+        return _script.record(module, input, hx, onnx=onnx_export(), dynamo=_dynamo_onnx_export())
     twin = torch_twin(module)
     if onnx_export() and getattr(module, "proj_size", 0) > 0:
         raise ValueError(

@@ -1,9 +1,10 @@
 """PeepholeLSTM, LayerNormLSTM and their cells (fastrnn.variants) inside torch.jit.trace,
-torch.jit.script and torch.onnx.export (run in ONNX Runtime), each compared with the eager
-module on the backend under test at the float32 bound, for other sequence lengths and
-batch sizes than the recorded ones. The variants have no torch.nn twin: the recorded
-models run the scripted loops of fastrnn._script (PeepholeLSTM in ONNX: ONNX's LSTM
-operator with peepholes)."""
+torch.jit.script and torch.onnx.export (both exporters, run in ONNX Runtime), each compared
+with the eager module on the backend under test at the float32 bound, for other sequence
+lengths and batch sizes than the recorded ones. The variants have no torch.nn twin: the
+recorded models run the loops of fastrnn._script (TorchScript; with the TorchScript ONNX
+exporter PeepholeLSTM is ONNX's LSTM operator with peepholes; with the dynamo exporter the
+loops are ONNX Scans)."""
 
 import importlib.util
 import io
