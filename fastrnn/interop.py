@@ -26,6 +26,10 @@ same Parameter objects), and the recorded model runs torch's kernels:
 
   (add the model's other classes, e.g. ``torch.nn.Sequential``, as torch requires).
 
+The LSTM variants of :mod:`fastrnn.variants` have no torch.nn twin: while recorded they run
+loops of their own (TorchScript; torch's ``scan`` for the ``dynamo=True`` exporter), and
+``torch.jit.script`` compiles a module calling them (:mod:`fastrnn._script`).
+
 ONNX export of an LSTM with ``proj_size > 0`` raises a ValueError: torch.nn cannot export
 it either, and ONNX's LSTM operator has no projection (an LSTM node followed by a MatMul
 is not equivalent, since the projected state feeds the next step).
@@ -89,7 +93,12 @@ def torch_twin(module: nn.Module) -> type:
 
 
 def torch_forward(module: nn.Module, input, hx=None):
-    """``forward`` while a model is recorded: torch.nn's own, on the same Parameters."""
+    """``forward`` while a model is recorded: torch.nn's own, on the same Parameters (a
+    variant of :mod:`fastrnn.variants`: its scripted loops, see :mod:`fastrnn._script`)."""
+    from . import _script
+
+    if _script.is_variant(module):
+        return _script.record(module, input, hx, onnx=onnx_export(), dynamo=_dynamo_onnx_export())
     twin = torch_twin(module)
     if onnx_export() and getattr(module, "proj_size", 0) > 0:
         raise ValueError(
@@ -121,7 +130,12 @@ def to_torch(module: nn.Module) -> nn.Module:
 
 
 def prepare_scriptable(self):
-    """``__prepare_scriptable__``: TorchScript compiles the torch.nn twin (same Parameters)."""
+    """``__prepare_scriptable__``: TorchScript compiles the torch.nn twin (same Parameters);
+    for a variant of :mod:`fastrnn.variants`, a module running its scripted loops."""
+    from . import _script
+
+    if _script.is_variant(self):
+        return _script.scriptable(self)
     return to_torch(self)
 
 
