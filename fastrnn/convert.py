@@ -8,6 +8,7 @@ from torch import nn
 
 from . import backends
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .variants import _VariantCell, _VariantLayer
 
 __all__ = ["convert"]
 
@@ -31,8 +32,15 @@ def convert(module: nn.Module, backend: str = "auto") -> nn.Module:
         LSTM(16, 32)
     """
     backends.check_name(backend)
+    # a variant that torch.jit.script replaced by its scriptable module inside a parent
+    # (TorchScript's protocol writes it into the eager parent too) comes back
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            source = getattr(child, "_fastrnn_source", None)
+            if source is not None:
+                setattr(parent, name, source[0])
     for m in module.modules():
-        if isinstance(m, tuple(TWINS.values())):
+        if isinstance(m, (*TWINS.values(), _VariantLayer, _VariantCell)):
             m.backend = backend
         elif type(m) in TWINS:
             m.__class__ = TWINS[type(m)]

@@ -225,4 +225,6 @@ def torch_twin_class(cls: type) -> type:
 # ------------------------------------------------------------------------------------------
 def safe_globals() -> list:
     """The fastrnn classes a pickled model may contain, for ``torch.serialization.safe_globals``."""
-    return list(_fastrnn_classes())
+    from . import variants
+
+    return [*_fastrnn_classes(), *(getattr(variants, n) for n in variants.__all__)]

@@ -28,14 +28,15 @@ __all__ = ["PeepholeLSTM", "LayerNormLSTM", "PeepholeLSTMCell", "LayerNormLSTMCe
 
 def _init(module: nn.Module, params, hidden_size: int) -> None:
     """torch.nn's RNN initialisation, uniform in [-1/sqrt(H), 1/sqrt(H)], for the parameters
-    marked "uniform"; LayerNorm gains start at 1 and shifts at 0."""
+    marked "uniform"; LayerNorm gains start at 1 and shifts at 0. ``params``: (name, init)
+    pairs (plain strings, so that a pickled module holds no spec functions)."""
     k = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
     with torch.no_grad():
-        for name, spec in params:
+        for name, init in params:
             w = getattr(module, name)
-            if spec.init == "ones":
+            if init == "ones":
                 w.fill_(1.0)
-            elif spec.init == "zeros":
+            elif init == "zeros":
                 w.zero_()
             else:
                 w.uniform_(-k, k)
@@ -135,7 +136,7 @@ class _VariantLayer(_RecurrentLayer, nn.Module):
                     shape = p.shape(layer_input, hidden_size, proj_size)
                     self.register_parameter(name, Parameter(torch.empty(shape, **factory)))
                     names.append(name)
-                    specs.append((name, p))
+                    specs.append((name, p.init))
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
         self._param_specs = specs
@@ -268,7 +269,7 @@ class _VariantCell(_Cell, nn.Module):
         self._param_specs = []
         for p in self._spec.layer_params(bias, False):
             self.register_parameter(p.name, Parameter(torch.empty(p.shape(input_size, hidden_size, 0), **factory)))
-            self._param_specs.append((p.name, p))
+            self._param_specs.append((p.name, p.init))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -446,3 +446,32 @@ def test_onnx_dynamo_cell_any_batch(cid, cls, kw):
         x, hx = torch.randn(b, I), cell_state(b)
         with torch.no_grad():
             assert_close(ort_outputs(session, (x, hx)), m(x, hx), f"onnxruntime (dynamo) cell B={b}")
+
+
+def test_convert_brings_a_scripted_variant_back_and_weights_only_load():
+    """After torch.jit.script of a parent, its eager copy holds the scriptable module (as
+    TorchScript's protocol has it); fastrnn.convert puts the variant back. A pickled model
+    with variants loads with weights_only=True under fastrnn.safe_globals()."""
+    model = _Parent()
+    originals = list(model.children())
+    torch.jit.script(model)
+    fastrnn.convert(model, backend="reference")
+    assert list(model.children()) == originals and all(m.backend == "reference" for m in originals)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    with torch.serialization.safe_globals([*fastrnn.safe_globals(), _Parent]):
+        loaded = torch.load(buf, weights_only=True)
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(loaded(x), model(x))
+
+
+class _Parent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = fastrnn.LayerNormLSTM(3, 4)
+        self.cell = fastrnn.PeepholeLSTMCell(3, 4)
+
+    def forward(self, x):
+        out, _ = self.layer(x)
+        return out + self.cell(x[0])[0]
