@@ -9,6 +9,8 @@ FASTRNN_BACKEND=reference "$PY" -m pytest tests -q "$@"
 if "$PY" -c "import fastrnn, sys; sys.exit(fastrnn.available_backends()['cpp'] != 'available')"; then
   echo "== lane: cpp backend (whole suite)"
   FASTRNN_BACKEND=cpp "$PY" -m pytest tests -q "$@"
+  echo "== bench's own checks: its peers against fastrnn, each benchmark called once (bench/test_*.py)"
+  FASTRNN_BACKEND=cpp "$PY" -m pytest bench -q --benchmark-disable "$@"
 else
   echo "== lane: cpp backend skipped: $("$PY" -c "import fastrnn; print(fastrnn.available_backends()['cpp'])")"
 fi
