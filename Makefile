@@ -77,7 +77,9 @@ format: $(TOOLS)
 # would otherwise swallow the report written to fd 2 by a process that then aborts.
 SAN_DIR   := build/sanitize
 SAN_PY    := $(if $(findstring /,$(PY)),$(abspath $(PY)),$(PY))
-SAN_TESTS ?= tests/test_cpp.py tests/test_parity.py tests/test_ops.py tests/test_precision.py
+SAN_TESTS ?= tests/test_cpp.py tests/test_parity.py tests/test_ops.py tests/test_precision.py \
+  tests/test_variants.py::test_layer_matches_equations tests/test_variants.py::test_cell_matches_equations \
+  tests/test_variants.py::test_half_precision_against_fp32_oracle
 sanitize: $(if $(strip $(PYTHON)),,$(VENV)/.deps)
 	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
 	tar --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' -cf - . | tar -xf - -C $(SAN_DIR)
