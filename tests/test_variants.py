@@ -546,3 +546,16 @@ def test_autocast_runs_in_the_autocast_dtype(make):
         assert a.dtype == torch.bfloat16 and torch.equal(a, b)
     got[0].float().sum().backward()
     assert all(p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_forward_mode_ad_matches_the_equations(make):
+    """torch.func.jvp (forward-mode AD, which the fused ops cannot see) runs the reference
+    steps: the tangent equals the equations' own."""
+    m = make().to(DEVICE)
+    ref = oracle(m, torch.float32)
+    x, v = torch.randn(5, 2, 5, device=DEVICE), torch.randn(5, 2, 5, device=DEVICE)
+    out, tangent = torch.func.jvp(lambda t: m(t)[0], (x,), (v,))
+    want_out, want_tangent = torch.func.jvp(lambda t: ref(t)[0], (x,), (v,))
+    assert testing.rel_rms(out, want_out) <= testing.bound(torch.float32)
+    assert testing.rel_rms(tangent, want_tangent) <= testing.bound(torch.float32)
