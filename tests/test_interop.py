@@ -15,10 +15,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import fastrnn
 from conftest import DEVICE
 from fastrnn import interop
-from fastrnn.testing import bound, rel_rms
+from fastrnn.testing import rel_rms
 from helpers import make_pair, make_state
-
-BOUND = bound(torch.float32)
+from recording import BOUND, assert_close, flat, ort_outputs, reload, trace
 
 pytestmark = pytest.mark.skipif(
     DEVICE.type != "cpu", reason="torch's tracing, scripting, ONNX and quantization are compared on CPU"
@@ -42,24 +41,6 @@ CELLS = [  # (id, fastrnn class, torch.nn class, kwargs)
 I, H = 5, 7
 
 
-def flat(out):
-    """(output, h) / (output, (h, c)) / h / (h, c) -> list of tensors."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    res = []
-    for o in out:
-        res.extend(flat(o))
-    return res
-
-
-def assert_close(got, want, what):
-    got, want = flat(got), flat(want)
-    assert len(got) == len(want), what
-    for i, (a, b) in enumerate(zip(got, want)):
-        err = rel_rms(a, b)
-        assert err <= BOUND, f"{what}: result {i}: rel-RMS {err:.2e} > {BOUND:.0e}"
-
-
 def cell_pair(ours_cls, nn_cls, kw):
     ours = ours_cls(I, H, **kw)
     theirs = nn_cls(I, H, **kw)
@@ -69,28 +50,6 @@ def cell_pair(ours_cls, nn_cls, kw):
 
 def layer_input(module, T, B):
     return torch.randn(*((B, T) if module.batch_first else (T, B)), I)
-
-
-def reload(scripted):
-    buf = io.BytesIO()
-    torch.jit.save(scripted, buf)
-    buf.seek(0)
-    return torch.jit.load(buf)
-
-
-def trace(module, example, grad: bool):
-    """torch.jit.trace with its own check on, failing on any mismatch it reports."""
-    with warnings.catch_warnings(record=True) as caught, torch.set_grad_enabled(grad):
-        warnings.simplefilter("always")
-        traced = torch.jit.trace(module, example, check_trace=True)
-    complaints = [
-        str(w.message)
-        for w in caught
-        if issubclass(w.category, torch.jit.TracerWarning)
-        and ("does not match" in str(w.message) or "nondeterministic" in str(w.message))
-    ]
-    assert not complaints, complaints
-    return traced
 
 
 # ------------------------------------------------------------------------------------------
@@ -331,11 +290,6 @@ def onnx_run(module, args, dynamo, **kw):
         prog = torch.onnx.export(module, args, None if dynamo else buf, dynamo=dynamo, **kw)
     proto = prog.model_proto if dynamo else onnx.load_from_string(buf.getvalue())
     return onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]), proto
-
-
-def ort_outputs(session, args):
-    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), flat(args))}
-    return [torch.from_numpy(o) for o in session.run(None, feeds)]
 
 
 @needs_onnx

@@ -18,9 +18,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import fastrnn
 from conftest import DEVICE
 from fastrnn import interop
-from fastrnn.testing import bound, rel_rms
-
-BOUND = bound(torch.float32)
+from fastrnn.testing import rel_rms
+from recording import BOUND, assert_close, ort_outputs, reload, trace
 
 pytestmark = pytest.mark.skipif(
     DEVICE.type != "cpu", reason="torch's tracing, scripting and ONNX export are compared on CPU"
@@ -45,24 +44,6 @@ CELLS = [
 SIZES = [(4, 3), (9, 5), (1, 1)]  # (T, B): the recorded one, longer and wider, shorter and narrower
 
 
-def flat(out):
-    if isinstance(out, torch.Tensor):
-        return [out]
-    res = []
-    for o in out:
-        res.extend(flat(o))
-    return res
-
-
-def assert_close(got, want, what):
-    got, want = flat(got), flat(want)
-    assert len(got) == len(want), what
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert a.shape == b.shape, f"{what}: result {i}: shape {tuple(a.shape)} != {tuple(b.shape)}"
-        err = rel_rms(a, b)
-        assert err <= BOUND, f"{what}: result {i}: rel-RMS {err:.2e} > {BOUND:.0e}"
-
-
 def make(cls, kw):
     m = cls(I, H, **kw)
     with torch.no_grad():  # LayerNorm gains and shifts start at 1 and 0: move them off
@@ -79,28 +60,6 @@ def layer_state(m, B):
     D = 2 if m.bidirectional else 1
     P = m.proj_size if getattr(m, "proj_size", 0) > 0 else H
     return torch.randn(m.num_layers * D, B, P), torch.randn(m.num_layers * D, B, H)
-
-
-def reload(scripted):
-    buf = io.BytesIO()
-    torch.jit.save(scripted, buf)
-    buf.seek(0)
-    return torch.jit.load(buf)
-
-
-def trace(module, example, grad: bool):
-    """torch.jit.trace with its own check on, failing on any mismatch it reports."""
-    with warnings.catch_warnings(record=True) as caught, torch.set_grad_enabled(grad):
-        warnings.simplefilter("always")
-        traced = torch.jit.trace(module, example, check_trace=True)
-    complaints = [
-        str(w.message)
-        for w in caught
-        if issubclass(w.category, torch.jit.TracerWarning)
-        and ("does not match" in str(w.message) or "nondeterministic" in str(w.message))
-    ]
-    assert not complaints, complaints
-    return traced
 
 
 def loops(graph) -> int:
@@ -304,11 +263,6 @@ def onnx_export(module, args, **kw):
     onnx.checker.check_model(proto)
     session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return session, proto
-
-
-def ort_outputs(session, args):
-    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), flat(args))}
-    return [torch.from_numpy(o) for o in session.run(None, feeds)]
 
 
 def op_types(proto) -> set:
