@@ -90,6 +90,26 @@ def autocast_rule(
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _dtype_plan(spec, mode, input, states, weights, *, cell: bool, packed: bool, proj: bool):
+    """(dtype to compute in, dtypes of h and c to return) when a call runs in another dtype
+    than it returns, else None. Under autocast: torch.nn's rule (:func:`_autocast_dtypes`).
+    A cell with ``project_input`` (LayerNorm) in float16/bfloat16: float32 inside, results
+    rounded once. LayerNorm divides by the spread of what it normalises, which magnifies
+    the half rounding of the projections (and of the activations between layers) feeding
+    it (measured, bf16 LayerNormLSTM against the float32 equations: 0.7e-2..9e-2 relative
+    error rounding inside, 2e-3..4e-3 for one layer in float32 inside, at the rounding floor
+    of the results themselves)."""
+    if torch.is_autocast_enabled(input.device.type):
+        plan = _autocast_dtypes(
+            mode, input.device.type, cell=cell, packed=packed, proj=proj, states=states, weights=weights
+        )
+        if plan is not None:
+            return plan
+    if spec.project_input is not None and input.dtype in _HALF:
+        return torch.float32, input.dtype, input.dtype
+    return None
+
+
 def _autocast_cast(t, dtype):
     return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != dtype else t
 
@@ -126,66 +146,33 @@ def rnn(
     """
     spec = cells.for_mode(mode)
     has_c = len(spec.states) > 1
-    if torch.is_autocast_enabled(input.device.type):
-        states = tuple(hx) if has_c else (hx,)
-        plan = _autocast_dtypes(
-            mode,
-            input.device.type,
-            cell=False,
-            packed=lengths is not None,
-            proj=proj_size > 0,
-            states=states,
-            weights=weights,
-        )
-        if plan is not None:
-            compute, h_dtype, c_dtype = plan
-            state = tuple(_autocast_cast(s, compute) for s in states)
-            with torch.autocast(input.device.type, enabled=False):
-                out, hidden = rnn(
-                    mode,
-                    _autocast_cast(input, compute),
-                    state if has_c else state[0],
-                    [_autocast_cast(w, compute) for w in weights],
-                    bias=bias,
-                    num_layers=num_layers,
-                    dropout=dropout,
-                    training=training,
-                    bidirectional=bidirectional,
-                    proj_size=proj_size,
-                    lengths=lengths,
-                    backend=backend,
-                    options=options,
-                )
-            if has_c:
-                return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
-            return out.to(h_dtype), hidden.to(h_dtype)
-    if spec.project_input is not None and input.dtype in _HALF:
-        # LayerNorm divides by the spread of what it normalises, which magnifies the half
-        # rounding of the projections (and of the activations between layers) feeding it:
-        # such a layer computes in float32 inside and rounds its results only (measured, bf16
-        # LayerNormLSTM against the float32 equations: 0.7e-2..9e-2 relative error before,
-        # 2e-3..4e-3 after for one layer, at the rounding floor of the results themselves).
-        states = tuple(hx) if has_c else (hx,)
-        out, hidden = rnn(
-            mode,
-            input.float(),
-            tuple(s.float() for s in states) if has_c else states[0].float(),
-            [w.float() for w in weights],
-            bias=bias,
-            num_layers=num_layers,
-            dropout=dropout,
-            training=training,
-            bidirectional=bidirectional,
-            proj_size=proj_size,
-            lengths=lengths,
-            backend=backend,
-            options=options,
-        )
-        cast = tuple(h.to(s.dtype) for h, s in zip(hidden if has_c else (hidden,), states, strict=True))
-        return out.to(input.dtype), (cast if has_c else cast[0])
+    states = tuple(hx) if has_c else (hx,)
+    plan = _dtype_plan(spec, mode, input, states, weights, cell=False, packed=lengths is not None, proj=proj_size > 0)
+    if plan is not None:
+        compute, h_dtype, c_dtype = plan
+        state = tuple(_autocast_cast(s, compute) for s in states)
+        with torch.autocast(input.device.type, enabled=False):
+            out, hidden = rnn(
+                mode,
+                _autocast_cast(input, compute),
+                state if has_c else state[0],
+                [_autocast_cast(w, compute) for w in weights],
+                bias=bias,
+                num_layers=num_layers,
+                dropout=dropout,
+                training=training,
+                bidirectional=bidirectional,
+                proj_size=proj_size,
+                lengths=lengths,
+                backend=backend,
+                options=options,
+            )
+        if has_c:
+            return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
+        return out.to(h_dtype), hidden.to(h_dtype)
     concrete = backends.resolve(backend, input.device)
     D = 2 if bidirectional else 1
-    states0 = tuple(hx) if len(spec.states) > 1 else (hx,)
+    states0 = states
     T, B = input.shape[0], input.shape[1]
     finals: list[list[Tensor]] = [[] for _ in spec.states]
     layer_input = input
@@ -265,17 +252,9 @@ def cell_step(
     spec = cells.for_mode(mode)
     has_c = len(spec.states) > 1
     states = tuple(hx) if has_c else (hx,)
-    plan = None
-    if torch.is_autocast_enabled(input.device.type):
-        plan = _autocast_dtypes(
-            mode,
-            input.device.type,
-            cell=True,
-            packed=False,
-            proj=False,
-            states=states,
-            weights=(weights["weight_ih"], weights["weight_hh"]),
-        )
+    plan = _dtype_plan(
+        spec, mode, input, states, (weights["weight_ih"], weights["weight_hh"]), cell=True, packed=False, proj=False
+    )
     if plan is not None:
         compute, h_dtype, c_dtype = plan
         cast_states = tuple(_autocast_cast(s, compute) for s in states)
@@ -291,17 +270,6 @@ def cell_step(
                 options=options,
             )
         return (out[0].to(h_dtype), out[1].to(c_dtype)) if has_c else out.to(h_dtype)
-    if spec.project_input is not None and input.dtype in _HALF:  # float32 inside, as in rnn()
-        out = cell_step(
-            mode,
-            input.float(),
-            tuple(s.float() for s in states) if has_c else states[0].float(),
-            {k: w.float() for k, w in weights.items()},
-            bias=bias,
-            backend=backend,
-            options=options,
-        )
-        return tuple(o.to(s.dtype) for o, s in zip(out, states, strict=True)) if has_c else out.to(states[0].dtype)
     concrete = backends.resolve(backend, input.device)
     b, extras, attrs = spec.loop_inputs(mode, weights, bias, options)
     w_ih = weights["weight_ih"]
