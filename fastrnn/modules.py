@@ -269,12 +269,12 @@ class _Cell:
             )
         _check_state_like(input, states)
 
-        spec = cells.for_mode(self._mode)
+        names = functional._param_names(cells.for_mode(self._mode).name, self.bias, False)
         out = functional.cell_step(
             self._mode,
             input,
             states if is_lstm else states[0],
-            {p.name: getattr(self, p.name) for p in spec.layer_params(self.bias, False)},
+            {n: getattr(self, n) for n in names},
             bias=self.bias,
             backend=getattr(self, "backend", "auto"),
             options=self._options(),
