@@ -79,7 +79,7 @@ SAN_DIR   := build/sanitize
 SAN_PY    := $(if $(findstring /,$(PY)),$(abspath $(PY)),$(PY))
 SAN_TESTS ?= tests/test_cpp.py tests/test_parity.py tests/test_ops.py tests/test_precision.py \
   tests/test_variants.py::test_layer_matches_equations tests/test_variants.py::test_cell_matches_equations \
-  tests/test_variants.py::test_half_precision_against_fp32_oracle
+  tests/test_variants.py::test_half_precision_against_fp32_oracle tests/test_fastpaths.py
 sanitize: $(if $(strip $(PYTHON)),,$(VENV)/.deps)
 	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
 	tar --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' -cf - . | tar -xf - -C $(SAN_DIR)

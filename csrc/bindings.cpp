@@ -326,6 +326,10 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& dy, const at::Tensor& dh_
 }
 
 }  // namespace
+
+void register_cell_steps(pybind11::module_& m);  // cell_step.cpp
+void register_stack(pybind11::module_& m);       // stack.cpp
+
 }  // namespace fastrnn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -360,4 +364,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("c0"), py::arg("ws"), py::arg("cs"), py::arg("lengths"), py::arg("reverse"));
   m.def("set_poison", [](bool on) { g_poison = on; }, "NaN-fill every buffer the kernels write (tests)");
   m.def("uses_blas", &use_blas, "whether a (M x K) @ (K x N) step product goes to BLAS");
+  register_cell_steps(m);
+  register_stack(m);
 }

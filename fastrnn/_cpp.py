@@ -21,6 +21,13 @@ Entry points, time-major (G: gate width, P: proj_size or H):
   reverse)`` -> dx_proj (T,B,4H), dh0 (B,H), dc0 (B,H), dgh (T,B,4H), and per step summed over
   its active rows sum_da_rhat (T,4H), sum_da (T,4H), sum_dc_shat (T,H), sum_dc (T,H)
 
+One-call paths (``fastrnn.functional`` routes plain eager calls to them):
+
+* ``stack_forward(mode, input, hx, weights, num_layers, bidirectional, bias, proj_size, dropout,
+  lengths)`` -> output, h_n[, c_n]: a whole LSTM/GRU/RNN stack's forward when no backward follows
+* ``lstm_cell_forward``/``gru_cell_forward``/``rnn_cell_forward`` and their ``*_backward``: one
+  torch.nn cell step, products included (:mod:`fastrnn._cell_step`)
+
 With ``workspace=False`` (no backward will follow) gates/ws/cs/acts come back as empty tensors
 and the loop keeps only O(B*H) state. The weight gradients are not computed here.
 """

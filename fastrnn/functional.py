@@ -88,6 +88,9 @@ def autocast_rule(
 
 
 _HALF = (torch.float16, torch.bfloat16)
+# what the C++ backend's one-call inference stack (csrc/stack.cpp) runs
+_STACK_MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+_STACK_DTYPES = (torch.float32, torch.float64)
 
 
 def _dtype_plan(spec, mode, input, states, weights, *, cell: bool, packed: bool, proj: bool):
@@ -171,6 +174,26 @@ def rnn(
             return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
         return out.to(h_dtype), hidden.to(h_dtype)
     concrete = backends.resolve(backend, input.device)
+    if concrete == "cpp" and mode in _STACK_MODES and input.dtype in _STACK_DTYPES:
+        tensors = (input, *states, *weights)
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if not grad and ops.plain_eager(tensors):
+            from . import _cpp  # the cpp backend loaded: its extension is there
+
+            # no backward follows: the whole stack in one call (same operations, same bits)
+            out, *final = _cpp._C.stack_forward(
+                mode,
+                input,
+                list(states),
+                list(weights),
+                num_layers,
+                bidirectional,
+                bias,
+                proj_size,
+                dropout if training else 0.0,
+                lengths,
+            )
+            return out, (tuple(final) if has_c else final[0])
     D = 2 if bidirectional else 1
     states0 = states
     T, B = input.shape[0], input.shape[1]
@@ -271,6 +294,12 @@ def cell_step(
             )
         return (out[0].to(h_dtype), out[1].to(c_dtype)) if has_c else out.to(h_dtype)
     concrete = backends.resolve(backend, input.device)
+    if concrete == "cpp":
+        from . import _cell_step  # the cpp backend loaded: its extension is there
+
+        w = (weights["weight_ih"], weights["weight_hh"], weights.get("bias_ih"), weights.get("bias_hh"))
+        if _cell_step.serves(mode, input, states, w):
+            return _cell_step.step(mode, input, states, *w)
     b, extras, attrs = spec.loop_inputs(mode, weights, bias, options)
     w_ih = weights["weight_ih"]
     x_proj = (torch.addmm(b, input, w_ih.t()) if b is not None else input @ w_ih.t()).unsqueeze(0)

@@ -201,6 +201,23 @@ def _eager(args) -> bool:
     )
 
 
+def plain_eager(tensors) -> bool:
+    """Whether a call on these tensors (None entries allowed) may skip the recurrence ops
+    altogether for a one-call C++ path (a whole stack's inference, a cell step): plain
+    tensors and nothing that traces, intercepts or transforms the call. Any active torch.func
+    transform or forward-mode AD level answers no (the general route then decides per
+    tensor); checking the levels first keeps this at a few attribute reads a call.
+    ``is_compiling`` comes first: under torch.compile it is constant True, so dynamo never
+    meets the interpreter-state queries below (each would break the graph)."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.maybe_current_level() is not None or torch.autograd.forward_ad._current_level >= 0:
+        return False
+    if torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled():
+        return False
+    return all(type(t) in _PLAIN for t in tensors if t is not None)
+
+
 def _schema(names: tuple, cell: Cell, results: int, tail: str) -> str:
     types = {
         "lengths": "Tensor?",
