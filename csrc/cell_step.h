@@ -130,8 +130,24 @@ FASTRNN_INLINE void dot_product(int64_t M, int64_t K, int64_t N, const T* A, int
 
 // The kernels win while the product is small: at B=1, H=64 a step's six products took ~1 us in
 // all against ~20 us through at::addmm/at::mm. BLAS (threaded, cache-blocked) takes over at
-// the time loops' crossover.
-inline bool use_kernel(int64_t M, int64_t K, int64_t N) { return !use_blas(M, K, N); }
+// the time loops' crossover, and earlier when N is not a whole number of vectors: gemm_acc
+// runs the last N % (vector width) columns as scalar loops, which cost time_sequence_prediction's
+// cell backward (B=97, H=51, float64: 3 such columns of 51) more than BLAS's whole product.
+template <typename T>
+bool use_kernel(int64_t M, int64_t K, int64_t N) {
+  constexpr int64_t VN = 64 / sizeof(T);
+  return M * K * N <= (int64_t(1) << 18) || (N % VN == 0 && !use_blas(M, K, N));
+}
+
+// The dot kernel pays a lane reduction and a scalar K tail per output, ~10 operations against
+// K / (vector width) FMAs: it keeps the small products (BLAS's ~3.5 us a call is then the larger
+// cost) and the long ones (K of 12 vectors or more). In between it lost: time_sequence_prediction's
+// cells (B=97, K=51, N=204, float64) stepped at 0.63x torch.nn's through it, one thread.
+template <typename T>
+bool use_dot(int64_t M, int64_t K, int64_t N) {
+  constexpr int64_t VN = 64 / sizeof(T);
+  return M * K * N <= (int64_t(1) << 18) || (!use_blas(M, K, N) && K >= 12 * VN);
+}
 
 #define FASTRNN_DEFINE_CELL_ROWS(NAME, TARGET, SHAPE, RM, RN)                                                        \
   struct NAME {                                                                                                      \
@@ -219,7 +235,7 @@ void run_gemm(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T*
 template <typename T>
 at::Tensor gate_product(const at::Tensor& a, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
   const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
-  if (!use_kernel(M, K, N)) return b ? at::addmm(*b, a, w.t()) : at::mm(a, w.t());
+  if (!use_dot<T>(M, K, N)) return b ? at::addmm(*b, a, w.t()) : at::mm(a, w.t());
   auto out = fresh({M, N}, a.options());
   const auto wc = w.contiguous();
   const auto bc = b ? b->contiguous() : at::Tensor();
@@ -231,7 +247,7 @@ at::Tensor gate_product(const at::Tensor& a, const at::Tensor& w, const c10::opt
 template <typename T>
 at::Tensor times(const at::Tensor& g, const at::Tensor& w, const at::Tensor* init) {
   const int64_t M = g.size(0), K = g.size(1), N = w.size(1);
-  if (!use_kernel(M, K, N)) return init ? at::addmm(*init, g, w) : at::mm(g, w);
+  if (!use_kernel<T>(M, K, N)) return init ? at::addmm(*init, g, w) : at::mm(g, w);
   auto out = init ? init->clone() : at::zeros({M, N}, g.options());
   const auto wc = w.contiguous();
   run_gemm<T>(M, K, N, g.data_ptr<T>(), K, wc.data_ptr<T>(), N, out.data_ptr<T>(), N);
@@ -242,7 +258,7 @@ at::Tensor times(const at::Tensor& g, const at::Tensor& w, const at::Tensor* ini
 template <typename T>
 at::Tensor batch_outer(const at::Tensor& g, const at::Tensor& a) {
   const int64_t B = g.size(0), M = g.size(1), N = a.size(1);
-  if (!use_kernel(M, B, N)) return at::mm(g.t(), a);
+  if (!use_kernel<T>(M, B, N)) return at::mm(g.t(), a);
   const auto gt = g.t().contiguous();
   auto out = at::zeros({M, N}, g.options());
   run_gemm<T>(M, B, N, gt.data_ptr<T>(), B, a.data_ptr<T>(), N, out.data_ptr<T>(), N);
@@ -253,7 +269,7 @@ at::Tensor batch_outer(const at::Tensor& g, const at::Tensor& a) {
 template <typename T>
 at::Tensor column_sums(const at::Tensor& g) {
   const int64_t B = g.size(0), N = g.size(1);
-  if (!use_kernel(B, 1, N)) return g.sum(0);
+  if (!use_kernel<T>(B, 1, N)) return g.sum(0);
   auto out = at::zeros({N}, g.options());
   T* o = out.data_ptr<T>();
   const T* p = g.data_ptr<T>();
