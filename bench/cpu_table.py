@@ -231,23 +231,34 @@ def _client_workloads(row: Row, backend: str):
 WORKLOADS = {"layer": _layer_workloads, "cell": _cell_workloads, "client": _client_workloads}
 
 
-def _median(fn, min_run_time, threads):
+def _median(fn, min_run_time, threads, single):
     timer = tb.Timer("fn()", globals={"fn": fn}, num_threads=threads)
+    if single:
+        # one call is longer than min_run_time: blocked_autorange would spend a second call
+        # on sizing its block, which doubled the cost of the big rows
+        return timer.timeit(1).median
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def measure(row: Row, backend: str, min_run_time: float, rounds: int, threads: int) -> dict:
     torch.manual_seed(0)
     f_nn, f_ours = WORKLOADS[row.kind](row, backend)
-    for f in (f_nn, f_ours, f_nn, f_ours):  # warm-up
+    warm = []
+    for f in (f_nn, f_ours):  # warm-up
+        t0 = time.perf_counter()
         f()
+        warm.append(time.perf_counter() - t0)
+    single = min(warm) >= min_run_time
+    if not single:  # a second warm-up pair where it is cheap
+        f_nn()
+        f_ours()
     # torch.nn and fastrnn alternate, round after round: this shared 2-core machine drifts
     # by tens of percent within minutes, and a ratio of two neighbouring medians cancels
     # most of that; the table gives the median ratio over the rounds and its range.
     t_nn, t_ours = [], []
     for _ in range(rounds):
-        t_nn.append(_median(f_nn, min_run_time, threads))
-        t_ours.append(_median(f_ours, min_run_time, threads))
+        t_nn.append(_median(f_nn, min_run_time, threads, single))
+        t_ours.append(_median(f_ours, min_run_time, threads, single))
     ratios = sorted(a / b for a, b in zip(t_nn, t_ours))
     T, B, I, H = row.shape
     return {
@@ -270,6 +281,7 @@ def measure(row: Row, backend: str, min_run_time: float, rounds: int, threads: i
         "speedup_min": ratios[0],
         "speedup_max": ratios[-1],
         "rounds": rounds,
+        "one_call_per_round": single,
         "torch_nn_rounds_s": t_nn,
         "fastrnn_rounds_s": t_ours,
     }
@@ -386,9 +398,20 @@ def _memory_child(impl: str, mode: str, shape, backend: str, threads: int) -> di
     x = torch.randn(T, B, I)
     g = torch.randn(T, B, H) if mode == "fwdbwd" else None
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    current = _rss_kib()
     one_pass(m, x, g)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"maxrss_before_kib": before, "maxrss_after_kib": after}
+    return {"maxrss_before_kib": before, "maxrss_after_kib": after, "rss_before_kib": current}
+
+
+def _rss_kib():
+    """The resident set now (Linux), or None: when it sits well below the high-water mark
+    before the pass, the pass's extra memory can hide under that mark."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError):
+        return None
 
 
 def memory_peak(impl: str, mode: str, shape=MEMORY_SHAPE, backend: str = "cpp", threads: int | None = None) -> dict:
@@ -425,6 +448,8 @@ def memory_row(name: str, mode: str, shape=MEMORY_SHAPE, backend: str = "cpp", t
         "ok": ours["extra_mb"] <= nn_r["extra_mb"],
         "torch_nn_maxrss_kib": [nn_r["maxrss_before_kib"], nn_r["maxrss_after_kib"]],
         "fastrnn_maxrss_kib": [ours["maxrss_before_kib"], ours["maxrss_after_kib"]],
+        "torch_nn_rss_before_kib": nn_r["rss_before_kib"],
+        "fastrnn_rss_before_kib": ours["rss_before_kib"],
     }
 
 

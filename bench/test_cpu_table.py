@@ -13,7 +13,7 @@ from bench import cpu_table
 ROWS = ["LSTM (100,1,32,64) fwd+bwd", "RNN (100,8,64,128) fwd+bwd", "LSTMCell x50 (B=1,I=64,H=64) fwd+bwd"]
 ROW_KEYS = {
     "name", "kind", "cell", "T", "B", "input", "hidden", "layers", "bidirectional", "dtype", "mode", "packed",
-    "goal", "torch_nn_s", "fastrnn_s", "speedup", "speedup_min", "speedup_max", "rounds",
+    "goal", "torch_nn_s", "fastrnn_s", "speedup", "speedup_min", "speedup_max", "rounds", "one_call_per_round",
     "torch_nn_rounds_s", "fastrnn_rounds_s",
 }  # fmt: skip
 
