@@ -8,6 +8,8 @@ process. Structure only, no timing assertion (this 2-core machine is shared).
 import json
 import math
 
+import torch
+
 from bench import cpu_table
 
 ROWS = ["LSTM (100,1,32,64) fwd+bwd", "RNN (100,8,64,128) fwd+bwd", "LSTMCell x50 (B=1,I=64,H=64) fwd+bwd"]
@@ -62,7 +64,14 @@ def test_quick_skips_big_rows():
 
 
 def test_memory_row_fresh_process():
+    # a large parent: the child's high-water mark must not start at the parent's (ru_maxrss
+    # does, through fork and exec)
+    ballast = torch.ones(100 * 2**20)  # 400 MB, touched
     r = cpu_table.memory_row("tiny", "fwdbwd", shape=(5, 2, 8, 16), threads=1)
+    del ballast
+    for side in ("torch_nn", "fastrnn"):
+        before, _ = r[f"{side}_maxrss_kib"]
+        assert before - r[f"{side}_rss_before_kib"] < 64 * 1024, side
     for key in ("torch_nn_mb", "fastrnn_mb"):
         assert isinstance(r[key], float), key
         assert math.isfinite(r[key]), key
