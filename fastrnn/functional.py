@@ -174,10 +174,12 @@ def rnn(
             return out.to(h_dtype), (hidden[0].to(h_dtype), hidden[1].to(c_dtype))
         return out.to(h_dtype), hidden.to(h_dtype)
     concrete = backends.resolve(backend, input.device)
-    if concrete == "cpp" and mode in _STACK_MODES and input.dtype in _STACK_DTYPES:
-        tensors = (input, *states, *weights)
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if not grad and ops.plain_eager(tensors):
+    # plain eager tensors (nothing traces, intercepts or transforms the call): the ops may
+    # skip their own re-checks, and the C++ backend may run an inference stack in one call
+    checked = concrete == "cpp" and ops.plain_eager((input, *states, *weights))
+    if checked and mode in _STACK_MODES and input.dtype in _STACK_DTYPES:
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (input, *states, *weights))
+        if not grad:
             from . import _cpp  # the cpp backend loaded: its extension is there
 
             # no backward follows: the whole stack in one call (same operations, same bits)
@@ -204,6 +206,7 @@ def rnn(
         loop = [spec.loop_inputs(mode, g, bias, options) for g in groups]  # (x_proj bias, extras, attrs)
         w_ih = torch.cat([g["weight_ih"] for g in groups]) if D > 1 else groups[0]["weight_ih"]
         x2d = layer_input.reshape(T * B, layer_input.shape[-1])
+        b = None
         if loop[0][0] is not None:  # the bias folded into the projection (LayerNormLSTM has none)
             b = torch.cat([lp[0] for lp in loop]) if D > 1 else loop[0][0]
             x_proj = torch.addmm(b, x2d, w_ih.t())
@@ -216,8 +219,10 @@ def rnn(
             i = layer * D + d
             _, extras, attrs = loop[d]
             x_d = x_proj[..., d * G : (d + 1) * G] if D > 1 else x_proj
+            recipe = (x2d, w_ih, b, d * G, (d + 1) * G) if checked else (None,) * 5
             if spec.project_input is not None:
                 x_d = spec.project_input(x_d, groups[d], options)
+                recipe = (None,) * 5
             y, *final = ops.recurrence(
                 spec,
                 x_d,
@@ -228,10 +233,15 @@ def rnn(
                 d == 1,
                 attrs,
                 concrete,
+                checked,
+                recipe,
             )
             outs.append(y)
             for acc, f in zip(finals, final, strict=True):
                 acc.append(f)
+        # the projection's last reference here: gone before the next layer's is made
+        # (the ops keep it only where a backward needs it)
+        del x_proj, x_d
         layer_input = torch.cat(outs, dim=-1) if D > 1 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)

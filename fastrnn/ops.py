@@ -130,9 +130,19 @@ def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool) -> tuple:
+# Backends whose entry points return only fresh buffers (csrc/: every output comes from
+# fresh() or a new ATen result), and whose results here are new tensors or slices of those:
+# nothing can alias an input, so _fresh's storage checks are skipped.
+_FRESH_OUTPUTS = ("cpp",)
+
+
+def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool, checked: bool = False) -> tuple:
+    """``checked``: the caller built the arguments from a module's checked parameters and
+    states (:func:`fastrnn.functional.rnn`), so the Python checks are skipped; the C++
+    entry points check every argument again whatever the route."""
     named = dict(zip(cell.forward_args, args, strict=True))
-    _check(cell, named)
+    if not checked:
+        _check(cell, named)
     native, low = _native(backend, args)
     out = tuple(backends.implementation(backend, f"{cell.name}_forward")(*native, workspace))
     n = 1 + len(cell.states)
@@ -141,7 +151,7 @@ def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool) -> tupl
     if not workspace and any(w.numel() for w in out[n:]):  # the op's contract: empty workspaces
         acc = acc_dtype(named["x_proj"].dtype)
         out = out[:n] + tuple(named["x_proj"].new_empty(0, dtype=acc) for _ in cell.workspace)
-    return _fresh(out, args)
+    return out if backend in _FRESH_OUTPUTS else _fresh(out, args)
 
 
 def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
@@ -173,7 +183,7 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     out = (dx, dw_hh, *d_extras, *dstates0)
     # custom ops return Tensors: an empty one stands for the gradient of an absent extra
     out = tuple(args[0].new_empty(0) if t is None else _as(t, dtype) for t in out)
-    return _fresh(out, args)
+    return out if backend in _FRESH_OUTPUTS else _fresh(out, args)
 
 
 # ----------------------------------------------------------------------------------------
@@ -215,7 +225,10 @@ def plain_eager(tensors) -> bool:
         return False
     if torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled():
         return False
-    return all(type(t) in _PLAIN for t in tensors if t is not None)
+    # legacy batched tensors (is_grads_batched backwards, vectorized jacobians) are plain
+    # Tensors to type() and set no functorch level
+    is_legacy = torch._C._functorch.is_legacy_batchedtensor
+    return all(type(t) in _PLAIN and not is_legacy(t) for t in tensors if t is not None)
 
 
 def _schema(names: tuple, cell: Cell, results: int, tail: str) -> str:
@@ -245,6 +258,9 @@ class Recurrence:
 
         def forward_body(*args, **kwargs):
             return _run_forward(cell, args[:n_fwd], args[n_fwd], workspace_arg(args, kwargs))
+
+        def checked_body(*args, **kwargs):
+            return _run_forward(cell, args[:n_fwd], args[n_fwd], workspace_arg(args, kwargs), checked=True)
 
         def backward_body(*args):
             return _run_backward(cell, args[:-1], args[-1])
@@ -285,9 +301,19 @@ class Recurrence:
                 *(dy.new_empty(named[f"{s}0"].shape) for s in cell.states),
             )
 
-        def setup_context(ctx, inputs, output):
+        def setup_context(ctx, inputs, output, recipe=None):
             named = dict(zip(cell.forward_args, inputs, strict=False))
-            ctx.save_for_backward(*(named[a] for a in self.saved_names), output[0], *output[n_diff:])
+            saved = [named[a] for a in self.saved_names]
+            tail = []
+            ctx.recipe = None
+            if recipe is not None and recipe[0] is not None:
+                # x_proj is kept only for a differentiable backward (create_graph), which can
+                # recompute it from the projection's operands: those are saved for the
+                # projection's own backward anyway, so x_proj's (T, B, G) buffer is freed
+                saved[0] = None
+                ctx.recipe = recipe[3:]
+                tail = recipe[:3]
+            ctx.save_for_backward(*saved, output[0], *output[n_diff:], *tail)
             ctx.attrs = tuple(named[a] for a, *_ in cell.attrs)
             ctx.reverse, ctx.backend = named["reverse"], inputs[n_fwd]
             ctx.kept_workspace = workspace_arg(inputs, {})
@@ -299,7 +325,9 @@ class Recurrence:
         self.op = getattr(torch.ops.fastrnn, f"{cell.name}_recurrence")
         self.backward_op = getattr(torch.ops.fastrnn, f"{cell.name}_recurrence_backward")
         self.forward_body, self.backward_body = forward_body, backward_body
-        self.function = self._function(setup_context)
+        self.function = self._function(setup_context, forward_body)
+        self.checked_body = checked_body
+        self.checked_function = self._function(setup_context, checked_body, recipe=True)
 
     def _backward(self, ctx, grads) -> tuple:
         """Gradients of the forward op's arguments up to ``backend``."""
@@ -307,12 +335,19 @@ class Recurrence:
         saved = ctx.saved_tensors
         k = len(self.saved_names)
         named = dict(zip(self.saved_names, saved[:k], strict=True))
+        recipe = getattr(ctx, "recipe", None)
+        if recipe is not None:
+            saved, (x2d, w_in, b_in) = saved[:-3], saved[-3:]
         y, workspace = saved[k], saved[k + 1 :]
         extras = tuple(named[e] for e in cell.extras)
         states0 = tuple(named[f"{s}0"] for s in cell.states)
         lengths = named["lengths"]
         tail = (None, None, *(None for _ in cell.attrs), None)  # lengths, reverse, attrs, backend
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            if recipe is not None:  # the projection again, the same operation as functional.rnn's
+                start, end = recipe
+                proj = x2d @ w_in.t() if b_in is None else torch.addmm(b_in, x2d, w_in.t())
+                named["x_proj"] = proj.view(*y.shape[:2], -1)[..., start:end]
             ne = len(extras)
             grads = _differentiable_grads(
                 lambda x, w, *rest: reference.recurrence(
@@ -341,19 +376,25 @@ class Recurrence:
         )
         # the saved tensors were plain when the forward ran; only the upstream gradients can
         # come wrapped or batched (is_grads_batched, gradcheck)
-        out = self.backward_body(*args) if _eager(grads[:n_diff]) else self.backward_op(*args)
+        plain = plain_eager(grads[:n_diff]) or _eager(grads[:n_diff])
+        out = self.backward_body(*args) if plain else self.backward_op(*args)
         d_extras = tuple(None if e is None else g for e, g in zip(extras, out[2 : 2 + len(extras)], strict=True))
         return (out[0], out[1], *d_extras, *out[2 + len(extras) :], *tail)
 
-    def _function(self, setup_context):
-        """The eager autograd.Function of the forward op."""
-        body, n_diff, owner = self.forward_body, self.n_diff, self
+    def _function(self, setup_context, body, recipe: bool = False):
+        """The eager autograd.Function of the forward op, running ``body``. With ``recipe``
+        it takes five more arguments after ``backend``: x2d, w_in, b_in, start, end, the
+        projection x_proj came from (x_proj = (x2d @ w_in^T + b_in)[..., start:end]), or
+        five Nones."""
+        n_diff, owner = self.n_diff, self
+        n_op = len(self.cell.forward_args) + 1  # up to backend
+        extra = (None,) * 5 if recipe else ()
 
         # forward(ctx, ...) rather than a separate setup_context staticmethod: with the latter,
         # Function.apply binds the arguments through inspect.signature on every call (~70 us).
         def forward(ctx, *args):
-            out = body(*args)
-            setup_context(ctx, args, out)
+            out = body(*args[:n_op])
+            setup_context(ctx, args[:n_op], out, args[n_op:] if recipe else None)
             # Autograd would otherwise fill a zero gradient for every output the loss does not
             # use, the (T, B, 4H) workspace included: ~0.5 ms of memset per LSTM backward at
             # T=100, B=8, H=128 here. Only the state outputs get zeros, made below on demand.
@@ -367,7 +408,7 @@ class Recurrence:
                 g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
                 for g, (shape, dtype, device) in zip(grads, ctx.grad_like, strict=False)
             ]
-            return owner._backward(ctx, grads)
+            return (*owner._backward(ctx, grads), *extra)
 
         return type(
             f"{self.cell.title}Recurrence",
@@ -384,6 +425,14 @@ class Recurrence:
         if needs_grad:
             return self.function.apply(*args)
         return self.forward_body(*args, workspace=False)
+
+    def checked_call(self, *args, recipe: tuple = (None,) * 5):
+        """``__call__`` for arguments built from a module's checked parameters and states, on
+        tensors :func:`plain_eager` accepted: the same routes without re-checking either.
+        ``recipe``: (x2d, w_in, b_in, start, end) when x_proj is a slice of that projection."""
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            return self.checked_function.apply(*args, *recipe)
+        return self.checked_body(*args, workspace=False)
 
 
 def _differentiable_grads(recurrence, inputs: tuple, grad_outputs: tuple) -> list:
@@ -443,8 +492,18 @@ def recurrence(
     reverse: bool,
     attrs: tuple,
     backend: str,
+    checked: bool = False,
+    recipe: tuple = (None,) * 5,
 ) -> tuple:
-    """One layer and direction of ``cell``: returns (y (T, B, P), *final states)."""
+    """One layer and direction of ``cell``: returns (y (T, B, P), *final states).
+
+    ``checked``: the arguments come from a module's checked parameters and states and
+    :func:`plain_eager` accepted them (:func:`fastrnn.functional.rnn` says so); then
+    ``recipe`` may say which projection x_proj is a slice of (see :meth:`Recurrence.checked_call`)."""
+    if checked and backend != backends.ORACLE:
+        op = OPS[cell.name]
+        out = op.checked_call(x_proj, w_hh, *extras, *states, lengths, reverse, *attrs, backend, recipe=recipe)
+        return out[: 1 + len(states)]
     if backend == backends.ORACLE or needs_composite(x_proj, w_hh, *extras, *states):
         return reference.recurrence(cell, x_proj, w_hh, extras, states, lengths, reverse, attrs)
     out = OPS[cell.name](x_proj, w_hh, *extras, *states, lengths, reverse, *attrs, backend)
