@@ -379,4 +379,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "threaded_jobs", [] { return Pool::threaded_jobs.load(); },
       "how many jobs have run on more than one thread (tests)");
+  m.def(
+      "degraded_jobs", [] { return Pool::degraded_jobs.load(); },
+      "how many of those gave up their threads part way (a partner thread was descheduled)");
+  m.def(
+      "give_up_threads_at", [](int64_t k) { Pool::give_up_at = k; },
+      "tests: every threaded loop gives up its threads at its k-th barrier (0: only when a partner is descheduled)");
 }

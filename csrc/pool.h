@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -43,6 +44,8 @@ class Pool {
     n_ = n;
     bar_count_.store(0, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
+    degrade_.store(false, std::memory_order_relaxed);
+    barriers_ = 0;
     const int acks = static_cast<int>(workers_.size());
     // seq_cst with the sleepers_ load (and the worker's sleepers_ increment before it checks
     // job_): either this thread sees the sleeper or the sleeper sees the new job
@@ -56,21 +59,58 @@ class Pool {
     // every worker acknowledges every job, also those past n (fewer threads than workers):
     // a worker still reading this job's n_ must not see the next job's
     spin_until([&] { return done_.load(std::memory_order_acquire) == acks; });
+    if (decision_.load(std::memory_order_relaxed)) {
+      degraded_jobs.fetch_add(1, std::memory_order_relaxed);
+      backoff_until_.store(
+          (std::chrono::steady_clock::now() + std::chrono::milliseconds(100)).time_since_epoch().count(),
+          std::memory_order_relaxed);
+    }
+    decision_.store(false, std::memory_order_relaxed);
     busy_.store(false, std::memory_order_release);
     return true;
   }
 
+  // A thread's clock between barriers (Pool::barrier): when it last left one.
+  struct Member {
+    uint64_t left = 0;
+  };
+
   // All n threads of the running job meet here; memory written before it by any of them is
-  // visible to all after it.
-  void barrier(int n) {
-    if (n == 1) return;
+  // visible to all after it. Returns true when the team gives up its threads for the rest of
+  // the job (the same answer for every thread at the same barrier): the caller (tid 0) then
+  // runs on alone and the others return. That happens when some thread waited here for more
+  // than 100 us and longer than its own work since the previous barrier: a partner was
+  // descheduled (more runnable threads than cores: a loaded shared machine, or torch's own
+  // threads), and a loop that waits a scheduler time slice at every step ran 500x slower
+  // than one thread in a measurement on such a machine. Balanced slices never wait that long.
+  bool barrier(int n, Member& me) {
+    if (n == 1) return false;
+    const uint64_t arrived = ticks();
     const uint32_t gen = bar_gen_.load(std::memory_order_acquire);
     if (bar_count_.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
       bar_count_.store(0, std::memory_order_relaxed);
+      if (++barriers_ == give_up_at.load(std::memory_order_relaxed)) degrade_.store(true, std::memory_order_relaxed);
+      decision_.store(degrade_.load(std::memory_order_relaxed), std::memory_order_relaxed);
       bar_gen_.store(gen + 1, std::memory_order_release);
     } else {
-      spin_until([&] { return bar_gen_.load(std::memory_order_acquire) != gen; });
+      // the first barrier of a job also waits for sleeping workers to wake: 500 us
+      const uint64_t limit = me.left ? std::max(arrived - me.left, ticks_per_us() * 100) : ticks_per_us() * 500;
+      for (uint32_t i = 1; bar_gen_.load(std::memory_order_acquire) == gen; ++i) {
+        if ((i & 255) == 0) {
+          if (ticks() - arrived > limit) degrade_.store(true, std::memory_order_relaxed);
+          if (i > 20000) std::this_thread::yield();
+        }
+        FASTRNN_PAUSE();
+      }
     }
+    me.left = ticks();
+    return decision_.load(std::memory_order_relaxed);  // ordered by the acquire on bar_gen_
+  }
+
+  // Whether a recent job gave up its threads (barrier): the automatic policy then stays
+  // single-threaded for a while (100 ms) before trying again.
+  bool backing_off() const {
+    return std::chrono::steady_clock::now().time_since_epoch().count() < backoff_until_.load(std::memory_order_relaxed);
   }
 
   // Busy-waits with pause; after ~20k rounds (a descheduled partner: the machine is
@@ -83,6 +123,28 @@ class Pool {
       else
         std::this_thread::yield();
     }
+  }
+
+  // A cheap clock for the barrier's wait bound: the TSC on x86 (constant rate on every CPU
+  // this targets), else steady_clock.
+  static uint64_t ticks() {
+#if defined(__x86_64__) || defined(__i386__)
+    return __rdtsc();
+#else
+    return std::chrono::steady_clock::now().time_since_epoch().count();
+#endif
+  }
+  // ticks per microsecond, measured once over ~1 ms
+  static uint64_t ticks_per_us() {
+    static const uint64_t rate = [] {
+      const auto t0 = std::chrono::steady_clock::now();
+      const uint64_t c0 = ticks();
+      while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(1)) FASTRNN_PAUSE();
+      const uint64_t c1 = ticks();
+      const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      return std::max<uint64_t>(1, static_cast<uint64_t>((c1 - c0) / us));
+    }();
+    return rate;
   }
 
   static Pool& get() {
@@ -151,12 +213,19 @@ class Pool {
   // jobs run on more than one thread since the process started (tests check the threaded
   // path really ran)
   inline static std::atomic<uint64_t> threaded_jobs{0};
+  // of those, jobs that gave up their threads part way (barrier)
+  inline static std::atomic<uint64_t> degraded_jobs{0};
+  // tests: every job gives up its threads at its k-th barrier (0: never)
+  inline static std::atomic<int64_t> give_up_at{0};
 
  private:
   std::atomic<bool> busy_{false};
   std::atomic<uint64_t> job_{0};
   std::atomic<int> done_{0}, sleepers_{0}, bar_count_{0};
   std::atomic<uint32_t> bar_gen_{0};
+  std::atomic<bool> degrade_{false}, decision_{false};
+  std::atomic<int64_t> backoff_until_{0};
+  int64_t barriers_ = 0;  // in the running job; written by each barrier's last arriver
   void (*fn_)(void*, int, int) = nullptr;
   void* ctx_ = nullptr;
   int n_ = 1;

@@ -213,13 +213,14 @@ FASTRNN_INLINE void unit_slice(int64_t H, int tid, int nt, int64_t& j0, int64_t&
 
 template <class Cell, class Isa>
 FASTRNN_INLINE void forward_part(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a, Pool& pool, int tid,
-                                 int nt) {
+                                 int nt) {  // nt: changes to 1 if the team gives up its threads
   using T = typename Cell::Scalar;
   static_assert(Cell::UNIT_SLICES && Cell::workspace(2) == 2 * Cell::workspace(1), "workspace rows of gate blocks");
   const int64_t B = a.B, H = a.H, GH = Cell::GATES * H, WG = Cell::workspace(1), WH = Cell::workspace(H);
   int64_t j0, j1;
   unit_slice<T>(H, tid, nt, j0, j1);
-  const int64_t nj = j1 - j0;
+  int64_t nj = j1 - j0;
+  Pool::Member me;
   const int64_t* L = a.lengths;
   const T* c_prev = a.c0;
   T* hb[2] = {a.h, a.h_alt};
@@ -256,8 +257,13 @@ FASTRNN_INLINE void forward_part(const Cell& cell, const ForwardArgs<typename Ce
         }
       }
     }
-    pool.barrier(nt);
     c_prev = c;
+    if (pool.barrier(nt, me)) {  // the team gave up its threads: thread 0 takes every unit
+      if (tid != 0) return;
+      nt = 1;
+      j0 = 0;
+      j1 = nj = H;
+    }
   }
   for (int64_t b = 0; b < B; ++b) {
     if constexpr (Cell::HAS_C) std::copy(c_prev + b * H + j0, c_prev + b * H + j1, a.c_n + b * H + j0);
@@ -273,9 +279,17 @@ FASTRNN_INLINE void backward_part(const Cell& cell, const BackwardArgs<typename 
   const int64_t B = a.B, H = a.H, GH = Cell::GATES * H, SH = Cell::saved(H);
   int64_t j0, j1;
   unit_slice<T>(H, tid, nt, j0, j1);
-  const int64_t nj = j1 - j0;
+  int64_t nj = j1 - j0;
+  Pool::Member me;
   const int64_t* L = a.lengths;
   T* const* no_sums = nullptr;
+  // after a barrier that gave up the threads: thread 0 takes every unit from there on (the
+  // others' work before it is done; a product after it then covers every column)
+  auto alone = [&]() FASTRNN_LAMBDA_INLINE {
+    nt = 1;
+    j0 = 0;
+    j1 = nj = H;
+  };
   for (int64_t s = a.steps - 1; s >= 0; --s) {
     const int64_t t = step_at(s, a.steps, a.reverse);
     const int64_t p = s > 0 ? step_at(s - 1, a.steps, a.reverse) : -1;
@@ -302,13 +316,19 @@ FASTRNN_INLINE void backward_part(const Cell& cell, const BackwardArgs<typename 
         }
       }
     }
-    pool.barrier(nt);
+    if (pool.barrier(nt, me)) {
+      if (tid != 0) return;
+      alone();
+    }
     if (nj > 0) {
       Isa::template gemm<T>(B, GH, nj, dg, GH, a.rec->wp + j0, H, a.dhnew + j0, H);
       for (int64_t b = 0; b < B; ++b)
         if (active(L, t, b)) std::copy(a.dhnew + b * H + j0, a.dhnew + b * H + j1, a.dh + b * H + j0);
     }
-    if (!Cell::X_IN_PRODUCT) pool.barrier(nt);
+    if (!Cell::X_IN_PRODUCT && pool.barrier(nt, me)) {
+      if (tid != 0) return;
+      alone();
+    }
   }
 }
 
@@ -428,6 +448,7 @@ inline double synthetic_steps(GemmF gemm, int64_t H, int nt, int64_t steps, std:
     int64_t j0, j1;
     unit_slice<float>(H, tid, n, j0, j1);
     float* hb[2] = {h.data(), h.data() + H};
+    Pool::Member me;
     for (int64_t s = 0; s < steps; ++s) {
       const float* hp = hb[s & 1];
       float* hn = hb[(s + 1) & 1];
@@ -436,7 +457,12 @@ inline double synthetic_steps(GemmF gemm, int64_t H, int nt, int64_t steps, std:
         gemm(1, H, j1 - j0, hp, H, w.data() + g * H + j0, GH, pre.data() + g * H + j0, GH);
       }
       for (int64_t j = j0; j < j1; ++j) hn[j] = 0.25f * (pre[j] + pre[H + j] + pre[2 * H + j] + pre[3 * H + j]);
-      pool.barrier(n);
+      if (pool.barrier(n, me)) {  // loaded machine: thread 0 finishes alone, slower
+        if (tid != 0) return;
+        n = 1;
+        j0 = 0;
+        j1 = H;
+      }
     }
   };
   const auto t0 = std::chrono::steady_clock::now();
@@ -486,7 +512,7 @@ int loop_threads(int64_t B, int64_t H, bool projection, bool blas) {
   if (policy == kThreadsAlways) return nt;  // tests: even threads with empty slices
   constexpr int64_t VN = 64 / sizeof(T);
   nt = static_cast<int>(std::min<int64_t>(nt, (H + VN - 1) / VN));
-  if (nt < 2) return 1;
+  if (nt < 2 || Pool::get().backing_off()) return 1;
   return B * H * Cell::GATES * H >= min_threaded_work(nt) ? nt : 1;
 }
 

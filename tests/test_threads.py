@@ -171,6 +171,28 @@ def test_modules_threaded_equal_unthreaded(family, dtype, H, packed, _threads):
         _assert_equal(ref, got, f"grad={grad}: threaded vs single-threaded loops")
 
 
+@pytest.mark.parametrize("barrier", [1, 2, 5, 6])
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+def test_giving_up_threads_part_way(family, barrier, _threads):
+    """A loop whose partner thread is descheduled gives up its threads at a barrier and thread 0
+    finishes alone (csrc/pool.h); forced here at the k-th barrier (the GRU's backward has two
+    per step, so even k fall between its cell backward and its product): results unchanged."""
+    _C = _threads
+    run = _loop_calls(family, torch.float32, 9, 3, 64, torch.tensor([9, 4, 6]), True)
+    torch.set_num_threads(2)
+    _C.set_thread_policy("never")
+    ref = run()
+    _C.set_thread_policy("always")
+    _C.give_up_threads_at(barrier)
+    try:
+        degraded = _C.degraded_jobs()
+        got = run()
+        assert _C.degraded_jobs() > degraded
+    finally:
+        _C.give_up_threads_at(0)
+    _assert_equal(ref, got, f"giving up at barrier {barrier}")
+
+
 def test_more_threads_than_slices(_threads):
     """Four threads (more than this machine may have cores) on H = 20 float32: two slices of
     16 and 4 units, two threads with empty slices that only meet the barriers."""
