@@ -11,12 +11,12 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
-#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -71,9 +71,7 @@ class Pool {
   }
 
   // A thread's clock between barriers (Pool::barrier): when it last left one.
-  struct Member {
-    uint64_t left = 0;
-  };
+  struct Member { uint64_t left = 0; };
 
   // All n threads of the running job meet here; memory written before it by any of them is
   // visible to all after it. Returns true when the team gives up its threads for the rest of

@@ -305,9 +305,9 @@ FASTRNN_INLINE void backward_part(const Cell& cell, const BackwardArgs<typename 
       for (int64_t b = 0; b < B; ++b) {
         const int64_t tb = t * B + b;
         if (active(L, t, b)) {
-          cell.backward(H, a.saved + tb * SH, row(a.cs, tb, H), row(c_prev, b, H), row(a.h_prev, tb, H),
-                        a.dht + b * H, row(a.dc, b, H), no_sums, dx_t + b * GH,
-                        Cell::X_IN_PRODUCT ? nullptr : dg + b * GH, a.dhnew + b * H, j0, j1);
+          cell.backward(H, a.saved + tb * SH, row(a.cs, tb, H), row(c_prev, b, H), row(a.h_prev, tb, H), a.dht + b * H,
+                        row(a.dc, b, H), no_sums, dx_t + b * GH, Cell::X_IN_PRODUCT ? nullptr : dg + b * GH,
+                        a.dhnew + b * H, j0, j1);
         } else {
           for (int g = 0; g < Cell::GATES; ++g) {
             std::fill(dx_t + b * GH + g * H + j0, dx_t + b * GH + g * H + j1, T(0));
@@ -354,31 +354,31 @@ FASTRNN_INLINE void backward_part(const Cell& cell, const BackwardArgs<typename 
 #define FASTRNN_TARGET(t)
 #endif
 
-#define FASTRNN_DEFINE_ISA(NAME, TARGET, SHAPE)                                                                 \
-  struct NAME {                                                                                                 \
-    template <typename T>                                                                                       \
-    TARGET __attribute__((noinline)) static void gemm(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, \
-                                                      const T* W, int64_t ldw, T* C, int64_t ldc) {             \
-      gemm_acc<T, SHAPE>(M, K, N, A, lda, W, ldw, C, ldc);                                                      \
-    }                                                                                                           \
-    template <class Cell>                                                                                       \
-    TARGET static void forward(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a) {                 \
-      forward_loop<Cell, NAME>(cell, a);                                                                        \
-    }                                                                                                           \
-    template <class Cell>                                                                                       \
-    TARGET static void backward(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a) {               \
-      backward_loop<Cell, NAME>(cell, a);                                                                       \
-    }                                                                                                           \
-    template <class Cell>                                                                                       \
-    TARGET static void forward_mt(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a, Pool& pool,    \
-                                  int tid, int nt) {                                                            \
-      forward_part<Cell, NAME>(cell, a, pool, tid, nt);                                                         \
-    }                                                                                                           \
-    template <class Cell>                                                                                       \
-    TARGET static void backward_mt(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a, Pool& pool,  \
-                                   int tid, int nt) {                                                           \
-      backward_part<Cell, NAME>(cell, a, pool, tid, nt);                                                        \
-    }                                                                                                           \
+#define FASTRNN_DEFINE_ISA(NAME, TARGET, SHAPE)                                                                       \
+  struct NAME {                                                                                                       \
+    template <typename T>                                                                                             \
+    TARGET __attribute__((noinline)) static void gemm(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda,       \
+                                                      const T* W, int64_t ldw, T* C, int64_t ldc) {                   \
+      gemm_acc<T, SHAPE>(M, K, N, A, lda, W, ldw, C, ldc);                                                            \
+    }                                                                                                                 \
+    template <class Cell>                                                                                             \
+    TARGET static void forward(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a) {                       \
+      forward_loop<Cell, NAME>(cell, a);                                                                              \
+    }                                                                                                                 \
+    template <class Cell>                                                                                             \
+    TARGET static void backward(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a) {                     \
+      backward_loop<Cell, NAME>(cell, a);                                                                             \
+    }                                                                                                                 \
+    template <class Cell>                                                                                             \
+    TARGET static void forward_mt(const Cell& cell, const ForwardArgs<typename Cell::Scalar>& a, Pool& pool, int tid, \
+                                  int nt) {                                                                           \
+      forward_part<Cell, NAME>(cell, a, pool, tid, nt);                                                               \
+    }                                                                                                                 \
+    template <class Cell>                                                                                             \
+    TARGET static void backward_mt(const Cell& cell, const BackwardArgs<typename Cell::Scalar>& a, Pool& pool,        \
+                                   int tid, int nt) {                                                                 \
+      backward_part<Cell, NAME>(cell, a, pool, tid, nt);                                                              \
+    }                                                                                                                 \
   };
 
 #if FASTRNN_X86_ISAS
@@ -528,8 +528,8 @@ void run_forward_loop(const Cell& cell, const ForwardArgs<typename Cell::Scalar>
     if (nt > 1) {
       using FnMt = void (*)(const Cell&, const ForwardArgs<typename Cell::Scalar>&, Pool&, int, int);
 #if FASTRNN_X86_ISAS
-      static const FnMt part = pick_isa<FnMt>(&IsaAvx512::forward_mt<Cell>, &IsaAvx2::forward_mt<Cell>,
-                                              &IsaBaseline::forward_mt<Cell>);
+      static const FnMt part =
+          pick_isa<FnMt>(&IsaAvx512::forward_mt<Cell>, &IsaAvx2::forward_mt<Cell>, &IsaBaseline::forward_mt<Cell>);
 #else
       static const FnMt part = &IsaBaseline::forward_mt<Cell>;
 #endif
@@ -553,8 +553,8 @@ void run_backward_loop(const Cell& cell, const BackwardArgs<typename Cell::Scala
     if (nt > 1) {
       using FnMt = void (*)(const Cell&, const BackwardArgs<typename Cell::Scalar>&, Pool&, int, int);
 #if FASTRNN_X86_ISAS
-      static const FnMt part = pick_isa<FnMt>(&IsaAvx512::backward_mt<Cell>, &IsaAvx2::backward_mt<Cell>,
-                                              &IsaBaseline::backward_mt<Cell>);
+      static const FnMt part =
+          pick_isa<FnMt>(&IsaAvx512::backward_mt<Cell>, &IsaAvx2::backward_mt<Cell>, &IsaBaseline::backward_mt<Cell>);
 #else
       static const FnMt part = &IsaBaseline::backward_mt<Cell>;
 #endif

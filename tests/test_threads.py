@@ -20,7 +20,7 @@ pytestmark = [
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def ext():
     from fastrnn import _C
 
     n = torch.get_num_threads()
@@ -119,11 +119,11 @@ def _loop_calls(family, dtype, T, B, H, lengths, reverse):
 @pytest.mark.parametrize("H", [13, 20, 64, 130])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_loops_bitwise_equal_across_thread_counts(family, dtype, H, B, case, _threads):
+def test_loops_bitwise_equal_across_thread_counts(family, dtype, H, B, case, ext):
     """Every output of the forward loop (with and without the saved workspace) and of the
     backward loop: torch.set_num_threads(1), (2) with the threaded loop forced, (2) never
     threaded, (2) the automatic choice (and 3 forced, where the slices are uneven)."""
-    _C = _threads
+    _C = ext
     T = 9
     lengths = torch.tensor([T, 2, 5, 0, T, 4, 6, 3][:B]) if "lengths" in case else None
     run = _loop_calls(family, dtype, T, B, H, lengths, "reverse" in case)
@@ -149,12 +149,12 @@ def test_loops_bitwise_equal_across_thread_counts(family, dtype, H, B, case, _th
 @pytest.mark.parametrize("H", [20, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_modules_threaded_equal_unthreaded(family, dtype, H, packed, _threads):
+def test_modules_threaded_equal_unthreaded(family, dtype, H, packed, ext):
     """End to end through the modules (2 layers, bidirectional, B = 3), torch on 2 threads:
     outputs, final states and every gradient are the same with the loops threaded (forced)
     and single-threaded. (Across torch thread counts the modules differ through torch's own
     ops, not the loops; the test above covers the loops.)"""
-    _C = _threads
+    _C = ext
     torch.manual_seed(0)
     model = FAMILIES[family](5, H).to(dtype)
     T, B = 7, 3
@@ -173,11 +173,11 @@ def test_modules_threaded_equal_unthreaded(family, dtype, H, packed, _threads):
 
 @pytest.mark.parametrize("barrier", [1, 2, 5, 6])
 @pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
-def test_giving_up_threads_part_way(family, barrier, _threads):
+def test_giving_up_threads_part_way(family, barrier, ext):
     """A loop whose partner thread is descheduled gives up its threads at a barrier and thread 0
     finishes alone (csrc/pool.h); forced here at the k-th barrier (the GRU's backward has two
     per step, so even k fall between its cell backward and its product): results unchanged."""
-    _C = _threads
+    _C = ext
     run = _loop_calls(family, torch.float32, 9, 3, 64, torch.tensor([9, 4, 6]), True)
     torch.set_num_threads(2)
     _C.set_thread_policy("never")
@@ -193,10 +193,10 @@ def test_giving_up_threads_part_way(family, barrier, _threads):
     _assert_equal(ref, got, f"giving up at barrier {barrier}")
 
 
-def test_more_threads_than_slices(_threads):
+def test_more_threads_than_slices(ext):
     """Four threads (more than this machine may have cores) on H = 20 float32: two slices of
     16 and 4 units, two threads with empty slices that only meet the barriers."""
-    _C = _threads
+    _C = ext
     model = FAMILIES["gru"](5, 20)
     x = torch.randn(9, 3, 5)
     torch.set_num_threads(4)
@@ -206,10 +206,10 @@ def test_more_threads_than_slices(_threads):
     _assert_equal(ref, _run(model, x, None, True), "1 vs 4 threads")
 
 
-def test_concurrent_python_threads(_threads):
+def test_concurrent_python_threads(ext):
     """Several Python threads calling at once: one gets the pool, the others run
     single-threaded (the pool is never shared by two loops); all results equal."""
-    _C = _threads
+    _C = ext
     model = FAMILIES["lstm"](5, 64)
     x = torch.randn(30, 3, 5)
     torch.set_num_threads(2)
@@ -247,10 +247,10 @@ def _child(q, expected):
     q.put((_C.threaded_jobs() > jobs, all(torch.equal(u, v) for u, v in zip(out, expected))))
 
 
-def test_fork_after_use(_threads):
+def test_fork_after_use(ext):
     """A forked child (e.g. a DataLoader worker) has none of the parent's pool threads: it
     must build its own instead of waiting on them forever."""
-    _C = _threads
+    _C = ext
     torch.set_num_threads(2)
     _C.set_thread_policy("always")
     jobs = _C.threaded_jobs()
@@ -268,6 +268,6 @@ def test_fork_after_use(_threads):
     assert ran_threaded and equal
 
 
-def test_thread_policy_argument_checked(_threads):
+def test_thread_policy_argument_checked(ext):
     with pytest.raises(RuntimeError, match="thread policy must be"):
-        _threads.set_thread_policy("sometimes")
+        ext.set_thread_policy("sometimes")
