@@ -57,6 +57,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import fastrnn
 
 from .providers import FAST, NN
+from .runner import device_name
 
 NN_CELL = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 FAST_CELL = {"lstm": fastrnn.LSTMCell, "gru": fastrnn.GRUCell, "rnn": fastrnn.RNNCell}
@@ -293,14 +294,8 @@ def measure(row: Row, backend: str, min_run_time: float, rounds: int, threads: i
 # Header: machine facts
 # ---------------------------------------------------------------------------------------
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (bench.runner reads it for every results file)."""
+    return device_name(torch.device("cpu"))
 
 
 def sgemm_scaling(n: int = 2048, repeats: int = 3) -> dict:
