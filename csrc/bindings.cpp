@@ -364,31 +364,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("c0"), py::arg("ws"), py::arg("cs"), py::arg("lengths"), py::arg("reverse"));
   m.def("set_poison", [](bool on) { g_poison = on; }, "NaN-fill every buffer the kernels write (tests)");
   m.def("uses_blas", &use_blas, "whether a (M x K) @ (K x N) step product goes to BLAS");
-  m.def(
-      "set_thread_policy",
-      [](const std::string& policy) {
-        TORCH_CHECK(policy == "auto" || policy == "never" || policy == "always",
-                    "fastrnn: thread policy must be 'auto', 'never' or 'always', got '", policy, "'");
-        g_thread_policy = policy == "auto" ? kThreadsAuto : policy == "never" ? kThreadsNever : kThreadsAlways;
-      },
-      "time loops: 'auto' (threads where the first-use calibration shows they win), 'never', or 'always' "
-      "(every thread torch may use, at any size: tests)");
-  m.def(
-      "threaded_min_work",
-      [](int nt) {
-        TORCH_CHECK(nt >= 1 && nt <= 1024, "fastrnn: thread count out of range: ", nt);
-        return min_threaded_work(nt);
-      },
-      "the calibrated per-step product size (multiply-adds) from which nt threads are used");
-  m.def(
-      "threaded_jobs", [] { return Pool::threaded_jobs.load(); },
-      "how many jobs have run on more than one thread (tests)");
-  m.def(
-      "degraded_jobs", [] { return Pool::degraded_jobs.load(); },
-      "how many of those gave up their threads part way (a partner thread was descheduled)");
-  m.def(
-      "give_up_threads_at", [](int64_t k) { Pool::give_up_at = k; },
-      "tests: every threaded loop gives up its threads at its k-th barrier (0: only when a partner is descheduled)");
   register_cell_steps(m);
   register_stack(m);
 }

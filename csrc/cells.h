@@ -301,10 +301,6 @@ FASTRNN_INLINE void ln_grad_means(int64_t n, const T* __restrict g, const T* __r
 // use may be null.
 // Inactive rows (t >= length) are the loop's business, not the cell's.
 // forward(H, pre, x, h_prev, c_prev, ws, c, out): out (H) is h, or the input of the projection.
-//   UNIT_SLICES   forward and backward take a unit range [j0, j1) (default: all H) and touch
-//                 only units j in it: element g*H + j of every gate-wide row, element j of
-//                 every H-wide one. The threaded loops give each thread its own range. A cell
-//                 whose step needs a whole-row statistic (LayerNorm LSTM) has none.
 // ---------------------------------------------------------------------------------------
 
 // LSTM, and with PEEPHOLE the peephole LSTM (p = p_i, p_f, p_o, 3H: the cell state feeds the
@@ -327,18 +323,16 @@ struct LstmCell {
   static constexpr int64_t saved(int64_t H) { return 4 * H; }
   static constexpr int STEP_SUMS = 0;
   static constexpr int64_t step_sum(int, int64_t) { return 0; }
-  static constexpr bool UNIT_SLICES = true;
   const T* p;  // (3H) with PEEPHOLE
 
   FASTRNN_INLINE void forward(int64_t H, const T*, const T*, const T*, const T* __restrict c_prev, T* __restrict gates,
-                              T* __restrict c, T* __restrict out, int64_t j0 = 0, int64_t j1 = -1) const {
-    if (j1 < 0) j1 = H;
+                              T* __restrict c, T* __restrict out) const {
     T* gi = gates;
     T* gf = gates + H;
     T* gg = gates + 2 * H;
     T* go = gates + 3 * H;
     const T* __restrict pp = p;
-    for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t j = 0; j < H; ++j) {
       T ai = gi[j], af = gf[j], ao = go[j];
       if constexpr (PEEPHOLE) {
         ai += pp[j] * c_prev[j];
@@ -359,10 +353,9 @@ struct LstmCell {
 
   FASTRNN_INLINE void backward(int64_t H, const T* __restrict gates, const T* __restrict c, const T* __restrict c_prev,
                                const T*, const T* __restrict dm, T* __restrict dc, T* const*, T* __restrict dgates, T*,
-                               T*, int64_t j0 = 0, int64_t j1 = -1) const {
-    if (j1 < 0) j1 = H;
+                               T*) const {
     const T* __restrict pp = p;
-    for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t j = 0; j < H; ++j) {
       T i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];
       T tc = tanh_<T>(c[j]);
       T dao = dm[j] * tc * o * (T(1) - o);
@@ -415,7 +408,6 @@ struct LayerNormLstm {
   static constexpr int64_t saved(int64_t H) { return 9 * H + 2; }
   static constexpr int STEP_SUMS = 4;
   static constexpr int64_t step_sum(int k, int64_t H) { return k < 2 ? 4 * H : H; }
-  static constexpr bool UNIT_SLICES = false;
   const T* w_r;  // ln_hh_weight (4H)
   const T* b_r;  // ln_hh_bias (4H) or null
   const T* w_c;  // ln_c_weight (H)
@@ -542,15 +534,13 @@ struct Gru {
   static constexpr int64_t saved(int64_t H) { return 4 * H; }
   static constexpr int STEP_SUMS = 0;
   static constexpr int64_t step_sum(int, int64_t) { return 0; }
-  static constexpr bool UNIT_SLICES = true;
   const T* b_hn;  // (H) or null
 
   template <bool HAS_BHN>
   FASTRNN_INLINE void forward_units(int64_t H, const T* __restrict gh, const T* __restrict x,
-                                    const T* __restrict h_prev, T* __restrict acts, T* __restrict h, int64_t j0,
-                                    int64_t j1) const {
+                                    const T* __restrict h_prev, T* __restrict acts, T* __restrict h) const {
     const T* __restrict bhn = b_hn;
-    for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t j = 0; j < H; ++j) {
       T r = sigmoid<T>(x[j] + gh[j]);
       T z = sigmoid<T>(x[H + j] + gh[H + j]);
       T hn = gh[2 * H + j];
@@ -567,20 +557,17 @@ struct Gru {
   // One loop per bias case: with `b_hn ? b_hn[j] : 0` inside the loop GCC left it scalar,
   // and the cell cost ~6x the step's product (B=8, H=128); vectorised, GRU forward there
   // went from ~5.2 ms to ~1.2 ms for T=100.
-  FASTRNN_INLINE void forward(int64_t H, const T* pre, const T* x, const T* h_prev, const T*, T* ws, T*, T* out,
-                              int64_t j0 = 0, int64_t j1 = -1) const {
-    if (j1 < 0) j1 = H;
+  FASTRNN_INLINE void forward(int64_t H, const T* pre, const T* x, const T* h_prev, const T*, T* ws, T*, T* out) const {
     if (b_hn)
-      forward_units<true>(H, pre, x, h_prev, ws, out, j0, j1);
+      forward_units<true>(H, pre, x, h_prev, ws, out);
     else
-      forward_units<false>(H, pre, x, h_prev, ws, out, j0, j1);
+      forward_units<false>(H, pre, x, h_prev, ws, out);
   }
 
   FASTRNN_INLINE void backward(int64_t H, const T* __restrict acts, const T*, const T*, const T* __restrict h_prev,
                                const T* __restrict dh, T*, T* const*, T* __restrict dx, T* __restrict dgh,
-                               T* __restrict dh_direct, int64_t j0 = 0, int64_t j1 = -1) const {
-    if (j1 < 0) j1 = H;
-    for (int64_t j = j0; j < j1; ++j) {
+                               T* __restrict dh_direct) const {
+    for (int64_t j = 0; j < H; ++j) {
       T r = acts[j], z = acts[H + j], n = acts[2 * H + j], hn = acts[3 * H + j];
       T dan = dh[j] * (T(1) - z) * (T(1) - n * n);
       T dar = dan * hn * r * (T(1) - r);
@@ -607,25 +594,22 @@ struct Rnn {
   static constexpr int64_t saved(int64_t H) { return H; }
   static constexpr int STEP_SUMS = 0;
   static constexpr int64_t step_sum(int, int64_t) { return 0; }
-  static constexpr bool UNIT_SLICES = true;
 
-  FASTRNN_INLINE void forward(int64_t H, const T* __restrict a, const T*, const T*, const T*, T*, T*, T* __restrict h,
-                              int64_t j0 = 0, int64_t j1 = -1) const {
-    if (j1 < 0) j1 = H;
+  FASTRNN_INLINE void forward(int64_t H, const T* __restrict a, const T*, const T*, const T*, T*, T*,
+                              T* __restrict h) const {
     if (RELU) {
-      for (int64_t j = j0; j < j1; ++j) h[j] = a[j] > T(0) ? a[j] : T(0);
+      for (int64_t j = 0; j < H; ++j) h[j] = a[j] > T(0) ? a[j] : T(0);
     } else {
-      for (int64_t j = j0; j < j1; ++j) h[j] = tanh_<T>(a[j]);
+      for (int64_t j = 0; j < H; ++j) h[j] = tanh_<T>(a[j]);
     }
   }
 
   FASTRNN_INLINE void backward(int64_t H, const T* __restrict h, const T*, const T*, const T*, const T* __restrict dh,
-                               T*, T* const*, T* __restrict da, T*, T*, int64_t j0 = 0, int64_t j1 = -1) const {
-    if (j1 < 0) j1 = H;
+                               T*, T* const*, T* __restrict da, T*, T*) const {
     if (RELU) {
-      for (int64_t j = j0; j < j1; ++j) da[j] = h[j] > T(0) ? dh[j] : T(0);
+      for (int64_t j = 0; j < H; ++j) da[j] = h[j] > T(0) ? dh[j] : T(0);
     } else {
-      for (int64_t j = j0; j < j1; ++j) da[j] = dh[j] * (T(1) - h[j] * h[j]);
+      for (int64_t j = 0; j < H; ++j) da[j] = dh[j] * (T(1) - h[j] * h[j]);
     }
   }
 };

@@ -55,24 +55,13 @@ FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, i
     for (int v = 0; v < CV; ++v) vstore<T>(C + r * ldc + v * VN, vload<T>(C + r * ldc + v * VN) + acc[r][v]);
 }
 
-// Every element of C is summed in an order fixed by K alone, whatever column block (full
-// CV-wide block, single vector, scalar tail) it falls in: the threaded loops (recurrence.h)
-// give each thread a column slice of every gate block, so where a column's block starts
-// depends on the thread count, and the result must not. Row blocks (RB > 1, and the tail
-// below for them) sum k = 0..K-1 in one chain; single rows (B = 1 and the rows left over
-// after the RB blocks, the same rows whatever the slicing) in KS_ROW interleaved chains.
-
 // One row of C (a matrix-vector step, B = 1): a single chain of FMAs per accumulator would
-// wait on FMA latency every k, so CV column vectors and KS_ROW partial sums over k run in
-// parallel and are added at the end in a fixed order. One KS_ROW for every width (it was 2
-// for CVR-wide blocks, 4 for single vectors): 4 keeps a thread's one- or two-vector slice of
-// a gate block (H = 64 on 2 threads: 2 vectors) off the FMA latency.
-constexpr int KS_ROW = 4;
-template <typename T, int CV>
+// wait on FMA latency every k, so CV column vectors and KS partial sums over k run in parallel
+// and are added at the end (a fixed order: results stay reproducible).
+template <typename T, int CV, int KS>
 FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* c) {
   typedef typename Vec64<T>::type V;
   constexpr int VN = sizeof(V) / sizeof(T);
-  constexpr int KS = KS_ROW;
   V acc[KS][CV];
   for (int s = 0; s < KS; ++s)
     for (int v = 0; v < CV; ++v) acc[s][v] = V{};
@@ -89,9 +78,7 @@ FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* 
   for (int v = 0; v < CV; ++v) vstore<T>(c + v * VN, vload<T>(c + v * VN) + acc[0][v]);
 }
 
-// Columns past the last full vector: plain loops (few, and the compiler vectorises them),
-// each element in the same order as the vector kernels: one chain for row blocks, gemm_row's
-// KS_ROW chains for single rows.
+// Columns past the last full vector: plain loops (few, and the compiler vectorises them).
 template <typename T>
 FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t N, const T* A, int64_t lda, const T* W,
                                    int64_t ldw, T* C, int64_t ldc) {
@@ -104,24 +91,6 @@ FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t 
     }
     for (int64_t j = n0; j < N; ++j) C[r * ldc + j] += sum[j - n0];
   }
-}
-template <typename T>
-FASTRNN_INLINE void gemm_row_tail(int64_t K, int64_t n0, int64_t N, const T* a, const T* W, int64_t ldw, T* c) {
-  constexpr int KS = KS_ROW;
-  T sum[KS][64 / sizeof(T)];
-  for (int s = 0; s < KS; ++s)
-    for (int64_t j = n0; j < N; ++j) sum[s][j - n0] = T(0);
-  int64_t k = 0;
-  for (; k + KS <= K; k += KS)
-    for (int s = 0; s < KS; ++s) {
-      const T x = a[k + s];
-      for (int64_t j = n0; j < N; ++j) sum[s][j - n0] += x * W[(k + s) * ldw + j];
-    }
-  for (; k < K; ++k)
-    for (int64_t j = n0; j < N; ++j) sum[0][j - n0] += a[k] * W[k * ldw + j];
-  for (int s = 1; s < KS; ++s)
-    for (int64_t j = n0; j < N; ++j) sum[0][j - n0] += sum[s][j - n0];
-  for (int64_t j = n0; j < N; ++j) c[j] += sum[0][j - n0];
 }
 
 // Rows [m, m + RB) of C against all of W, in RB x (CV vectors) blocks.
@@ -152,9 +121,9 @@ FASTRNN_INLINE void gemm_acc(int64_t M, int64_t K, int64_t N, const T* A, int64_
     const T* a = A + m * lda;
     T* c = C + m * ldc;
     int64_t n = 0;
-    for (; n + CVR * VN <= N; n += CVR * VN) gemm_row<T, CVR>(K, a, W + n, ldw, c + n);
-    for (; n + VN <= N; n += VN) gemm_row<T, 1>(K, a, W + n, ldw, c + n);
-    if (n < N) gemm_row_tail<T>(K, n, N, a, W, ldw, c);
+    for (; n + CVR * VN <= N; n += CVR * VN) gemm_row<T, CVR, 2>(K, a, W + n, ldw, c + n);
+    for (; n + VN <= N; n += VN) gemm_row<T, 1, 4>(K, a, W + n, ldw, c + n);
+    if (n < N) gemm_cols_tail<T>(1, K, n, N, a, lda, W, ldw, c, ldc);
   }
 }
 
