@@ -1,0 +1,1 @@
+"""Classic recurrent-network tasks trained with fastrnn: ``python -m examples.<name> --help``."""
