@@ -154,6 +154,7 @@ def main(argv=None) -> dict:
     token_curves = {impl: [] for impl in run.impls}
     seconds = {impl: [] for impl in run.impls}
     decode_seconds = {impl: [] for impl in run.impls}
+    decoded = {}  # each impl's latest greedy decode of the held-out set
     for epoch in range(epochs):
         for impl in run.impls:
             model, opt = models[impl], optims[impl]
@@ -182,9 +183,9 @@ def main(argv=None) -> dict:
             model.eval()
             dwatch = _common.Stopwatch(dev)
             with dwatch:
-                decoded = model.greedy(test_src, test_len, steps)
+                decoded[impl] = model.greedy(test_src, test_len, steps)
             decode_seconds[impl].append(dwatch.seconds)
-            exact, token_acc = score(decoded, test_tgt)
+            exact, token_acc = score(decoded[impl], test_tgt)
             exact_curves[impl].append(exact)
             token_curves[impl].append(token_acc)
             print(
@@ -196,17 +197,18 @@ def main(argv=None) -> dict:
     _common.print_timing(timing)
     timing["decode_seconds_per_test_set"] = {impl: sorted(s)[len(s) // 2] for impl, s in decode_seconds.items()}
 
-    examples = []
-    decoded = models["fastrnn"].greedy(test_src[:8], test_len[:8], steps).cpu()
-    for i in range(8):
-        src = test_src[i, : test_len[i]].tolist()
-        examples.append(
-            {
-                "input": " ".join(map(str, src)),
-                "answer": show(test_tgt[i].tolist()),
-                "decoded": show(decoded[i].tolist()),
-            }
-        )
+    # the first held-out strings, then up to four the fastrnn model gets wrong (if any)
+    wrong = (decoded["fastrnn"] != test_tgt) & (test_tgt != PAD)
+    shown = list(range(6)) + [i for i in wrong.any(1).nonzero().flatten().tolist() if i >= 6][:4]
+    examples = [
+        {
+            "input": " ".join(map(str, test_src[i, : test_len[i]].tolist())),
+            "answer": show(test_tgt[i].tolist()),
+            "decoded": show(decoded["fastrnn"][i].tolist()),
+            "correct": not wrong[i].any().item(),
+        }
+        for i in shown
+    ]
 
     final = {
         impl: {
