@@ -25,8 +25,9 @@ def test_seq2seq_quick_compare(tmp_path):
         assert final["token_accuracy"] > 0.95, (impl, final)
 
     # the same weights and batches: the curves may differ only by float rounding, amplified by
-    # training; measured loss-curve gaps 1.5e-6 (cpp) and 4.4e-7 (reference), exact-match
-    # curves identical; the bounds allow 60x that and 2 of the 500 held-out strings flipping
-    # on an argmax near-tie (2.5 / 500: the gap is a difference of two rounded fractions)
+    # training. Measured loss-curve gaps: 1.5e-6 (cpp) and 4.4e-7 (reference) with one thread,
+    # 5.6e-6 (cpp) with two; the bound allows ~20x the largest. Exact-match curves: identical
+    # with one thread, one of the 500 held-out strings flipped (an argmax near-tie) in one epoch
+    # with two; the bound allows 5 (1%) against curves that rise from 0.006 to 0.99.
     assert saved["loss_curve_gap"] < 1e-4, saved["loss_curve_gap"]
-    assert saved["exact_match_curve_gap"] < 2.5 / 500, saved["exact_match_curve_gap"]
+    assert saved["exact_match_curve_gap"] < 5.5 / 500, saved["exact_match_curve_gap"]
