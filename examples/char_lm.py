@@ -161,6 +161,8 @@ def main(argv=None) -> dict:
             setattr(args, key, value)
     if args.temperature <= 0:
         raise SystemExit("--temperature must be positive")
+    if args.evals < 1 or args.epochs < 1:
+        raise SystemExit("--evals and --epochs must be at least 1")
     run = _common.start(NAME, args)
 
     text, source = load_text(args.text)
@@ -184,7 +186,7 @@ def main(argv=None) -> dict:
     x_val, y_val = (t.to(run.device) for t in streams(val_ids, val_batch))
     chunks = list(range(0, x_train.shape[1], args.bptt))
     steps_per_epoch = len(chunks)
-    eval_at = {round(steps_per_epoch * k / args.evals) - 1 for k in range(1, args.evals + 1)}
+    eval_at = {max(round(steps_per_epoch * k / args.evals) - 1, 0) for k in range(1, args.evals + 1)}
     unigram = unigram_loss(train_ids, val_ids, vocab)
     print(
         f"corpus: {len(text)} characters ({source}), alphabet {vocab}, train {train_ids.numel()}, "
