@@ -15,8 +15,12 @@ whole epoch. Adam with gradient-norm clipping (``--clip``). After training, each
 Picture: loss per character (nats on the left axis, bits on the right) against the training
 step: the training loss of every chunk and the validation loss at regular steps, with the
 unigram baseline (the validation text's cross-entropy under the training text's character
-frequencies); torch.nn and fastrnn on the same axes with ``--compare``. A second panel shows the
-seconds per epoch of each implementation.
+frequencies); torch.nn and fastrnn on the same axes with ``--compare``, plus a panel with the
+relative gap between their training losses, step by step. The last panel shows the seconds per
+epoch of each implementation.
+
+Full run (3 epochs, 2x256 LSTM, B=32, bptt=64, 650 steps): validation 1.12 nats (1.62 bits) per
+character, and the samples are mostly real words of the corpus.
 
 Run from the repository root:
     python -m examples.char_lm                      # full run, fastrnn only
