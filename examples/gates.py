@@ -26,13 +26,18 @@ dL/dh_t; the curve is the batch mean of ||dL/dh_t|| against the distance k = T -
 loss, and the table the ratio ||dL/dh_{T-k}|| / ||dL/dh_T||. The cell loop's outputs are
 checked against the fused layer's on the same weights (``"cell_loop_check"``).
 
-What it shows (full run, see the JSON): at initialisation the tanh RNN's gradient shrinks by
-a roughly constant factor per step, h_t = tanh(W h_{t-1} + ...) multiplies it by W^T diag(tanh')
-at every step, so it is gone (below float64's range) long before k = 1000. The LSTM's cell
-state is updated additively, c_t = f_t * c_{t-1} + i_t * g_t, so the gradient along c is only
-scaled by the forget gate f_t, which training pushes towards 1: after training its gradient
-barely decays over the whole sequence, and the LSTM/GRU solve the task while the RNN stays at
-the variance baseline.
+What it shows (measured, --quick, seed 0; the JSON holds every number): at PyTorch's default
+initialisation all four cells lose the gradient at about the same geometric rate, a factor
+~0.6 per step (ratio at k = 10: RNN 5.4e-3, GRU 4.5e-3, LSTM 8.2e-4, peephole 1.6e-3; at k = 50
+about 1e-11): the tanh RNN multiplies it by W^T diag(tanh') at every step, and the LSTM's
+additive cell update c_t = f_t * c_{t-1} + i_t * g_t scales it only by f_t, but f_t starts
+near sigmoid(0) = 0.5, so at init the gate buys nothing. Training moves f_t (and the GRU's
+update gate) towards keeping the state: after 400 steps at T = 50 the LSTM's per-step factor
+is 0.93 (0.98 at T = 200), the GRU's 0.97, and at T = 200 the ratio at k = 50 is 1.1e-2 (LSTM)
+and 0.65 (GRU) against 2.8e-12 for the tanh RNN, whose per-step factor stays at 0.6: the
+repeated multiplication is still there, and the RNN stays at the variance baseline. The
+peephole LSTM (default init, same budget) had not left the plateau by then, and its curve
+looks like the RNN's: the additive path helps only once the gates learn to use it.
 
 The picture: ||dL/dh_t|| against distance (log y), one panel per T, top row at
 initialisation, bottom row after training, one line per cell, final accuracy in the legend.
