@@ -57,6 +57,7 @@ Run: ``python -m examples.gates [--quick] [--compare] [--out DIR] [--backend cpp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -156,6 +157,19 @@ def train(run, kind: str, models: dict, length: int, steps: int, eval_set) -> di
             seconds[impl].append(watch.seconds)
     final = {impl: evaluate(m, *eval_set, run.device) for impl, m in models.items()}
     return {"curves": curves, "seconds": seconds, "final": final}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The measurement steps (64, 32) tensors one time step at a time in Python: intra-op
+    threads only add synchronisation there (measured on a busy 2-core host: the --quick run
+    took 162 s of CPU with 2 threads, 22 s with 1). Training keeps the default threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def cell_from_layer(layer: nn.Module, kind: str, backend: str, dtype: torch.dtype) -> nn.Module:
@@ -261,7 +275,8 @@ def main(argv=None) -> dict:
             result = train(run, kind, models, T, steps, eval_sets[T])
             training.setdefault(kind, {})[str(T)] = result
             weights_at[T] = copy.deepcopy(fast)
-            checks[kind][str(T)] = cell_loop_check(fast, kind, measure_sets[T][0][:8], args.backend)
+            with one_thread():
+                checks[kind][str(T)] = cell_loop_check(fast, kind, measure_sets[T][0][:8], args.backend)
             if "torch" in models:
                 gaps.setdefault(kind, {})[str(T)] = _common.curve_gap(
                     result["curves"]["torch"], result["curves"]["fastrnn"]
@@ -271,10 +286,11 @@ def main(argv=None) -> dict:
             src = max(t for t in train_lengths if t <= T)
             trained_at[kind][str(T)] = src
             x, y = measure_sets[T]
-            profiles[kind]["init"][str(T)] = grad_profile(init, kind, x, y, args.backend)
-            profiles[kind]["trained"][str(T)] = grad_profile(weights_at[src], kind, x, y, args.backend)
-            metrics[kind]["init"][str(T)] = evaluate(init, *eval_sets[T], run.device)
-            metrics[kind]["trained"][str(T)] = evaluate(weights_at[src], *eval_sets[T], run.device)
+            with one_thread():
+                profiles[kind]["init"][str(T)] = grad_profile(init, kind, x, y, args.backend)
+                profiles[kind]["trained"][str(T)] = grad_profile(weights_at[src], kind, x, y, args.backend)
+                metrics[kind]["init"][str(T)] = evaluate(init, *eval_sets[T], run.device)
+                metrics[kind]["trained"][str(T)] = evaluate(weights_at[src], *eval_sets[T], run.device)
 
     summary = {
         kind: {
