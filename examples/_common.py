@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import fastrnn
+from bench.runner import device_name
 
 IMPLS = ("torch", "fastrnn")
 
@@ -78,7 +79,8 @@ class Run:
                 "fastrnn_backend_used": backend_used(self.args.backend, self.device),
                 "seed": self.args.seed,
                 "torch": torch.__version__,
-                "cpu": cpu_model(),
+                "device_name": device_name(self.device),
+                "cpu": device_name(torch.device("cpu")),
                 "threads": torch.get_num_threads(),
                 "python": platform.python_version(),
             },
@@ -114,16 +116,6 @@ def backend_used(backend: str, device: torch.device) -> str:
     if env != "auto":
         return env
     return "triton" if device.type == "cuda" else "cpp"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -29,7 +29,7 @@ checked against the fused layer's on the same weights (``"cell_loop_check"``).
 What it shows (seed 0, full run with --compare; the JSON holds every number): at PyTorch's
 default initialisation all four cells lose the gradient at about the same geometric rate, a
 factor ~0.6 per step (ratio ||dL/dh_(T-k)|| / ||dL/dh_T|| at k = 10: RNN 5.4e-3, GRU 4.5e-3,
-LSTM 8.2e-4, peephole 1.6e-3; at k = 200 about 1e-40; below float64's range by k ~ 830): the
+LSTM 8.3e-4, peephole 1.6e-3; at k = 200 about 1e-40; below float64's range by k ~ 830): the
 tanh RNN multiplies it by W^T diag(tanh') at every step, and the LSTM's additive cell update
 c_t = f_t * c_{t-1} + i_t * g_t scales it only by f_t, but f_t starts near sigmoid(0) = 0.5,
 so at init the gate buys nothing. Training moves the forget gate (and the GRU's update gate)
