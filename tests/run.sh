@@ -4,10 +4,19 @@
 set -euo pipefail
 PY=${1:-python}; shift || true
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
-echo "== lane: reference backend (whole suite)"
-FASTRNN_BACKEND=reference "$PY" -m pytest tests -q "$@"
+# The examples (tests/test_example_*.py) train small models end to end on the backend a user
+# gets by default: they run once, in the cpp lane, or in the reference lane where cpp is missing
+# (the reference backend's own numbers are checked by the rest of the suite; its Python time
+# loop makes the examples take minutes).
 if "$PY" -c "import fastrnn, sys; sys.exit(fastrnn.available_backends()['cpp'] != 'available')"; then
-  echo "== lane: cpp backend (whole suite)"
+  CPP=1; EXAMPLES_IN_REFERENCE=(--ignore-glob='tests/test_example_*.py')
+else
+  CPP=0; EXAMPLES_IN_REFERENCE=()
+fi
+echo "== lane: reference backend (whole suite${EXAMPLES_IN_REFERENCE:+ but the examples})"
+FASTRNN_BACKEND=reference "$PY" -m pytest tests -q "${EXAMPLES_IN_REFERENCE[@]}" "$@"
+if [ "$CPP" = 1 ]; then
+  echo "== lane: cpp backend (whole suite, examples included)"
   FASTRNN_BACKEND=cpp "$PY" -m pytest tests -q "$@"
   echo "== bench's own checks: its peers against fastrnn, each benchmark called once (bench/test_*.py)"
   FASTRNN_BACKEND=cpp "$PY" -m pytest bench -q --benchmark-disable "$@"
