@@ -1,5 +1,7 @@
 # make test  : create/reuse .venv (pinned requirements.txt), build fastrnn, run the tests
 # make bench : same environment, run the benchmark
+# make examples : same environment, every example of examples/ in full with --compare, one after
+#                 the other (the pictures and JSON in examples/results/; about 15-20 minutes on 2 cores)
 # make test PYTHON=/path/to/python : use that environment as it is, install nothing,
 #                                    build the C++ extension in place if a compiler allows
 # make sanitize : the cpp lane (C++ tests, parity, ops, precision) against an extension built
@@ -20,13 +22,17 @@ PY    := $(PYTHON)
 READY := inplace
 endif
 
-.PHONY: test bench inplace clean sanitize lint format
+.PHONY: test bench examples inplace clean sanitize lint format
 
 test: $(READY)
 	bash tests/run.sh $(PY)
 
 bench: $(READY)
 	$(PY) -m bench
+
+EXAMPLES := char_lm forecast classify seq2seq gates
+examples: $(READY)
+	set -e; for e in $(EXAMPLES); do PYTHONPATH=. $(PY) -m examples.$$e --compare --no-progress; done
 
 $(VENV)/.deps: requirements.txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
