@@ -28,5 +28,11 @@ TRITON_FILES="tests/test_triton.py tests/test_triton_layernorm.py tests/test_bey
   tests/test_transforms.py tests/test_dropin.py tests/test_interop.py tests/test_variants.py"
 echo "== lane: triton backend through the interpreter ($(echo $TRITON_FILES))"
 TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest $TRITON_FILES -q "$@"
+if "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "== lane: triton backend on the GPU ($(echo $TRITON_FILES))"
+  FASTRNN_TEST_DEVICE=cuda FASTRNN_BACKEND=triton "$PY" -m pytest $TRITON_FILES -q "$@"
+else
+  echo "== lane: triton backend on the GPU skipped: no CUDA device"
+fi
 echo "== lane: triton kernels compiled for sm_90 without a GPU (tests/test_triton_compile.py)"
 FASTRNN_BACKEND=triton "$PY" -m pytest tests/test_triton_compile.py -q "$@"
