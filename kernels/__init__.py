@@ -24,7 +24,11 @@ Kernel shapes, chosen by ``_common.kernel_shape`` from the weight size:
   their weight slice on chip for all T steps, and meet at a grid barrier each step. Only
   when forced, until timed on a GPU.
 
-``FASTRNN_TRITON_KERNEL=sequence|step|persistent`` forces one shape (tests run all).
+``FASTRNN_TRITON_KERNEL=sequence|step|persistent`` forces one shape (tests run all). A forced
+sequence kernel past its fit (weight tiles over ``RESIDENT_BYTES``) is refused with a
+ValueError before anything compiles, on every device: compiled for sm_90 it would need more
+shared memory than a block has. A forced persistent shape runs the step kernels where no
+persistent grid can run.
 ``workspace=False`` is accepted and ignored: the kernels always write the workspace.
 python -m fastrnn.kernels.resources reports each kernel's registers, spills and shared
 memory compiled for sm_90, without a GPU.

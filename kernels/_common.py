@@ -51,16 +51,19 @@ def kernel_shape(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> str
         return forced
     if forced != "auto":
         raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, {', '.join(SHAPES)}, got {forced!r}")
-    bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
-    return "sequence" if (n_gates + proj) * bh * bp * elem <= RESIDENT_BYTES else "step"
+    return "sequence" if resident_bytes(n_gates, H, P, proj, elem) <= RESIDENT_BYTES else "step"
+
+
+def resident_bytes(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> int:
+    """Bytes of the padded weight tiles a sequence-kernel program keeps on chip."""
+    return (n_gates + proj) * pow2_block(H, hi=1 << 30) * pow2_block(P, hi=1 << 30) * elem
 
 
 def warps_for(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> int:
     """Warps of a sequence-kernel program: 8 once the weight tiles pass a quarter of
     RESIDENT_BYTES (compiled for sm_90, the bf16 LSTM at H=64 spilled with 4 warps and
     not with 8; python -m fastrnn.kernels.resources), else 4."""
-    bh, bp = pow2_block(H, hi=1 << 30), pow2_block(P, hi=1 << 30)
-    return 8 if (n_gates + proj) * bh * bp * elem > RESIDENT_BYTES // 4 else 4
+    return 8 if resident_bytes(n_gates, H, P, proj, elem) > RESIDENT_BYTES // 4 else 4
 
 
 # Activations. The contract (DESIGN.md) is a few ulp of *relative* error over the whole fp32

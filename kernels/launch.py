@@ -21,11 +21,13 @@ import triton
 from ._common import (
     BLOCK_B,
     PERSISTENT_WARPS,
+    RESIDENT_BYTES,
     carry_dh_step_kernel,
     kernel_shape,
     persistent_grid,
     persistent_tile,
     pow2_block,
+    resident_bytes,
     time_steps,
     warps_for,
 )
@@ -103,6 +105,17 @@ def plan(
     request falls back to the step kernels where no persistent grid can run (a cell without
     persistent kernels, a projection, no tile fits, or the grid could not be resident at once)."""
     shape = kernel_shape(n_gates, H, P, proj, elem)
+    if shape == "sequence" and resident_bytes(n_gates, H, P, proj, elem) > RESIDENT_BYTES:
+        # only a forced shape gets here. Refused on every device, the interpreter included
+        # (which has no shared-memory limit), so the CPU lanes and a dry run of the benchmark
+        # see exactly what a GPU run would
+        raise ValueError(
+            f"FASTRNN_TRITON_KERNEL=sequence cannot run this layer (hidden {H}, output {P}, "
+            f"{8 * elem}-bit weights): the sequence kernel keeps all padded weight tiles on chip, "
+            f"{resident_bytes(n_gates, H, P, proj, elem) // 1024} KiB here, and fits up to "
+            f"{RESIDENT_BYTES // 1024} KiB (compiled for sm_90 its backward stages about twice its tiles "
+            "in shared memory, of 227 KiB a block may use). Use FASTRNN_TRITON_KERNEL=step or auto."
+        )
     if shape == "persistent" and (not has_persistent or proj or persistent_grid(B, H, n_gates, device, elem) is None):
         shape = "step"
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))

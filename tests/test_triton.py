@@ -26,9 +26,17 @@ pytestmark = pytest.mark.skipif(TRITON != "available", reason=f"triton backend: 
 # the kernels import without a device (the compile lane compiles _shifted_cell below)
 fastrnn.backends._import("fastrnn.kernels")
 from fastrnn.kernels import lstm as lstm_kernels  # noqa: E402
-from fastrnn.kernels._common import cell_param, sigmoid, tanh  # noqa: E402
+from fastrnn.kernels._common import RESIDENT_BYTES, cell_param, resident_bytes, sigmoid, tanh  # noqa: E402
 
 DEV = "cuda" if CUDA and not INTERP else "cpu"
+REFUSED = "FASTRNN_TRITON_KERNEL=sequence cannot run this layer"
+
+
+def sequence_refused(kernel: str, n_gates: int, H: int, P: int | None = None, proj: bool = False, elem: int = 4):
+    """Whether forcing the sequence kernel on this layer is refused before launch: past the
+    on-chip size it fits (launch.plan), on every device."""
+    P = H if P is None else P
+    return kernel == "sequence" and resident_bytes(n_gates, H, P, proj, elem) > RESIDENT_BYTES
 
 
 # On a GPU the persistent kernels run too, with several programs along the hidden axis
@@ -80,9 +88,16 @@ def test_interpreter_half_precision_vs_fp32_reference(cid, family, kw, dtype, sh
 @pytest.mark.parametrize("cid,family,kw", CELLS[:3], ids=[c[0] for c in CELLS[:3]])
 def test_multiple_hidden_chunks_and_batch_blocks(cid, family, kw, shape):
     """hidden > one step-kernel tile (BH = 64; the sequence kernel takes it whole in a
-    128-wide tile) and batch > one program (BLOCK_B = 16)."""
+    128-wide tile, with a projection) and batch > one program (BLOCK_B = 16). The LSTM's and
+    GRU's 128-wide tiles are past the sequence kernel's fit: forcing it is refused, and its
+    two batch blocks are checked at H = 64, the widest it takes."""
     m = TWIN[family][0](3, 70, backend="triton", **kw).to(DEV)
     x = torch.randn(3, 18, 3, device=DEV)
+    gates = {"lstm": 4, "gru": 3}[family]
+    if sequence_refused(shape, gates, 70, kw.get("proj_size") or 70, proj="proj_size" in kw):
+        with pytest.raises(ValueError, match=REFUSED):
+            m(x)
+        m = TWIN[family][0](3, 64, backend="triton", **kw).to(DEV)
     report = testing.compare(m, testing.oracle(m), x, sync_weights=False)
     assert report.passed, f"\n{report}"
 
@@ -141,6 +156,38 @@ def test_kernel_shape_rule(monkeypatch):
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "resident")
     with pytest.raises(ValueError, match="FASTRNN_TRITON_KERNEL"):
         kernel_shape(1, 8, 8, False)
+
+
+@pytest.mark.parametrize(
+    "n_gates,H,P,proj,elem,fits",
+    [
+        (4, 64, 64, False, 4, True),  # the fp32 LSTM at the limit: 64 KiB
+        (4, 70, 70, False, 4, False),  # pads to 128: 256 KiB
+        (4, 200, 200, False, 2, False),  # bf16 at the GPU lane's H=200
+        (4, 64, 32, True, 4, True),  # with a projection
+        (3, 64, 64, False, 4, True),
+        (1, 128, 128, False, 4, True),
+        (1, 128, 128, False, 2, True),
+        (1, 256, 256, False, 2, False),
+    ],
+)
+def test_forced_sequence_past_its_fit_is_refused(monkeypatch, n_gates, H, P, proj, elem, fits):
+    """FASTRNN_TRITON_KERNEL=sequence on a layer whose weight tiles do not fit on chip is a
+    ValueError before anything is compiled or launched (compiled for sm_90 it would ask for
+    more shared memory than a block has), on every device: the interpreter, which has no such
+    limit, refuses it too, so this lane sees what a GPU would. The plan is made without
+    touching the device, so a CUDA device object is enough here."""
+    from fastrnn.kernels.launch import plan
+
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "sequence")
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        if fits:
+            assert plan(n_gates, H, P, proj, elem, 16, device).shape == "sequence"
+        else:
+            with pytest.raises(ValueError, match=REFUSED + r".*Use FASTRNN_TRITON_KERNEL=step or auto"):
+                plan(n_gates, H, P, proj, elem, 16, device)
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL")  # auto never picks what does not fit
+    assert (plan(n_gates, H, P, proj, elem, 16, torch.device("cuda")).shape == "sequence") == fits
 
 
 def test_plan_falls_back_to_step_and_launch_checks_names(monkeypatch):
@@ -431,6 +478,10 @@ class TestGPU:
     def test_half_precision_vs_fp32_reference(self, cid, family, kw, dtype, shape):
         m = TWIN[family][0](64, 200, num_layers=2, bidirectional=True, backend="triton", **kw).cuda().to(dtype)
         x = torch.randn(63, 3, 64, device="cuda")
+        if sequence_refused(shape, 1, 200, elem=2):  # every cell's tiles at H=200 pass the fit
+            with pytest.raises(ValueError, match=REFUSED):
+                m(x.to(dtype))
+            return
         ref = testing.oracle(m, torch.float32)
         report = testing.compare(m, ref, x, sync_weights=False)
         assert report.passed, f"\n{report}"
@@ -442,6 +493,10 @@ class TestGPU:
         m = TWIN[family][0](64, 200, num_layers=2, bidirectional=True, backend="triton", **kw).cuda()
         n = TWIN[family][1](64, 200, num_layers=2, bidirectional=True, **kw).cuda()
         x = torch.randn(63, 3, 64, device="cuda")
+        if sequence_refused(shape, 1, 200):
+            with pytest.raises(ValueError, match=REFUSED):
+                m(x)
+            return
         report = testing.compare(m, n, x)
         assert report.passed, f"\n{report}"
 
@@ -536,10 +591,16 @@ def _peephole_errors(case, dtype, ref_dtype, layer_init=False):
 def test_peephole_lstm_entries_vs_reference(kernel, case, monkeypatch):
     """fp32 kernels against the float64 reference at the fp32 bound; every result and
     workspace, lengths, reverse, projection, B = 1. "persistent" runs the step kernels with
-    a projection, and under the interpreter at H = 70 (two programs along the hidden axis)."""
+    a projection, and under the interpreter at H = 70 (two programs along the hidden axis);
+    "sequence" at H = 70 is past its fit, so refused."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", kernel)
-    errors = _peephole_errors(PEEPHOLE_CASES[case], torch.float32, torch.float64)
+    c = PEEPHOLE_CASES[case]
+    if sequence_refused(kernel, 4, c["H"], c["P"] or c["H"], proj=c["P"] > 0):
+        with pytest.raises(ValueError, match=REFUSED):
+            _peephole_errors(c, torch.float32, torch.float64)
+        return
+    errors = _peephole_errors(c, torch.float32, torch.float64)
     assert all(e <= bound(torch.float32) for e in errors.values()), errors
 
 

@@ -13,6 +13,7 @@ import fastrnn
 from fastrnn import reference, testing
 
 pytest.importorskip("triton")
+from test_triton import REFUSED, sequence_refused
 
 CUDA = torch.cuda.is_available()
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -129,15 +130,20 @@ def test_fp32_vs_reference(K, shape, lens, reverse, bias):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_fp32_sizes(K, shape, T, B, H, lens, reverse):
     """B = 1, H not a power of two; B over one batch block (BLOCK_B = 16) and H over one
-    step-kernel product tile (64) and past the sequence kernel's fit (forced here)."""
+    step-kernel product tile (64); past the sequence kernel's fit, forcing that kernel is
+    refused before launch."""
     args, grads = _inputs(T, B, H)
     lengths = _lengths(lens, B)
     ref = _run(reference.layernorm_lstm_forward, reference.layernorm_lstm_backward, args, grads, lengths, reverse)
-    ours = _run(
+    run = lambda: _run(  # noqa: E731
         K.layernorm_lstm_forward, K.layernorm_lstm_backward, _cast(args, torch.float32), _cast(grads, torch.float32),
         lengths, reverse,
     )  # fmt: skip
-    _check(ours, ref, lengths, testing.bound(torch.float32))
+    if sequence_refused(shape, 4, H):
+        with pytest.raises(ValueError, match=REFUSED):
+            run()
+        return
+    _check(run(), ref, lengths, testing.bound(torch.float32))
 
 
 @pytest.mark.parametrize(
