@@ -3,10 +3,16 @@
     python -m bench [--device cpu|cuda] [--cells lstm,gru,rnn] [--modes fwd,fwdbwd] [--quick] [--out DIR]
     python -m bench --suite gpu_goals          # the persistent-kernel goal grid (GPU)
     python -m bench --suite variants           # PeepholeLSTM, LayerNormLSTM vs TorchScript and fastrnn.LSTM
+    python -m bench --suite gpu_goals --dry-run  # every config at tiny sizes, Triton interpreter on CPU
 
 Prints a table, writes DIR/results.json (header: device, versions, commit, date; one row
 per config and provider: median and 20/80% quantiles, tokens/s, speedup over torch.nn, peak
-memory) and PNG plots into DIR. Default DIR: bench/results/<device>/.
+memory; "errors": the configs a provider failed on, with the exception) and PNG plots into
+DIR. Default DIR: bench/results/<device>/. results.json is rewritten after every measurement
+("complete": false until the run ends), so an interrupted run keeps what it measured.
+``--dry-run`` runs every config of the suite at tiny sizes (configs.dry_run) through the
+Triton interpreter on CPU, one call each, into bench/out/dry-run-<suite>/: it checks that the
+suite, its providers and its results file work before GPU time is spent; its times mean nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 
 import torch
 
 from . import plots
-from .configs import VARIANTS, configs, gpu_goal_configs, shape_key, variant_configs
+from .configs import VARIANTS, configs, dry_run, gpu_goal_configs, shape_key, variant_configs
 from .providers import providers
 from .runner import header, measure
 
@@ -32,6 +39,14 @@ def _fmt_bytes(n):
 
 def _fmt_ratio(x):
     return f"{x:.2f}x" if x else "-"
+
+
+def _write(path: str, hdr: dict, rows: list, errors: list, complete: bool) -> None:
+    """results.json, replaced atomically: a run stopped at any point leaves a whole file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"header": hdr, "complete": complete, "rows": rows, "errors": errors}, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -47,7 +62,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output folder (default bench/results/<device>)")
     p.add_argument("--min-run-time", type=float, default=None, help="CPU seconds per measurement")
     p.add_argument("--suite", choices=["default", "gpu_goals", "variants"], default="default")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="every config at tiny sizes through the Triton interpreter on CPU, one call each (checks the suite)",
+    )
     a = p.parse_args(argv)
+    if a.dry_run and os.environ.get("TRITON_INTERPRET") != "1":
+        # the interpreter must be chosen before the kernels are imported: run again with it
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        args = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.run([sys.executable, "-m", "bench", *args], env=env).returncode
+    if a.dry_run:
+        a.device = "cpu"
     device = torch.device(a.device)
     default_cells = {"default": ["lstm", "gru", "rnn"], "variants": list(VARIANTS)}
     default_cells["gpu_goals"] = default_cells["default"] + default_cells["variants"]
@@ -62,8 +89,14 @@ def main(argv=None) -> int:
     folder = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{device.type}-{hdr['device_name']}").strip("-")
     if a.suite != "default":
         folder += f"-{a.suite}"
-    out = a.out or os.path.join(os.path.dirname(__file__), "results", folder)
+    if a.dry_run:
+        hdr["dry_run"] = True
+        default_out = os.path.join(os.path.dirname(__file__), "out", f"dry-run-{a.suite}")
+    else:
+        default_out = os.path.join(os.path.dirname(__file__), "results", folder)
+    out = a.out or default_out
     os.makedirs(out, exist_ok=True)
+    results_path = os.path.join(out, "results.json")
     min_run = a.min_run_time or (0.05 if a.quick else 0.1)
     if a.suite == "gpu_goals":
         suite = gpu_goal_configs(cells, modes)
@@ -71,9 +104,11 @@ def main(argv=None) -> int:
         suite = variant_configs(cells, modes)
     else:
         suite = configs(device.type, cells, modes, a.quick)
-    todo = [(cfg, prov) for cfg in suite for prov in providers(cfg.cell, device, a.suite)]
+    if a.dry_run:
+        suite = [dry_run(cfg) for cfg in suite]
+    todo = [(cfg, prov) for cfg in suite for prov in providers(cfg.cell, device, a.suite, a.dry_run)]
     print(f"{hdr['device_name']} | torch {hdr['torch']} | triton {hdr['triton']} | {len(todo)} measurements -> {out}")
-    rows, done, failed, t0 = [], {}, [], time.time()
+    rows, done, failed, errors, t0 = [], {}, [], [], time.time()
     for k, (cfg, prov) in enumerate(todo, 1):
         print(
             f"\r[{k}/{len(todo)}] {cfg.label()} {prov:<18} {time.time() - t0:6.0f}s",
@@ -86,14 +121,18 @@ def main(argv=None) -> int:
             key = (("lstm", *shape_key(cfg)[1:]), prov)
         if key not in done:  # an anchor that lies on a sweep is measured once
             try:
-                done[key] = measure(cfg, prov, device, min_run)
+                done[key] = measure(cfg, prov, device, min_run, a.dry_run)
             except Exception as e:
                 # one provider failing on one shape (a kernel that declines a size) must not
-                # lose the rest of a long GPU run: reported below, and the exit status is 1
+                # lose the rest of a long GPU run: recorded, reported below, exit status 1
                 done[key] = None
                 failed.append(f"{cfg.label()} {prov}: {type(e).__name__}: {e}")
+                errors.append({**cfg.asdict(), "provider": prov, "error": f"{type(e).__name__}: {e}"})
                 print(f"\nFAILED {failed[-1]}", file=sys.stderr)
-        if done[key] is not None:
+            else:
+                rows.append({**done[key], "cell": cfg.cell, "sweep": cfg.sweep})
+            _write(results_path, hdr, rows, errors, complete=False)
+        elif done[key] is not None:
             rows.append({**done[key], "cell": cfg.cell, "sweep": cfg.sweep})
     print(file=sys.stderr)
 
@@ -104,8 +143,7 @@ def main(argv=None) -> int:
     for r in rows:
         t = base.get(peer_key(r))
         r["speedup_vs_torch_nn"] = t / r["median_s"] if t else None
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"header": hdr, "rows": rows}, f, indent=1)
+    _write(results_path, hdr, rows, errors, complete=True)
     print(
         f"{'config':<52} {'provider':<18} {'median ms':>10} {'p20-p80 ms':>17} {'Mtok/s':>8} {'vs nn':>7} {'peak':>8}"
     )
@@ -117,8 +155,10 @@ def main(argv=None) -> int:
             f"{r['p20_s'] * 1e3:>8.3f}-{r['p80_s'] * 1e3:<8.3f} {r['tokens_per_s'] / 1e6:>8.3f} "
             f"{_fmt_ratio(r['speedup_vs_torch_nn']):>7} {_fmt_bytes(r['peak_bytes']):>8}"
         )
-    if a.suite == "default":
-        for path in plots.plot(os.path.join(out, "results.json"), out):
+    if a.dry_run:
+        print(f"dry run: {len(rows)} rows, {len(errors)} errors; interpreter times, no goal table or plots")
+    elif a.suite == "default":
+        for path in plots.plot(results_path, out):
             print("wrote", path)
     elif a.suite == "variants":
         from . import variants_table
@@ -128,7 +168,7 @@ def main(argv=None) -> int:
         from . import gpu_goals
 
         gpu_goals.report(rows)
-    print("wrote", os.path.join(out, "results.json"), f"({time.time() - t0:.0f}s)")
+    print("wrote", results_path, f"({time.time() - t0:.0f}s)")
     for f in failed:
         print("FAILED", f)
     return 1 if failed else 0

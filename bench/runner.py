@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -150,10 +151,17 @@ def _peak_bytes(fn, device: torch.device):
     return peak
 
 
-def measure(cfg: Config, provider: str, device: torch.device, min_run_time: float) -> dict:
+def measure(cfg: Config, provider: str, device: torch.device, min_run_time: float, dry_run: bool = False) -> dict:
+    """One row: median and 20/80% quantiles of the workload's time, tokens/s, peak memory.
+    ``dry_run``: one timed call after the warm-up and no memory profile (exercises the
+    provider on the config; the time means nothing)."""
     fn = _workload(cfg, provider, device)
     fn()  # warm-up: compilation, autotuning, allocator
-    if device.type == "cuda":
+    if dry_run:
+        t0 = time.perf_counter()
+        fn()
+        med = q20 = q80 = time.perf_counter() - t0
+    elif device.type == "cuda":
         import triton.testing
 
         med, q20, q80 = (v / 1e3 for v in triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
@@ -168,5 +176,5 @@ def measure(cfg: Config, provider: str, device: torch.device, min_run_time: floa
         "p20_s": q20,
         "p80_s": q80,
         "tokens_per_s": cfg.T * cfg.B / med,
-        "peak_bytes": _peak_bytes(fn, device),
+        "peak_bytes": None if dry_run else _peak_bytes(fn, device),
     }
