@@ -46,6 +46,9 @@ from fastrnn.cells import _layer_norm_backward
 from fastrnn.numerics import dot_precision
 
 from . import gru, layernorm_lstm, lstm, peephole_lstm, rnn
+from ._compat import interpreter_scalar_index
+
+interpreter_scalar_index()
 
 __all__ = [
     "lstm_forward",
