@@ -3,7 +3,7 @@
     python -m bench.gpu_goals bench/results/<device>-gpu_goals/results.json
 
 Every ratio is t(torch.nn on cuDNN) / t(fastrnn) from the same run; fp32 rows ran at the
-run's ``torch.backends.cudnn.allow_tf32`` (in the header), the same for both sides. The LSTM
+run's cuDNN RNN TF32 setting (``cudnn_rnn_tf32`` in the header), the same for both sides. The LSTM
 variants (torch.nn has none) are read as t(variant) / t(LSTM) against the same run's LSTM rows.
 """
 
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     h = data["header"]
     print(
         f"{h['device_name']} | torch {h['torch']} | triton {h['triton']} | commit {h['commit'][:10]} | "
-        f"cudnn.allow_tf32={h.get('cudnn_allow_tf32')}"
+        f"cuDNN RNN TF32={h.get('cudnn_rnn_tf32', h.get('cudnn_allow_tf32'))}"
     )
     report(data["rows"])
     return 0

@@ -53,7 +53,7 @@ def header(device: torch.device) -> dict:
         "torch": torch.__version__,
         "triton": triton_version,
         "fastrnn": fastrnn.__version__,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
+        "cudnn_rnn_tf32": fastrnn.numerics.cudnn_rnn_tf32() if device.type == "cuda" else None,
         "commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["BOUNDS", "acc_dtype", "bound", "rel_rms", "tf32_allowed", "dot_precision"]
+__all__ = ["BOUNDS", "acc_dtype", "bound", "rel_rms", "tf32_allowed", "cudnn_rnn_tf32", "dot_precision"]
 
 BOUNDS = {"float64": 1e-9, "float32": 2e-5, "tf32": 2e-3, "float16": 1e-2, "bfloat16": 1e-2}
 
@@ -32,12 +32,34 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF else dtype
 
 
+def cudnn_rnn_tf32() -> bool:
+    """Whether torch.nn's recurrent layers on cuDNN run fp32 products in TF32: the one place
+    fastrnn reads PyTorch's switch.
+
+    Where the per-operator API exists, ``torch.backends.cudnn.rnn.fp32_precision`` decides;
+    "none" there defers to ``torch.backends.cudnn.fp32_precision``, then to
+    ``torch.backends.fp32_precision``, and "none" everywhere means IEEE (setting the legacy
+    ``cudnn.allow_tf32 = False`` leaves exactly that). Reading the legacy flag instead raises
+    once conv and rnn were set apart through the new API, so it is read only on a torch
+    without the per-operator API. ``torch.backends.cuda.matmul`` does not apply to recurrent
+    layers."""
+    levels = (
+        getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None),
+        getattr(torch.backends.cudnn, "fp32_precision", None),
+        getattr(torch.backends, "fp32_precision", None),
+    )
+    if levels[0] is None:  # a torch without the per-operator API
+        return bool(torch.backends.cudnn.allow_tf32)
+    for precision in levels:
+        if precision not in (None, "none"):
+            return precision == "tf32"
+    return False
+
+
 def tf32_allowed(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether fp32 recurrent products may use TF32: on CUDA, exactly when torch.nn's LSTM
-    would, i.e. when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default). cuDNN's
-    RNN descriptor takes its math type from that flag (aten/src/ATen/native/cudnn/RNN.cpp);
-    ``torch.backends.cuda.matmul.allow_tf32`` does not apply to recurrent layers."""
-    return device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    would (``cudnn_rnn_tf32``; TF32 by PyTorch's default)."""
+    return device.type == "cuda" and dtype == torch.float32 and cudnn_rnn_tf32()
 
 
 def dot_precision(t: Tensor) -> str:
