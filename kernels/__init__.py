@@ -34,9 +34,10 @@ python -m fastrnn.kernels.resources reports each kernel's registers, spills and 
 memory compiled for sm_90, without a GPU.
 
 fp32 precision policy: the TF32 rule of :mod:`fastrnn.numerics` (as nn.LSTM on cuDNN, TF32
-exactly when torch.nn's would: ``fastrnn.numerics.cudnn_rnn_tf32``). fp16/bf16 inputs: the recurrent products take fp16/bf16
-operands (the fp32 state rounded to the weights' dtype) with fp32 accumulation, as cuDNN's
-RNNs do; state, cell math and workspaces stay fp32, outputs are in the input dtype.
+exactly when torch.nn's would: ``fastrnn.numerics.cudnn_rnn_tf32``). fp16/bf16 inputs: the
+recurrent products take fp16/bf16 operands (the fp32 state rounded to the weights' dtype)
+with fp32 accumulation, as cuDNN's RNNs do; state, cell math and workspaces stay fp32,
+outputs are in the input dtype.
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (IEEE).
 """
 
