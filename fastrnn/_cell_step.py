@@ -97,40 +97,42 @@ class _LSTMStep(torch.autograd.Function):
         return dx, dh0, dc0 if n[2] else None, dw_ih, dw_hh, db_ih, db_hh
 
 
-class _GRUStep(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h, w_ih, w_hh, b_ih, b_hh):
-        h1, acts = _C.gru_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, True)
-        ctx.save_for_backward(x, h, w_ih, w_hh, b_ih, b_hh, acts)
-        return h1
+def _one_state_step(mode: str, forward, backward):
+    """The autograd Function of a cell with one state h (GRU, RNN): ``forward(x, h, w_ih,
+    w_hh, b_ih, b_hh) -> (h1, saved)``, where ``saved`` is what ``backward(dh, x, h, w_ih,
+    w_hh, saved, needs_input_grad)`` takes besides the inputs."""
 
-    @staticmethod
-    def backward(ctx, dh):
-        x, h, w_ih, w_hh, b_ih, b_hh, acts = ctx.saved_tensors
-        if _composite(dh):
-            return _create_graph_grads("GRU", (x, h, w_ih, w_hh, b_ih, b_hh), (dh,))
-        n = ctx.needs_input_grad
-        return tuple(_C.gru_cell_backward(dh, x, h, w_ih, w_hh, acts, list(n)))
-
-
-def _rnn_step(nonlinearity: str):
-    class _RNNStep(torch.autograd.Function):
+    class _Step(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, h, w_ih, w_hh, b_ih, b_hh):
-            h1, _ = _C.rnn_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-            ctx.save_for_backward(x, h, w_ih, w_hh, b_ih, b_hh, h1)
+            h1, saved = forward(x, h, w_ih, w_hh, b_ih, b_hh)
+            ctx.save_for_backward(x, h, w_ih, w_hh, b_ih, b_hh, saved)
             return h1
 
         @staticmethod
         def backward(ctx, dh):
-            x, h, w_ih, w_hh, b_ih, b_hh, h1 = ctx.saved_tensors
+            x, h, w_ih, w_hh, b_ih, b_hh, saved = ctx.saved_tensors
             if _composite(dh):
-                mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"
                 return _create_graph_grads(mode, (x, h, w_ih, w_hh, b_ih, b_hh), (dh,))
-            n = ctx.needs_input_grad
-            return tuple(_C.rnn_cell_backward(dh, x, h, w_ih, w_hh, h1, nonlinearity, list(n)))
+            return tuple(backward(dh, x, h, w_ih, w_hh, saved, list(ctx.needs_input_grad)))
 
-    return _RNNStep
+    return _Step
+
+
+_GRUStep = _one_state_step(
+    "GRU", lambda *args: _C.gru_cell_forward(*args, True), lambda *args: _C.gru_cell_backward(*args)
+)
+
+
+def _rnn_step(nonlinearity: str):
+    def forward(*args):
+        h1, _ = _C.rnn_cell_forward(*args, nonlinearity)
+        return h1, h1  # the backward takes the output itself
+
+    def backward(dh, x, h, w_ih, w_hh, h1, needs):
+        return _C.rnn_cell_backward(dh, x, h, w_ih, w_hh, h1, nonlinearity, needs)
+
+    return _one_state_step(f"RNN_{nonlinearity.upper()}", forward, backward)
 
 
 _MODES = {"LSTM": _LSTMStep, "GRU": _GRUStep, "RNN_TANH": _rnn_step("tanh"), "RNN_RELU": _rnn_step("relu")}
