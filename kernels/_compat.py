@@ -3,7 +3,7 @@ that the kernels' callers would otherwise meet."""
 
 from __future__ import annotations
 
-import os
+from fastrnn.backends import _interpreting
 
 
 def interpreter_scalar_index() -> bool:
@@ -14,7 +14,7 @@ def interpreter_scalar_index() -> bool:
     after the interpreter's own patch of the tensor class and inside the same patch scope (so
     it is undone with it). Harmless where the interpreter already squeezes. Returns whether
     the fix is in place."""
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if not _interpreting():
         return False
     try:
         from triton.runtime import interpreter

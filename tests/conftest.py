@@ -9,8 +9,10 @@ import torch
 # write fails the parity checks (DESIGN.md's numerics contract). Read when fastrnn loads.
 os.environ.setdefault("FASTRNN_POISON", "1")
 
+from fastrnn.backends import _interpreting  # after FASTRNN_POISON is set: fastrnn reads it on import
+
 BACKEND = os.environ.get("FASTRNN_BACKEND", "auto")
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRETER = _interpreting()
 CUDA = torch.cuda.is_available()
 
 
