@@ -13,7 +13,8 @@ directions, packing, dropout and every weight-gradient GEMM are shared
 
 Resolution of ``"auto"``: the ``FASTRNN_BACKEND`` environment variable if set, else triton
 for CUDA tensors and cpp for CPU tensors; when that fast backend is missing, the reference
-runs instead and a warning says why, once per process and backend.
+runs instead and a warning says why, once per process and backend. Meta tensors run the
+reference whatever the choice: they hold no data for a kernel, only shapes.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ _REGISTRY = {
         "CUDA tensors (CPU tensors with TRITON_INTERPRET=1)",
     ),
 }
+
+
+# What meta tensors (no data: deferred initialisation, shape inference) resolve to, whatever
+# backend was asked for: the reference equations, which give torch.nn's shapes on any device.
+# kernels/rehearsal.py sets it to "triton" to record the launches a layer would make.
+_META_BACKEND = "reference"
 
 
 def _import(module: str) -> ModuleType:
@@ -156,6 +163,8 @@ def resolve(backend: str, device: torch.device) -> str:
     if backend == ORACLE:
         return ORACLE
     check_name(backend)
+    if device.type == "meta":
+        return _META_BACKEND
     if backend == "auto":
         env = os.environ.get("FASTRNN_BACKEND", "").strip()
         if env and env != "auto":

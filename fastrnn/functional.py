@@ -93,6 +93,15 @@ _STACK_MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 _STACK_DTYPES = (torch.float32, torch.float64)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for the input's device; False on a device autocast does not
+    know (meta, used for deferred initialisation and shape inference), where asking raises."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def _dtype_plan(spec, mode, input, states, weights, *, cell: bool, packed: bool, proj: bool):
     """(dtype to compute in, dtypes of h and c to return) when a call runs in another dtype
     than it returns, else None. Under autocast: torch.nn's rule (:func:`_autocast_dtypes`).
@@ -102,7 +111,7 @@ def _dtype_plan(spec, mode, input, states, weights, *, cell: bool, packed: bool,
     it (measured, bf16 LayerNormLSTM against the float32 equations: 0.7e-2..9e-2 relative
     error rounding inside, 2e-3..4e-3 for one layer in float32 inside, at the rounding floor
     of the results themselves)."""
-    if torch.is_autocast_enabled(input.device.type):
+    if _autocast_enabled(input.device.type):
         plan = _autocast_dtypes(
             mode, input.device.type, cell=cell, packed=packed, proj=proj, states=states, weights=weights
         )

@@ -158,3 +158,39 @@ def test_inplace_edit_of_output(cid, family, kw, batch_first, dtype):
         grads.append([xx.grad, *(p.grad for p in m.parameters())])
     for a, b in zip(*grads):
         assert testing.rel_rms(a, b) <= testing.bound(dtype)
+
+
+META_LAYERS = [
+    (fastrnn.LSTM, nn.LSTM, {}),
+    (fastrnn.LSTM, nn.LSTM, dict(proj_size=3)),
+    (fastrnn.GRU, nn.GRU, {}),
+    (fastrnn.RNN, nn.RNN, dict(nonlinearity="relu")),
+]
+
+
+@pytest.mark.parametrize("ours_cls,nn_cls,kw", META_LAYERS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_meta_device_layers_give_torch_nn_shapes(ours_cls, nn_cls, kw):
+    """On the meta device (deferred initialisation, shape inference) a layer runs where
+    torch.nn's does, with the same output and gradient shapes and no data; the default
+    backend routes meta tensors to the reference equations, which run on any device."""
+    x = torch.empty(5, 3, 4, device="meta", requires_grad=True)
+    got = []
+    for cls in (ours_cls, nn_cls):
+        m = cls(4, 6, num_layers=2, bidirectional=True, device="meta", **kw)
+        y, h = m(x)
+        y.sum().backward()
+        hs = h if isinstance(h, tuple) else (h,)
+        got.append((y.shape, [t.shape for t in hs], x.grad.shape, [p.grad.shape for p in m.parameters()]))
+        assert y.device.type == "meta" and x.grad.device.type == "meta"
+        x.grad = None
+    assert got[0] == got[1]
+
+
+@pytest.mark.parametrize("ours_cls,nn_cls", CELL_CLASSES, ids=lambda v: v.__name__)
+def test_meta_device_cells_give_torch_nn_shapes(ours_cls, nn_cls):
+    x = torch.empty(3, 4, device="meta")
+    shapes = []
+    for cls in (ours_cls, nn_cls):
+        out = cls(4, 6, device="meta")(x)
+        shapes.append([t.shape for t in (out if isinstance(out, tuple) else (out,))])
+    assert shapes[0] == shapes[1]
