@@ -110,10 +110,19 @@ def test_env_variable_selects_backend(monkeypatch):
 
 def test_explicit_backend_on_wrong_device(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(RuntimeError, match="fastrnn backend 'cpp' runs on CPU tensors, but the input is on meta"):
-        backends.resolve("cpp", torch.device("meta"))
+    with pytest.raises(RuntimeError, match="fastrnn backend 'cpp' runs on CPU tensors, but the input is on cuda"):
+        backends.resolve("cpp", torch.device("cuda"))
     with pytest.raises(RuntimeError, match="fastrnn backend 'triton' runs on CUDA tensors"):
         backends.resolve("triton", torch.device("cpu"))
+
+
+def test_meta_tensors_resolve_to_the_reference(monkeypatch):
+    """Meta tensors hold no data for a kernel: every choice runs the reference equations."""
+    monkeypatch.setenv("FASTRNN_BACKEND", "cpp")
+    for name in ("auto", "cpp", "triton", "reference"):
+        assert backends.resolve(name, torch.device("meta")) == "reference"
+    with pytest.raises(ValueError):
+        backends.resolve("nonsense", torch.device("meta"))
 
 
 def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
