@@ -10,6 +10,8 @@ direction. The reverse direction honours each sequence's own length through ``le
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Sequence
 from functools import cache
 
@@ -102,6 +104,11 @@ def _autocast_enabled(device_type: str) -> bool:
         return False
 
 
+def _autocast_off(device_type: str):
+    """torch.autocast(device_type, enabled=False), or nothing on a device without autocast."""
+    return torch.autocast(device_type, enabled=False) if _autocast_enabled(device_type) else contextlib.nullcontext()
+
+
 def _dtype_plan(spec, mode, input, states, weights, *, cell: bool, packed: bool, proj: bool):
     """(dtype to compute in, dtypes of h and c to return) when a call runs in another dtype
     than it returns, else None. Under autocast: torch.nn's rule (:func:`_autocast_dtypes`).
@@ -163,7 +170,7 @@ def rnn(
     if plan is not None:
         compute, h_dtype, c_dtype = plan
         state = tuple(_autocast_cast(s, compute) for s in states)
-        with torch.autocast(input.device.type, enabled=False):
+        with _autocast_off(input.device.type):
             out, hidden = rnn(
                 mode,
                 _autocast_cast(input, compute),
@@ -301,7 +308,7 @@ def cell_step(
         compute, h_dtype, c_dtype = plan
         cast_states = tuple(_autocast_cast(s, compute) for s in states)
         cast_weights = {k: _autocast_cast(w, compute) for k, w in weights.items()}
-        with torch.autocast(input.device.type, enabled=False):
+        with _autocast_off(input.device.type):
             out = cell_step(
                 mode,
                 _autocast_cast(input, compute),

@@ -194,3 +194,19 @@ def test_meta_device_cells_give_torch_nn_shapes(ours_cls, nn_cls):
         out = cls(4, 6, device="meta")(x)
         shapes.append([t.shape for t in (out if isinstance(out, tuple) else (out,))])
     assert shapes[0] == shapes[1]
+
+
+@pytest.mark.parametrize("cls", [fastrnn.PeepholeLSTM, fastrnn.LayerNormLSTM], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_meta_device_variants_give_their_cpu_shapes(cls, dtype):
+    """The variants (no torch.nn twin) on the meta device: the shapes and dtypes of a CPU run.
+    bfloat16 takes the LayerNormLSTM's float32-inside route, which switches autocast off."""
+    shapes = []
+    for device in ("meta", "cpu"):
+        torch.manual_seed(0)
+        m = cls(4, 6, num_layers=2, bidirectional=True, device=device, dtype=dtype)
+        x = torch.randn(5, 3, 4, dtype=dtype).to(device).requires_grad_()
+        y, (h, c) = m(x)
+        y.sum().backward()
+        shapes.append([(t.shape, t.dtype) for t in (y, h, c, x.grad, *(p.grad for p in m.parameters()))])
+    assert shapes[0] == shapes[1]
