@@ -98,11 +98,17 @@ def _import(module: str) -> ModuleType:
     return mod
 
 
-@cache
 def _load(name: str) -> tuple[ModuleType | None, str]:
-    """Import a backend once; returns (module, "") or (None, why it is unavailable)."""
-    if name == "triton" and not torch.cuda.is_available() and not _interpreting():
+    """A backend's module: (module, "") or (None, why it is unavailable). Triton runs on a
+    CUDA device or in its interpreter, and on meta tensors only for a rehearsal."""
+    if name == "triton" and not torch.cuda.is_available() and not _interpreting() and _META_BACKEND != "triton":
         return None, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
+    return _import_backend(name)
+
+
+@cache
+def _import_backend(name: str) -> tuple[ModuleType | None, str]:
+    """Import a backend once; returns (module, "") or (None, why it is unavailable)."""
     try:
         mod = _import(_REGISTRY[name].module)
     except Exception as e:  # an ImportError, or a build/ABI problem surfacing at import

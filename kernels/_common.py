@@ -380,11 +380,17 @@ def persistent_grid(B, H, n_gates, device, elem=4):
     return (n_b, n_h, BH) if persistent_grid_ok(n_b, n_h, device) else None
 
 
+# Multiprocessors of the GPU a rehearsal on meta tensors stands for (kernels/rehearsal.py)
+META_SMS = 0
+
+
 def persistent_grid_ok(n_b, n_h, device) -> bool:
     """Whether a persistent grid (n_b batch blocks x n_h hidden tiles) can run without
     deadlock: every program resident at once, at one program per SM (each holds a large
     weight slice). Under the interpreter programs run one after another, so only one
     program along the hidden axis can work."""
+    if device.type == "meta":
+        return n_b * n_h <= META_SMS
     if device.type != "cuda":
         return n_h == 1
     return n_b * n_h <= torch.cuda.get_device_properties(device).multi_processor_count

@@ -121,6 +121,11 @@ def plan(
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
 
 
+# kernels/rehearsal.py sets this to a function(kernel, plan, width, args, meta) that records
+# a launch instead of starting it
+_recorder = None
+
+
 @cache
 def _params(kernel) -> tuple[str, ...]:
     return tuple(inspect.signature(kernel.fn).parameters)
@@ -136,6 +141,9 @@ def launch(kernel, p: Plan, width: str | None = None, **args) -> None:
         raise TypeError(
             f"{kernel.fn.__name__}: missing {sorted(set(params) - given)}, unknown {sorted(given - set(params))}"
         )
+    if _recorder is not None:
+        _recorder(kernel, p, width, args, meta)
+        return
     kernel[p.grid(width)](**args, **meta, num_warps=p.meta["num_warps"])
 
 

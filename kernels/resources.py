@@ -126,17 +126,29 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "f
     """triton.compile of ``kernel`` for sm_90: the input-dtype pointers as ``dtype``, the
     other pointers fp32 (int64 lengths, int32 barrier counters), other runtime arguments
     int32 (fp32 for FLOAT_ARGS)."""
-    sig, const = {}, {}
-    for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params, strict=False)):
+    sig = {}
+    for name, p in zip(kernel.arg_names, kernel.params, strict=False):
         if p.is_constexpr:
-            sig[name] = "constexpr"
-            const[(i,)] = constexprs[name]
-        elif name.endswith("_ptr"):
+            continue
+        if name.endswith("_ptr"):
             sig[name] = {"len_ptr": "*i64", "count_ptr": "*i32"}.get(
                 name, f"*{dtype}" if name in INPUT_DTYPE_ARGS else "*fp32"
             )
         else:
             sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
+    return compile_signature(kernel, sig, constexprs, num_warps)
+
+
+def compile_signature(kernel, signature: dict, constexprs: dict, num_warps: int):
+    """triton.compile of ``kernel`` for sm_90 with the runtime argument types ``signature``
+    (name -> "*fp32", "i32", ...) and the constexpr values ``constexprs``."""
+    sig, const = {}, {}
+    for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params, strict=False)):
+        if p.is_constexpr:
+            sig[name] = "constexpr"
+            const[(i,)] = constexprs[name]
+        else:
+            sig[name] = signature[name]
     return triton.compile(
         ASTSource(fn=kernel, signature=sig, constexprs=const), target=TARGET, options={"num_warps": num_warps}
     )

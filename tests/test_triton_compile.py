@@ -96,3 +96,107 @@ def test_layernorm_lstm_kernels_compile_without_shifts(name, kernel, constexprs,
     r = res.resources(res.compile_for_hopper(kernel, {**constexprs, **flip}, warps, dtype))
     assert r["registers"] is not None and r["shared_bytes"] <= 227 * 1024, r
     print(name, flip, r)
+
+
+# ---------------------------------------------------------------------------------------
+# The dispatcher's own launches, rehearsed on meta tensors (kernels/rehearsal.py): every
+# config of the GPU benchmark suite (python -m bench --suite gpu_goals) in each shape the
+# suite runs (auto and the pinned step and persistent providers), and the GPU test lane's
+# forced shapes, compiled for sm_90 with the argument types the launchers pass. Each launch
+# must be within an sm_90's limits (shared memory, registers, grid, a persistent grid
+# resident at one program per multiprocessor of an H100), or the layer refused with the
+# dispatcher's message; nothing may reach a launch that fails.
+# ---------------------------------------------------------------------------------------
+def _rehearsal():
+    import importlib
+
+    import fastrnn
+
+    fastrnn.backends._import("fastrnn.kernels")
+    return importlib.import_module("fastrnn.kernels.rehearsal")
+
+
+def _gpu_goal_configs():
+    from bench.configs import VARIANTS, gpu_goal_configs
+
+    return gpu_goal_configs(["lstm", "gru", "rnn", *VARIANTS], ["fwd", "fwdbwd"])  # the suite's defaults
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GOAL_CASES = _gpu_goal_configs()
+
+
+def _check_rehearsal(r, forced: str):
+    reh = _rehearsal()
+    if r.refused:
+        assert forced == "sequence" and "Use FASTRNN_TRITON_KERNEL=step or auto" in r.refused, r.refused
+        return []
+    assert r.launches, "the rehearsal recorded no launch"
+    if forced in ("sequence", "step"):
+        assert r.shape == forced
+    report = []
+    for lch, n in r.launches.items():
+        res = reh.compiled(lch)
+        bad = reh.problems(lch, res)
+        assert not bad, f"{lch.name} grid {lch.grid} x{n}: {bad} ({res})"
+        report.append((lch.name, lch.grid, n, res))
+    return report
+
+
+@pytest.mark.parametrize("cfg", GOAL_CASES, ids=[c.label().replace(" ", "-") for c in GOAL_CASES])
+def test_gpu_goals_launches_fit_sm90(cfg):
+    reh = _rehearsal()
+    for shape in ("auto", "step", "persistent"):
+        r = reh.rehearse(cfg.cell, cfg.T, cfg.B, cfg.I, cfg.H, _DTYPES[cfg.dtype], cfg.mode, shape)
+        print(cfg.label(), shape, "->", r.shape, _check_rehearsal(r, shape))
+
+
+# tests/test_triton.py's GPU lane (TestGPU): input 64, hidden 200, 2 layers, bidirectional,
+# T=63, B=3, every cell (and the LSTM with a projection) in every forced shape and dtype.
+# (The smaller hidden sizes the interpreter forces compile above, at H=64.)
+GPU_LANE_CASES = [
+    (cell, H, dtype, shape, kw)
+    for cell, kw in (
+        ("lstm", {}),
+        ("lstm", dict(proj_size=48)),
+        ("gru", {}),
+        ("rnn", {}),
+        ("rnn", dict(nonlinearity="relu")),
+        ("peephole_lstm", {}),
+        ("layernorm_lstm", {}),
+    )
+    for H in (200,)
+    for dtype in ("float32", "bfloat16", "float16")
+    for shape in ("sequence", "step", "persistent")
+    if kw.get("proj_size", 0) < H
+]
+
+
+@pytest.mark.parametrize(
+    "cell,H,dtype,shape,kw",
+    GPU_LANE_CASES,
+    ids=[f"{c}{'-proj' if k.get('proj_size') else ''}{'-relu' if k.get('nonlinearity') else ''}-H{h}-{d}-{s}" for c, h, d, s, k in GPU_LANE_CASES],
+)
+def test_gpu_lane_forced_shapes_fit_sm90(cell, H, dtype, shape, kw):
+    reh = _rehearsal()
+    r = reh.rehearse(cell, 63, 3, 64, H, _DTYPES[dtype], "fwdbwd", shape, num_layers=2, bidirectional=True, **kw)
+    print(cell, H, dtype, shape, "->", r.shape, _check_rehearsal(r, shape))
+
+
+def test_rehearsal_records_what_the_dispatcher_runs():
+    """The rehearsal is the dispatcher's run: a persistent grid is chosen exactly when it is
+    resident on the rehearsed GPU (132 multiprocessors: B=1024 is 64 batch blocks x 8 hidden
+    tiles at H=256 bf16, 512 programs, which fall back to the step kernels), the step shape
+    launches once per step, and a forced sequence kernel past its fit is refused."""
+    reh = _rehearsal()
+    r = reh.rehearse("lstm", 10, 16, 32, 256, torch.bfloat16, "fwdbwd", "persistent")
+    assert r.shape == "persistent" and {lch.name for lch in r.launches} == {
+        "lstm_fwd_persistent_kernel",
+        "lstm_bwd_persistent_kernel",
+    }
+    assert reh.rehearse("lstm", 10, 1024, 32, 256, torch.bfloat16, "fwd", "persistent").shape == "step"
+    r = reh.rehearse("gru", 10, 16, 32, 256, torch.float32, "fwd", "step")
+    assert sum(n for lch, n in r.launches.items() if lch.name == "gru_fwd_step_kernel") == 10
+    # fp32 products rehearse TF32, as a GPU at torch's defaults runs them
+    assert all(dict(lch.constexprs)["PRECISION"] == "tf32" for lch in r.launches)
+    assert "cannot run this layer" in reh.rehearse("rnn", 10, 16, 32, 256, torch.float32, "fwd", "sequence").refused
