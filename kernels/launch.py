@@ -40,6 +40,11 @@ STEP_BK = 32  # K-chunk of the step kernels' streamed products (matmul_rows)
 # 187-255 (4 warps), and at H=4096 (16 warps, at most 128 registers) they spill 312-336 B.
 ROW_ELEMS = 1024
 ROW_ELEMS_PER_THREAD = 4
+# Keys of a plan's meta that are launch options of ``kernel[grid](...)``, not kernel
+# parameters. launch_cooperative_grid (persistent kernels): the driver launches the grid
+# only if all its programs can be resident at once, which grid_barrier needs; the
+# interpreter ignores it.
+LAUNCH_OPTIONS = ("num_warps", "launch_cooperative_grid")
 
 
 def row_blocks(N: int) -> dict:
@@ -52,7 +57,7 @@ def row_blocks(N: int) -> dict:
 
 
 def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> dict | None:
-    """Block sizes and ``num_warps`` of ``shape``'s kernels at hidden H and output width P,
+    """Block sizes and launch options of ``shape``'s kernels at hidden H and output width P,
     for ``n_gates`` weight tiles of ``elem`` bytes an element; None where the shape has no
     kernel (persistent with a projection, or no persistent tile fits)."""
     if shape == "sequence":  # one program holds the whole hidden width
@@ -68,7 +73,9 @@ def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) 
         BH = None if proj else persistent_tile(H, n_gates, elem)
         if BH is None:
             return None
-        return dict(BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS)
+        return dict(
+            BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS, launch_cooperative_grid=True
+        )
     raise ValueError(f"unknown kernel shape {shape!r}")
 
 
@@ -127,16 +134,17 @@ def _params(kernel) -> tuple[str, ...]:
 
 
 def launch(kernel, p: Plan, width: str | None = None, **args) -> None:
-    """``kernel[grid](**args)`` with the plan's grid, block sizes and warps. ``args`` must
-    name every other parameter of the kernel, and nothing else."""
+    """``kernel[grid](**args)`` with the plan's grid, block sizes and launch options
+    (LAUNCH_OPTIONS). ``args`` must name every other parameter of the kernel, and nothing else."""
     params = _params(kernel)
     meta = {k: v for k, v in p.meta.items() if k in params}
+    options = {k: v for k, v in p.meta.items() if k in LAUNCH_OPTIONS}
     given = set(args) | set(meta)
     if given != set(params):
         raise TypeError(
             f"{kernel.fn.__name__}: missing {sorted(set(params) - given)}, unknown {sorted(given - set(params))}"
         )
-    kernel[p.grid(width)](**args, **meta, num_warps=p.meta["num_warps"])
+    kernel[p.grid(width)](**args, **meta, **options)
 
 
 def run(

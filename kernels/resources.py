@@ -125,7 +125,10 @@ def configs(H: int, dtype: str = "fp32") -> list[tuple]:
 def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "fp32"):
     """triton.compile of ``kernel`` for sm_90: the input-dtype pointers as ``dtype``, the
     other pointers fp32 (int64 lengths, int32 barrier counters), other runtime arguments
-    int32 (fp32 for FLOAT_ARGS)."""
+    int32 (fp32 for FLOAT_ARGS). Launch options other than num_warps
+    (launch.LAUNCH_OPTIONS: the persistent kernels' cooperative grid) come from
+    ``constexprs``, where launch.blocks puts them, and land in the compiled metadata,
+    which Triton's launcher reads."""
     sig, const = {}, {}
     for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params, strict=False)):
         if p.is_constexpr:
@@ -137,8 +140,11 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "f
             )
         else:
             sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
+    options = {k: constexprs[k] for k in launch.LAUNCH_OPTIONS if k in constexprs}
     return triton.compile(
-        ASTSource(fn=kernel, signature=sig, constexprs=const), target=TARGET, options={"num_warps": num_warps}
+        ASTSource(fn=kernel, signature=sig, constexprs=const),
+        target=TARGET,
+        options={**options, "num_warps": num_warps},
     )
 
 
