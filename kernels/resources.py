@@ -27,7 +27,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 
 # arguments that carry the input dtype; every other pointer is an fp32 workspace (or the
-# int64 lengths, the int32 barrier counters)
+# int64 lengths, the int32 barrier counters and error flag)
 INPUT_DTYPE_ARGS = {
     "x_ptr",
     "w_ptr",
@@ -124,8 +124,8 @@ def configs(H: int, dtype: str = "fp32") -> list[tuple]:
 
 def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "fp32"):
     """triton.compile of ``kernel`` for sm_90: the input-dtype pointers as ``dtype``, the
-    other pointers fp32 (int64 lengths, int32 barrier counters), other runtime arguments
-    int32 (fp32 for FLOAT_ARGS). Launch options other than num_warps
+    other pointers fp32 (int64 lengths, int32 barrier counters and error flag), other
+    runtime arguments int32 (fp32 for FLOAT_ARGS). Launch options other than num_warps
     (launch.LAUNCH_OPTIONS: the persistent kernels' cooperative grid) come from
     ``constexprs``, where launch.blocks puts them, and land in the compiled metadata,
     which Triton's launcher reads."""
@@ -135,7 +135,7 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "f
             sig[name] = "constexpr"
             const[(i,)] = constexprs[name]
         elif name.endswith("_ptr"):
-            sig[name] = {"len_ptr": "*i64", "count_ptr": "*i32"}.get(
+            sig[name] = {"len_ptr": "*i64", "count_ptr": "*i32", "err_ptr": "*i32"}.get(
                 name, f"*{dtype}" if name in INPUT_DTYPE_ARGS else "*fp32"
             )
         else:
