@@ -22,7 +22,9 @@ Kernel shapes, chosen by ``_common.kernel_shape`` from the weight size:
 
 * persistent kernels (LSTM without projection, GRU): programs tile batch x hidden, keep
   their weight slice on chip for all T steps, and meet at a grid barrier each step. Only
-  when forced, until timed on a GPU.
+  when forced, until timed on a GPU. Launched as a cooperative grid; should its programs
+  still not all run at once, the barrier gives up after a bounded wait and the launch
+  raises a RuntimeError (``launch.launch_persistent``) instead of hanging.
 
 ``FASTRNN_TRITON_KERNEL=sequence|step|persistent`` forces one shape (tests run all). A forced
 sequence kernel past its fit (weight tiles over ``RESIDENT_BYTES``) is refused with a

@@ -333,21 +333,51 @@ def carry_dh_step_kernel(
     store_rows(dh_ptr, N, rows, rmask, cols, N, tl.where(act[:, None], acc, old))
 
 
+# Polls of a counter after which grid_barrier gives up (the default of the persistent
+# kernels' max_polls). A legitimate wait is one step's compute of the slowest program of the
+# batch block, plus the start-up skew of the grid at the first step: microseconds, tens of
+# polls at about 1 us an L2 atomic round trip (assumed, to be measured on a GPU). 2^20 polls
+# is about a second: some 10^4 times the longest legitimate wait, and a grid that can never
+# meet still fails in about a second instead of hanging.
+BARRIER_POLLS = 1 << 20
+# OR-ed into every counter by a program that gives up: the counters turn negative and stay
+# so (an arrival adds 1 to the low bits, which reach at most T x hidden tiles, far below
+# 2^31 for any sequence that fits in memory), so every program sees the stop in the atomic
+# it already makes, at no cost per step while the grid runs.
+_STOPPED = tl.constexpr(-(1 << 31))
+
+
 @triton.jit
-def grid_barrier(count_ptr, s):
+def grid_barrier(count_ptr, err_ptr, max_polls, s):
     """End of step s for the programs of this batch block (program axis 0): wait until all
     of them (program axis 1) have arrived, counted on count_ptr[batch block].
 
-    Each program arrives once per step (release: its stores are visible before the count
-    moves) and spins on an acquire read. Only correct when all those programs are resident
-    at once: the launcher checks the grid against the device before it launches.
+    Each program arrives once per step (acq_rel: its stores are visible before the count
+    moves, and the count it gets back acquires the stores of those that arrived before it)
+    and spins on acquire reads. That needs every program of the batch block resident at
+    once: the launcher checks the grid against the device and launches it as a cooperative
+    grid, which the driver refuses when it cannot be co-resident. Should they still not be
+    (another process on the GPU, MPS or MIG), the spin ends after max_polls polls: the
+    program records the step in err_ptr[0] (1 + s; the host turns it into an error and
+    discards the outputs) and stops every batch block's counter (_STOPPED). From then on no
+    program of the grid waits: each barrier returns at its arrival, so the kernel ends after
+    the remaining steps' compute. (The time loop cannot end early instead: Triton has no
+    break, and as a while loop the LSTM forward at H=512 compiled for sm_90 took 15 KB of
+    stack.) Scalar atomics run on one thread and their result is broadcast to the program,
+    so every thread takes the same branch.
     """
     counter = count_ptr + tl.program_id(0)
     target = (s + 1) * tl.num_programs(1)
     tl.debug_barrier()  # every thread of this program has issued its stores
-    tl.atomic_add(counter, 1, sem="release", scope="gpu")
-    while tl.atomic_add(counter, 0, sem="acquire", scope="gpu") < target:
-        pass
+    seen = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") + 1
+    polls = 0
+    while (seen >= 0) & (seen < target) & (polls < max_polls):
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        polls += 1
+    if (seen >= 0) & (seen < target):
+        tl.atomic_max(err_ptr, s + 1, sem="relaxed", scope="gpu")
+        for b in range(tl.num_programs(0)):
+            tl.atomic_or(count_ptr + b, _STOPPED, sem="release", scope="gpu")
     tl.debug_barrier()
 
 

@@ -30,7 +30,7 @@ from ._common import (
     store_rows,
     tanh,
 )
-from .launch import barrier_counters, carry_dh, launch, plan, run
+from .launch import carry_dh, launch, launch_persistent, plan, run
 
 
 @triton.jit
@@ -282,6 +282,8 @@ def gru_fwd_persistent_kernel(
     acts_ptr,  # out workspace (T, B, 4H) fp32
     hbuf_ptr,  # (2, B, H) fp32: h exchanged between programs; [0] holds h0
     count_ptr,  # (n_b,) int32 zeros: barrier counter of each batch block
+    err_ptr,  # (1,) int32 zero: grid_barrier's error flag (1 + the step it gave up at)
+    max_polls,  # grid_barrier's bound on a wait
     T,
     B,
     H,
@@ -324,7 +326,7 @@ def gru_fwd_persistent_kernel(
         )
         store_rows(hbuf_ptr + ((s + 1) % 2) * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
-        grid_barrier(count_ptr, s)
+        grid_barrier(count_ptr, err_ptr, max_polls, s)
 
 
 @triton.jit
@@ -342,6 +344,8 @@ def gru_bwd_persistent_kernel(
     # cost 32 registers (bf16, H=64)
     dh0_ptr,  # out (B, H) fp32
     count_ptr,  # (n_b,) int32 zeros
+    err_ptr,  # (1,) int32 zero: grid_barrier's error flag (1 + the step it gave up at)
+    max_polls,  # grid_barrier's bound on a wait
     T,
     B,
     H,
@@ -369,7 +373,7 @@ def gru_bwd_persistent_kernel(
             acts_ptr + t * B * 4 * H, hprev_ptr + t * B * H, dht, rows, rmask, jj, H, a2, dx_ptr + t * B * 3 * H
         )
         _store3(dgt, rows, rmask, jj, H, dar, daz, dgn)
-        grid_barrier(count_ptr, s)
+        grid_barrier(count_ptr, err_ptr, max_polls, s)
         # every program's dgh columns of step t are written: dh_{t-1} for own columns
         dh_prev = (
             dd
@@ -426,7 +430,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
         )
 
     def persistent():
-        launch(
+        launch_persistent(
             gru_fwd_persistent_kernel,
             p,
             x_ptr=x_proj,
@@ -438,7 +442,6 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
             y_ptr=y,
             acts_ptr=acts,
             hbuf_ptr=hbuf,
-            count_ptr=barrier_counters(p, dev),
             T=T,
             B=B,
             H=H,
@@ -505,7 +508,7 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
         )
 
     def persistent():
-        launch(
+        launch_persistent(
             gru_bwd_persistent_kernel,
             p,
             dy_ptr=dy,
@@ -517,7 +520,6 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
             dx_ptr=dx,
             dgh_ptr=alloc(T, B, 3 * H, device=dev, dtype=f32),
             dh0_ptr=dh,
-            count_ptr=barrier_counters(p, dev),
             T=T,
             B=B,
             H=H,

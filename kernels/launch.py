@@ -5,7 +5,9 @@ the persistent grid's residency check) and its block sizes and warps; ``run`` ru
 chosen shape's launches in time order; ``launch`` starts one kernel with every argument
 passed by name, the plan's block sizes added, and the argument set checked against the
 kernel's parameters, so neither an argument order nor a forgotten argument can go wrong
-silently. The cell modules only say which tensors each of their kernels takes.
+silently; ``launch_persistent`` adds a persistent kernel's barrier state and turns a grid
+barrier that gave up into an error. The cell modules only say which tensors each of their
+kernels takes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from functools import cache
 import torch
 import triton
 
+from . import _common
 from ._common import (
     BLOCK_B,
     PERSISTENT_WARPS,
@@ -40,6 +43,11 @@ STEP_BK = 32  # K-chunk of the step kernels' streamed products (matmul_rows)
 # 187-255 (4 warps), and at H=4096 (16 warps, at most 128 registers) they spill 312-336 B.
 ROW_ELEMS = 1024
 ROW_ELEMS_PER_THREAD = 4
+# Keys of a plan's meta that are launch options of ``kernel[grid](...)``, not kernel
+# parameters. launch_cooperative_grid (persistent kernels): the driver launches the grid
+# only if all its programs can be resident at once, which grid_barrier needs; the
+# interpreter ignores it.
+LAUNCH_OPTIONS = ("num_warps", "launch_cooperative_grid")
 
 
 def row_blocks(N: int) -> dict:
@@ -52,7 +60,7 @@ def row_blocks(N: int) -> dict:
 
 
 def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> dict | None:
-    """Block sizes and ``num_warps`` of ``shape``'s kernels at hidden H and output width P,
+    """Block sizes and launch options of ``shape``'s kernels at hidden H and output width P,
     for ``n_gates`` weight tiles of ``elem`` bytes an element; None where the shape has no
     kernel (persistent with a projection, or no persistent tile fits)."""
     if shape == "sequence":  # one program holds the whole hidden width
@@ -68,7 +76,9 @@ def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) 
         BH = None if proj else persistent_tile(H, n_gates, elem)
         if BH is None:
             return None
-        return dict(BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS)
+        return dict(
+            BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS, launch_cooperative_grid=True
+        )
     raise ValueError(f"unknown kernel shape {shape!r}")
 
 
@@ -121,8 +131,8 @@ def plan(
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
 
 
-# kernels/rehearsal.py sets this to a function(kernel, plan, width, args, meta) that records
-# a launch instead of starting it
+# kernels/rehearsal.py sets this to a function(kernel, plan, width, args, meta, options) that
+# records a launch instead of starting it
 _recorder = None
 
 
@@ -132,19 +142,20 @@ def _params(kernel) -> tuple[str, ...]:
 
 
 def launch(kernel, p: Plan, width: str | None = None, **args) -> None:
-    """``kernel[grid](**args)`` with the plan's grid, block sizes and warps. ``args`` must
-    name every other parameter of the kernel, and nothing else."""
+    """``kernel[grid](**args)`` with the plan's grid, block sizes and launch options
+    (LAUNCH_OPTIONS). ``args`` must name every other parameter of the kernel, and nothing else."""
     params = _params(kernel)
     meta = {k: v for k, v in p.meta.items() if k in params}
+    options = {k: v for k, v in p.meta.items() if k in LAUNCH_OPTIONS}
     given = set(args) | set(meta)
     if given != set(params):
         raise TypeError(
             f"{kernel.fn.__name__}: missing {sorted(set(params) - given)}, unknown {sorted(given - set(params))}"
         )
     if _recorder is not None:
-        _recorder(kernel, p, width, args, meta)
+        _recorder(kernel, p, width, args, meta, options)
         return
-    kernel[p.grid(width)](**args, **meta, num_warps=p.meta["num_warps"])
+    kernel[p.grid(width)](**args, **meta, **options)
 
 
 def run(
@@ -170,9 +181,44 @@ def run(
             step(s, t, prev)
 
 
-def barrier_counters(p: Plan, device: torch.device) -> torch.Tensor:
-    """Zeroed grid_barrier counters of a persistent launch, one per batch block."""
-    return torch.zeros(p.grid()[0], device=device, dtype=torch.int32)
+def launch_persistent(kernel, p: Plan, **args) -> None:
+    """``launch`` of a persistent kernel (a cooperative grid, ``blocks``) with its
+    grid_barrier state: zeroed counters, one per batch block, the error flag and the bound
+    on a wait (``_common.BARRIER_POLLS``). Raises RuntimeError, and so never hands back the
+    partial outputs, when the driver refuses the grid or its barrier gave up."""
+    grid, T = p.grid(), args["T"]
+    device = next(v.device for v in args.values() if isinstance(v, torch.Tensor))
+    polls = _common.BARRIER_POLLS
+    state = torch.zeros(grid[0] + 1, device=device, dtype=torch.int32)  # counters, then the flag
+    advice = (
+        f"the {grid[0]} x {grid[1]} programs of its grid (batch blocks x hidden tiles) must all run at "
+        "once, and here they could not (another process on the GPU, MPS or MIG limits, or fewer "
+        "SMs free than the device has). Set FASTRNN_TRITON_KERNEL=step to run the step kernels instead."
+    )
+    try:
+        launch(kernel, p, count_ptr=state[:-1], err_ptr=state[-1:], max_polls=polls, **args)
+    except RuntimeError as e:  # the driver's refusal ("too many blocks in cooperative launch")
+        if "cooperative" in str(e).lower():
+            raise RuntimeError(f"{kernel.fn.__name__}: the driver refused the grid {grid}: {advice}") from e
+        raise
+    if _recorder is not None:  # a rehearsal on meta tensors: nothing ran, no flag to read
+        return
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # A CUDA graph being captured: reading the flag needs a sync, which capture forbids,
+        # so it is not read. The launch is recorded as a cooperative one (the driver should
+        # still refuse a grid that cannot be co-resident when the graph is launched), and a
+        # barrier that gives up still ends the kernel instead of hanging, but then the
+        # graph's outputs are wrong with no error. Capture persistent kernels only where a
+        # run outside the graph has passed on the same device.
+        return
+    # one sync per persistent launch, which already spans the whole sequence: the cost is
+    # the host's view of that sync, and the next layer's launches queue after it
+    gave_up_at = int(state[-1].item())
+    if gave_up_at:
+        raise RuntimeError(
+            f"{kernel.fn.__name__}: the grid barrier gave up after {polls} polls at step {gave_up_at - 1} "
+            f"of {T} (grid {grid}), so its outputs are incomplete and were discarded: {advice}"
+        )
 
 
 def carry_dh(p: Plan, dg_t, w_hh, dh, direct, lens, has_lengths: bool, t: int, precision: str) -> None:

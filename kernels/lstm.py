@@ -52,7 +52,7 @@ from ._common import (
     store_rows,
     tanh,
 )
-from .launch import barrier_counters, carry_dh, launch, plan, run
+from .launch import carry_dh, launch, launch_persistent, plan, run
 
 
 @triton.jit
@@ -456,6 +456,8 @@ def lstm_fwd_persistent_kernel(
     hbuf_ptr,  # (2, B, H) fp32: h exchanged between programs; [0] holds h0
     cn_ptr,  # out (B, H) fp32
     count_ptr,  # (n_b,) int32 zeros: barrier counter of each batch block
+    err_ptr,  # (1,) int32 zero: grid_barrier's error flag (1 + the step it gave up at)
+    max_polls,  # grid_barrier's bound on a wait
     T,
     B,
     H,
@@ -506,7 +508,7 @@ def lstm_fwd_persistent_kernel(
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
-        grid_barrier(count_ptr, s)
+        grid_barrier(count_ptr, err_ptr, max_polls, s)
     store_rows(cn_ptr, H, rows, rmask, jj, H, c)
 
 
@@ -525,6 +527,8 @@ def lstm_bwd_persistent_kernel(
     dh0_ptr,
     dc0_ptr,  # out (B, H) fp32
     count_ptr,  # (n_b,) int32 zeros
+    err_ptr,  # (1,) int32 zero: grid_barrier's error flag (1 + the step it gave up at)
+    max_polls,  # grid_barrier's bound on a wait
     T,
     B,
     H,
@@ -576,7 +580,7 @@ def lstm_bwd_persistent_kernel(
         dgt = dg_ptr + t * B * 4 * H
         _store_gates(dgt, rows, rmask, jj, H, a2, di, df, dg, do)
         dc = tl.where(a2, dc_prev, dc)
-        grid_barrier(count_ptr, s)
+        grid_barrier(count_ptr, err_ptr, max_polls, s)
         # every program's dgates columns of step t are written: dh_{t-1} for own columns
         dh_prev = (
             mm(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, PRECISION)
@@ -665,7 +669,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
         )
 
     def persistent():
-        launch(
+        launch_persistent(
             lstm_fwd_persistent_kernel,
             p,
             x_ptr=x_proj,
@@ -679,7 +683,6 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
             cs_ptr=cs,
             hbuf_ptr=hbuf,
             cn_ptr=c_n,
-            count_ptr=barrier_counters(p, dev),
             T=T,
             B=B,
             H=H,
@@ -787,7 +790,7 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
         )
 
     def persistent():
-        launch(
+        launch_persistent(
             lstm_bwd_persistent_kernel,
             p,
             dy_ptr=dy,
@@ -801,7 +804,6 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
             dg_ptr=dg,
             dh0_ptr=dh,
             dc0_ptr=dc,
-            count_ptr=barrier_counters(p, dev),
             T=T,
             B=B,
             H=H,

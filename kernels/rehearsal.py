@@ -8,7 +8,8 @@ persistent grid's residency check reads that count). Every distinct launch is th
 for sm_90 with the argument types the launcher really passed (``resources.compile_signature``)
 and checked against what would make it fail at launch on such a GPU: shared memory per
 block, registers per thread, grid dimensions, and for a persistent kernel, the residency of
-its whole grid at one program per multiprocessor. A shape the dispatcher refuses (a forced
+its whole grid at one program per multiprocessor, launched as a cooperative grid (so the
+driver refuses a grid that cannot be co-resident). A shape the dispatcher refuses (a forced
 sequence kernel past its fit) is an outcome too: the refusal's message is kept.
 
 This is what the GPU benchmark suite and the GPU test lane would launch, config by config,
@@ -59,6 +60,7 @@ class Launch:
     signature: tuple  # (name, type) of the runtime arguments, in parameter order
     grid: tuple
     num_warps: int
+    options: tuple = ()  # sorted (name, value) launch options besides num_warps (cooperative grid)
 
     @property
     def name(self) -> str:
@@ -90,13 +92,14 @@ def _recording(rehearsal: Rehearsal, sms: int, precision: str | None):
     """launch.launch records into ``rehearsal``; meta tensors run the triton backend; the
     persistent residency check sees ``sms`` multiprocessors."""
 
-    def record(kernel, p, width, args, meta):
+    def record(kernel, p, width, args, meta, options):
         params = tuple(inspect.signature(kernel.fn).parameters)
         consts = {k: v for k, v in {**args, **meta}.items() if kernel.params[params.index(k)].is_constexpr}
         if precision is not None and "PRECISION" in consts and consts["PRECISION"] == "ieee":
             consts["PRECISION"] = precision
         sig = tuple((k, _arg_type(args[k])) for k in params if k in args and k not in consts)
-        key = Launch(kernel, tuple(sorted(consts.items(), key=lambda kv: kv[0])), sig, p.grid(width), p.meta["num_warps"])
+        opts = tuple(sorted((k, v) for k, v in options.items() if k != "num_warps"))
+        key = Launch(kernel, tuple(sorted(consts.items())), sig, p.grid(width), options["num_warps"], opts)
         rehearsal.launches[key] = rehearsal.launches.get(key, 0) + 1
         rehearsal.shape = p.shape
 
@@ -173,11 +176,15 @@ _COMPILED: dict = {}
 
 def compiled(lch: Launch) -> dict:
     """resources() of ``lch`` compiled for sm_90 (cached per kernel, constants and types)."""
-    key = (lch.kernel, lch.constexprs, lch.signature, lch.num_warps)
+    key = (lch.kernel, lch.constexprs, lch.signature, lch.num_warps, lch.options)
     if key not in _COMPILED:
-        _COMPILED[key] = resources.resources(
-            resources.compile_signature(lch.kernel, dict(lch.signature), dict(lch.constexprs), lch.num_warps)
+        c = resources.compile_signature(
+            lch.kernel, dict(lch.signature), {**dict(lch.constexprs), **dict(lch.options)}, lch.num_warps
         )
+        _COMPILED[key] = {
+            **resources.resources(c),
+            **{k: getattr(c.metadata, k, None) for k, _ in lch.options},
+        }
     return _COMPILED[key]
 
 
@@ -197,6 +204,8 @@ def problems(lch: Launch, res: dict, sms: int = H100_SMS) -> list[str]:
             programs *= g
         if programs > sms:
             out.append(f"persistent grid of {programs} programs on {sms} multiprocessors")
+        if not res.get("launch_cooperative_grid"):
+            out.append("not launched as a cooperative grid (its barrier would need co-residency unchecked)")
         if res["registers"] is not None and res["registers"] * threads > REGISTERS_PER_SM:
             out.append(f"{res['registers']} registers x {threads} threads do not fit one multiprocessor")
     return out

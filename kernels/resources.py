@@ -27,7 +27,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 
 # arguments that carry the input dtype; every other pointer is an fp32 workspace (or the
-# int64 lengths, the int32 barrier counters)
+# int64 lengths, the int32 barrier counters and error flag)
 INPUT_DTYPE_ARGS = {
     "x_ptr",
     "w_ptr",
@@ -124,14 +124,14 @@ def configs(H: int, dtype: str = "fp32") -> list[tuple]:
 
 def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "fp32"):
     """triton.compile of ``kernel`` for sm_90: the input-dtype pointers as ``dtype``, the
-    other pointers fp32 (int64 lengths, int32 barrier counters), other runtime arguments
-    int32 (fp32 for FLOAT_ARGS)."""
+    other pointers fp32 (int64 lengths, int32 barrier counters and error flag), other
+    runtime arguments int32 (fp32 for FLOAT_ARGS)."""
     sig = {}
     for name, p in zip(kernel.arg_names, kernel.params, strict=False):
         if p.is_constexpr:
             continue
         if name.endswith("_ptr"):
-            sig[name] = {"len_ptr": "*i64", "count_ptr": "*i32"}.get(
+            sig[name] = {"len_ptr": "*i64", "count_ptr": "*i32", "err_ptr": "*i32"}.get(
                 name, f"*{dtype}" if name in INPUT_DTYPE_ARGS else "*fp32"
             )
         else:
@@ -141,7 +141,10 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "f
 
 def compile_signature(kernel, signature: dict, constexprs: dict, num_warps: int):
     """triton.compile of ``kernel`` for sm_90 with the runtime argument types ``signature``
-    (name -> "*fp32", "i32", ...) and the constexpr values ``constexprs``."""
+    (name -> "*fp32", "i32", ...) and the constexpr values ``constexprs``. Launch options
+    other than num_warps (launch.LAUNCH_OPTIONS: the persistent kernels' cooperative grid)
+    come from ``constexprs``, where launch.blocks puts them, and land in the compiled
+    metadata, which Triton's launcher reads."""
     sig, const = {}, {}
     for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params, strict=False)):
         if p.is_constexpr:
@@ -149,8 +152,11 @@ def compile_signature(kernel, signature: dict, constexprs: dict, num_warps: int)
             const[(i,)] = constexprs[name]
         else:
             sig[name] = signature[name]
+    options = {k: constexprs[k] for k in launch.LAUNCH_OPTIONS if k in constexprs}
     return triton.compile(
-        ASTSource(fn=kernel, signature=sig, constexprs=const), target=TARGET, options={"num_warps": num_warps}
+        ASTSource(fn=kernel, signature=sig, constexprs=const),
+        target=TARGET,
+        options={**options, "num_warps": num_warps},
     )
 
 

@@ -137,6 +137,92 @@ def test_persistent_grid_must_be_resident():
         assert persistent_grid_ok(1, sms, gpu) and not persistent_grid_ok(2, sms, gpu)
 
 
+def _split_hidden_axis(monkeypatch):
+    """Persistent plans from here on tile H=32 into two hidden tiles of 16 and pass the
+    residency check, which would refuse them under the interpreter: program (b, 0) waits at
+    the first grid barrier for (b, 1), which the interpreter starts only after (b, 0) ends."""
+    from fastrnn.kernels import _common, launch
+
+    def tile(H, n_gates, elem=4):
+        return 16
+
+    monkeypatch.setattr(_common, "persistent_tile", tile)
+    monkeypatch.setattr(launch, "persistent_tile", tile)
+    monkeypatch.setattr(_common, "persistent_grid_ok", lambda n_b, n_h, device: True)
+
+
+@pytest.mark.skipif(not INTERP, reason="the interpreter runs programs one after another")
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_persistent_barrier_gives_up_instead_of_hanging(family, monkeypatch):
+    """A persistent grid whose programs are not all resident at once: the first grid
+    barrier gives up after BARRIER_POLLS polls instead of spinning forever and stops the
+    grid, and the launcher raises a RuntimeError naming the kernel, the grid and
+    FASTRNN_TRITON_KERNEL=step; no output of the failed launch reaches the caller (no
+    gradient, no forward result)."""
+    from fastrnn.kernels import _common
+
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    m = TWIN[family][0](5, 32, backend="triton")
+    x = torch.randn(3, 20, 5, requires_grad=True)  # two batch blocks
+    y, _ = m(x)  # one hidden tile of 64 columns: the barrier has no one to wait for
+    _split_hidden_axis(monkeypatch)
+    monkeypatch.setattr(_common, "BARRIER_POLLS", 20)
+    gave_up = r"_persistent_kernel: the grid barrier gave up after 20 polls at step 0 of 3 \(grid \(2, 2\)\)"
+    advice = r"must all run at once.*FASTRNN_TRITON_KERNEL=step"
+    with pytest.raises(RuntimeError, match=rf"{family}_bwd{gave_up}.*{advice}"):
+        y.sum().backward()
+    assert x.grad is None
+    kernel_type = type(lstm_kernels.lstm_fwd_persistent_kernel)
+    original, launched = kernel_type.run, []
+
+    def spy(self, *args, grid, warmup, **kwargs):
+        launched.append(kwargs)
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(kernel_type, "run", spy)
+    with pytest.raises(RuntimeError, match=rf"{family}_fwd{gave_up}.*{advice}"):
+        m(x)
+    # the first barrier's give-up stopped both batch blocks' counters (sign bit), after
+    # which every program ran through its 3 steps without waiting (no barrier gave up
+    # later: the flag says step 0), arriving once a step
+    (args,) = launched
+    count = args["count_ptr"]
+    assert (count < 0).all() and ((count & 0x7FFFFFFF) == 3 * 2).all(), count
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_only_persistent_launches_are_cooperative(family, monkeypatch):
+    """launch_cooperative_grid=True reaches ``kernel[grid](...)`` for the persistent kernels
+    and for no other (the interpreter ignores it; tests/test_triton_compile.py checks that
+    the compiled kernel carries it); a driver that refuses the cooperative grid becomes the
+    same advice as a barrier that gave up."""
+    kernel_type = type(lstm_kernels.lstm_fwd_persistent_kernel)
+    original = kernel_type.run
+    seen = {}
+
+    def spy(self, *args, grid, warmup, **kwargs):
+        seen.setdefault(self.fn.__name__, set()).add(kwargs.get("launch_cooperative_grid", False))
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(kernel_type, "run", spy)
+    x = torch.randn(4, 3, 5, device=DEV, requires_grad=True)
+    for kernel in ("persistent", "step"):
+        monkeypatch.setenv("FASTRNN_TRITON_KERNEL", kernel)
+        TWIN[family][0](5, 20, backend="triton").to(DEV)(x)[0].sum().backward()
+    coop = {f"{family}_fwd_persistent_kernel", f"{family}_bwd_persistent_kernel"}
+    assert coop <= set(seen) and len(seen) > len(coop), seen
+    for name, flags in seen.items():
+        assert flags == {name in coop}, (name, flags)
+
+    def refuse(self, *args, grid, warmup, **kwargs):
+        raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+
+    monkeypatch.setattr(kernel_type, "run", refuse)
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    with pytest.raises(RuntimeError, match=rf"{family}_fwd_persistent_kernel: the driver refused the grid \(1, 1\)"):
+        TWIN[family][0](5, 20, backend="triton").to(DEV)(x)
+
+
 def test_kernel_shape_rule(monkeypatch):
     """The sequence kernel while the padded fp32 weight tiles fit RESIDENT_BYTES (64 KiB),
     the step kernels beyond; FASTRNN_TRITON_KERNEL overrides, and a bad value is an error."""
