@@ -184,6 +184,23 @@ def mm(a, w, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def mm_slice(a, w, PRECISION: tl.constexpr):
+    """``mm(a, w)`` for a persistent program: a (BB, BK) state or gradient rows times its
+    (BK, BH) weight slice. fp32 weights run it as (w^T a^T)^T, which puts the slice's BH
+    hidden units on the MMA's M (wgmma on sm_90) instead of the 16 batch rows: with 8 warps
+    and M = 16 the warps could not split M and repeated the product, and the fp32 LSTM
+    forward spilled (H=512: 255 registers and 976 B of stack, GRU 688 B); transposed, no
+    persistent fp32 kernel spills at H <= 512 (python -m fastrnn.kernels.resources).
+    fp16/bf16 weights keep ``mm``: there the transposed form spilled more (LSTM backward
+    H=512: 0 -> 440 B), a layout question left for the persistent kernels' next version."""
+    if w.dtype == tl.float32:
+        out = tl.trans(tl.dot(tl.trans(w), tl.trans(a), input_precision=PRECISION, out_dtype=tl.float32))
+    else:
+        out = mm(a, w, PRECISION)
+    return out
+
+
+@triton.jit
 def gate_tile_t(w_ptr, n, j0, H, K, BK: tl.constexpr, BN: tl.constexpr):
     """(BK, BN) block of W^T for gate n: [k, j] = W[n*H + j0 + j, k], W row-major (G*H, K).
     The operand of a forward product h @ W^T restricted to the gate's units j0, j0+1, ..."""

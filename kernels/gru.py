@@ -24,6 +24,7 @@ from ._common import (
     load_rows_l2,
     matmul_rows,
     mm,
+    mm_slice,
     program_tile,
     sigmoid,
     step_index,
@@ -318,9 +319,9 @@ def gru_fwd_persistent_kernel(
             jj,
             H,
             a2,
-            mm(h, w_r, PRECISION),
-            mm(h, w_z, PRECISION),
-            mm(h, w_n, PRECISION),
+            mm_slice(h, w_r, PRECISION),
+            mm_slice(h, w_z, PRECISION),
+            mm_slice(h, w_n, PRECISION),
             b_hn,
             h_prev,
         )
@@ -377,9 +378,9 @@ def gru_bwd_persistent_kernel(
         # every program's dgh columns of step t are written: dh_{t-1} for own columns
         dh_prev = (
             dd
-            + mm(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, PRECISION)
-            + mm(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, PRECISION)
-            + mm(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, PRECISION)
+            + mm_slice(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, PRECISION)
+            + mm_slice(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, PRECISION)
+            + mm_slice(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, PRECISION)
         )
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)

@@ -46,6 +46,7 @@ from ._common import (
     load_rows_l2,
     matmul_rows,
     mm,
+    mm_slice,
     program_tile,
     sigmoid,
     step_index,
@@ -497,10 +498,10 @@ def lstm_fwd_persistent_kernel(
             jj,
             H,
             a2,
-            mm(h, w_i, PRECISION),
-            mm(h, w_f, PRECISION),
-            mm(h, w_g, PRECISION),
-            mm(h, w_o, PRECISION),
+            mm_slice(h, w_i, PRECISION),
+            mm_slice(h, w_f, PRECISION),
+            mm_slice(h, w_g, PRECISION),
+            mm_slice(h, w_o, PRECISION),
             c,
             cp,
             CELL,
@@ -583,10 +584,10 @@ def lstm_bwd_persistent_kernel(
         grid_barrier(count_ptr, err_ptr, max_polls, s)
         # every program's dgates columns of step t are written: dh_{t-1} for own columns
         dh_prev = (
-            mm(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, PRECISION)
-            + mm(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, PRECISION)
-            + mm(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, PRECISION)
-            + mm(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, PRECISION)
+            mm_slice(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, PRECISION)
+            + mm_slice(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, PRECISION)
+            + mm_slice(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, PRECISION)
+            + mm_slice(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, PRECISION)
         )
         dh = tl.where(a2, dh_prev, dh)
     store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
