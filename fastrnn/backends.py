@@ -76,17 +76,17 @@ _META_BACKEND = "reference"
 
 
 def _import(module: str) -> ModuleType:
-    """Import a backend module. In a source checkout (``PYTHONPATH=.``, nothing installed)
-    the Triton kernels sit in the top-level ``kernels/`` folder; an installed fastrnn ships
-    them as ``fastrnn.kernels``. Load them under that name either way."""
-    try:
+    """Import a backend module. In a source checkout the Triton kernels sit in the top-level
+    ``kernels/`` folder; an installed fastrnn ships them as ``fastrnn.kernels``. Load them
+    under that name either way, from the checkout this fastrnn was imported from when it is
+    one: an editable install elsewhere maps ``fastrnn.kernels`` to its own checkout, which
+    would otherwise run another copy's kernels beside this copy's Python."""
+    if module != "fastrnn.kernels" or module in sys.modules:
         return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if module != "fastrnn.kernels" or e.name != module:
-            raise
-    src = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
-    if not src.is_file():
-        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+    here = Path(__file__).resolve().parent
+    src = here.parent / "kernels" / "__init__.py"
+    if (here / "kernels").is_dir() or not src.is_file():  # installed: fastrnn/kernels/ is the package
+        return importlib.import_module(module)
     spec = importlib.util.spec_from_file_location(module, src, submodule_search_locations=[str(src.parent)])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[module] = mod
