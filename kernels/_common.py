@@ -291,6 +291,18 @@ def step_index(s, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def time_index(s, T, REVERSE: tl.constexpr):
+    """step_index as int64, for kernels that loop over time: they address step t of a
+    (T, B, G) tensor at t*B*G elements (t*sxt for x_proj), which passes 2^31 within a GPU's
+    memory (T=1024, B=128, G=4*4096), while Triton types the loop counter and integer
+    arguments below 2^31 as int32. So every product with the index is formed in 64 bits
+    (tests/test_triton_compile.py reads it in the compiled IR). Offsets within one step
+    (rows*stride + columns) stay int32: launch.plan refuses a layer whose one step passes
+    2^31 elements."""
+    return step_index(tl.cast(s, tl.int64), T, REVERSE)
+
+
+@triton.jit
 def active_rows(t, rows, row_mask, len_ptr, HAS_LENGTHS: tl.constexpr):
     """(BB,) bool: rows whose sequence is still running at step t (t < lengths[b])."""
     if HAS_LENGTHS:

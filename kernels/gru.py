@@ -26,9 +26,9 @@ from ._common import (
     mm,
     program_tile,
     sigmoid,
-    step_index,
     store_rows,
     tanh,
+    time_index,
 )
 from .launch import barrier_counters, carry_dh, launch, plan, run
 
@@ -141,7 +141,7 @@ def gru_fwd_seq_kernel(
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         h_new = _gru_step_math(
             x_ptr + t * sxt,
@@ -188,7 +188,7 @@ def gru_bwd_seq_kernel(
     w_n = gate_tile(w_ptr, 2, 0, H, H, BH, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(T - 1 - s, T, REVERSE)
+        t = time_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dar, daz, dgn, dd = _gru_step_backward(
@@ -301,10 +301,11 @@ def gru_fwd_persistent_kernel(
     w_z = gate_tile_t(w_ptr, 1, j0, H, H, BK, BH)
     w_n = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
+    hcur = hbuf_ptr  # h_{t-1} and h_t, swapped after each step
+    hnxt = hbuf_ptr + B * H
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        hcur = hbuf_ptr + (s % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         h_new = _gru_step_math(
@@ -322,9 +323,10 @@ def gru_fwd_persistent_kernel(
             b_hn,
             h_prev,
         )
-        store_rows(hbuf_ptr + ((s + 1) % 2) * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
+        store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
         grid_barrier(count_ptr, s)
+        hcur, hnxt = hnxt, hcur
 
 
 @triton.jit
@@ -361,7 +363,7 @@ def gru_bwd_persistent_kernel(
     w_n = gate_tile(w_ptr, 2, j0, H, H, BK, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(T - 1 - s, T, REVERSE)
+        t = time_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dgt = dgh_ptr + t * B * 3 * H

@@ -362,7 +362,7 @@ def ln_fwd_seq_kernel(
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         tb = t * B  # int32 offsets: _plan keeps T * B * (9H + 2) below 2^31 here
         h, c = _ln_step(
-            x_ptr + t * sxt,
+            x_ptr + tl.cast(t, tl.int64) * sxt,  # x_proj's time stride is the caller's: not bounded by _plan
             sxb,
             ws_ptr + tb * (9 * H + 2),
             cs_ptr + tb * H,

@@ -48,9 +48,9 @@ from ._common import (
     mm,
     program_tile,
     sigmoid,
-    step_index,
     store_rows,
     tanh,
+    time_index,
 )
 from .launch import barrier_counters, carry_dh, launch, plan, run
 
@@ -157,7 +157,7 @@ def lstm_fwd_seq_kernel(
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         c, m = _lstm_step(
             x_ptr + t * sxt,
@@ -233,8 +233,8 @@ def lstm_bwd_seq_kernel(
     m2 = rmask[:, None] & (jj < H)[None, :]
     for s in range(T):
         fs = T - 1 - s  # the forward step being undone
-        t = step_index(fs, T, REVERSE)
-        prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # clamped; unused at fs=0
+        t = time_index(fs, T, REVERSE)
+        prev = tl.minimum(tl.maximum(time_index(fs - 1, T, REVERSE), 0), T - 1)  # clamped; unused at fs=0
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dt = dh + load_rows(dy_ptr + t * B * P, P, rows, rmask, pp, P)
         if HAS_PROJ:
@@ -479,11 +479,11 @@ def lstm_fwd_persistent_kernel(
     w_o = gate_tile_t(w_ptr, 3, j0, H, H, BK, BH)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
+    hcur = hbuf_ptr  # h_{t-1} and h_t, swapped after each step
+    hnxt = hbuf_ptr + B * H
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        hcur = hbuf_ptr + (s % 2) * B * H
-        hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         c, m = _lstm_step(
             x_ptr + t * sxt,
@@ -507,6 +507,7 @@ def lstm_fwd_persistent_kernel(
         store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
         grid_barrier(count_ptr, s)
+        hcur, hnxt = hnxt, hcur
     store_rows(cn_ptr, H, rows, rmask, jj, H, c)
 
 
@@ -553,8 +554,8 @@ def lstm_bwd_persistent_kernel(
     off = rows[:, None] * H + jj[None, :]
     for s in range(T):
         fs = T - 1 - s
-        t = step_index(fs, T, REVERSE)
-        prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # unused at fs=0
+        t = time_index(fs, T, REVERSE)
+        prev = tl.minimum(tl.maximum(time_index(fs - 1, T, REVERSE), 0), T - 1)  # unused at fs=0
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dm = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         gt = gates_ptr + t * B * 4 * H

@@ -18,9 +18,9 @@ from ._common import (
     matmul_rows,
     mm,
     program_tile,
-    step_index,
     store_rows,
     tanh,
+    time_index,
 )
 from .launch import carry_dh, launch, plan, run
 
@@ -68,7 +68,7 @@ def rnn_fwd_seq_kernel(
     w = gate_tile_t(w_ptr, 0, 0, H, H, BH, BH)  # [k, j] = W_hh[j, k], on chip for all T steps
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         h_new = _rnn_cell(load_rows(x_ptr + t * sxt, sxb, rows, rmask, jj, H) + mm(h, w, PRECISION), RELU)
         h = tl.where(a2, h_new, h)
@@ -99,7 +99,7 @@ def rnn_bwd_seq_kernel(
     w = gate_tile(w_ptr, 0, 0, H, H, BH, BH)  # [j, k] = W_hh[j, k]
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(T - 1 - s, T, REVERSE)
+        t = time_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         da = _rnn_cell_backward(
             load_rows(y_ptr + t * B * H, H, rows, rmask, jj, H),
