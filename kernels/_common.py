@@ -28,6 +28,23 @@ BLOCK_B = 16  # batch rows per program: the smallest M a tensor-core dot accepts
 RESIDENT_BYTES = 64 * 1024
 
 
+# Every kernel addresses one step's rows (rows*stride + columns) and the weights with int32
+# offsets: per element they cost registers that int64 would double. Only the time offset,
+# which passes 2^31 long before one step does, is int64 (time_index); launch.plan refuses a
+# layer whose one step or weight matrix reaches this many elements.
+INT32_ELEMENTS = 2**31
+
+
+def kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """x_proj (T, B, G) as the kernels read it: last dim contiguous, and one step's B rows
+    within int32 offsets; a contiguous copy where its batch stride (a transposed or sliced
+    x_proj) takes them to 2^31 elements and B*G does not (launch.plan refuses that too)."""
+    B, G = x.shape[1], x.shape[2]
+    if x.stride(2) != 1 or (B * x.stride(1) >= INT32_ELEMENTS and B * G < INT32_ELEMENTS):
+        x = x.contiguous()
+    return x
+
+
 def pow2_block(n: int, lo: int = 16, hi: int = 64) -> int:
     """A power-of-two tile edge for n, within [lo, hi] (tl.dot needs edges >= 16 on GPUs)."""
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))

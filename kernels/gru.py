@@ -20,6 +20,7 @@ from ._common import (
     gate_tile,
     gate_tile_t,
     grid_barrier,
+    kernel_input,
     load_rows,
     load_rows_l2,
     matmul_rows,
@@ -390,8 +391,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     """-> y (T, B, H), h_n (B, H) in the input dtype; acts (T, B, 4H) = r, z, n, hn fp32."""
     T, B, G = x_proj.shape
     H = G // 3
-    if x_proj.stride(2) != 1:
-        x_proj = x_proj.contiguous()
+    x_proj = kernel_input(x_proj)
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, H, device=dev, dtype=dtype)
     acts = alloc(T, B, 4 * H, device=dev, dtype=f32)
@@ -401,7 +401,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     bhn = b_hn.contiguous() if b_hn is not None else acts  # any valid pointer when unused
     lens = lengths if lengths is not None else acts
     flags = dict(HAS_BHN=b_hn is not None, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    p = plan(3, H, H, False, w_hh.element_size(), B, dev)
+    p = plan(3, H, H, False, w_hh.element_size(), B, dev, row=max(4 * H, x_proj.stride(1)))  # acts: 4H
     # h_{t-1} and h_t of the step and persistent kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
@@ -484,7 +484,7 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
     dy, dh_n, w_hh, h_prev = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), h_prev.contiguous()
     lens = lengths if lengths is not None else dx
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    p = plan(3, H, H, False, w_hh.element_size(), B, dev)
+    p = plan(3, H, H, False, w_hh.element_size(), B, dev, row=4 * H)  # acts: 4H
     dh = alloc(B, H, device=dev, dtype=f32)
 
     def sequence():

@@ -41,6 +41,7 @@ from ._common import (
     gate_tile,
     gate_tile_t,
     grid_barrier,
+    kernel_input,
     load_cell_params,
     load_rows,
     load_rows_l2,
@@ -619,8 +620,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     T, B, G = x_proj.shape
     H, P = G // 4, w_hh.shape[1]
     proj = w_hr is not None
-    if x_proj.stride(2) != 1:
-        x_proj = x_proj.contiguous()
+    x_proj = kernel_input(x_proj)
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, P, device=dev, dtype=dtype)
     gates = alloc(T, B, G, device=dev, dtype=f32)
@@ -632,7 +632,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     lens = lengths if lengths is not None else cs
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
     cellargs = _cell_args(cell, cell_params, H, dev, backward=False)
-    p = plan(4, H, P, proj, w_hh.element_size(), B, dev)
+    p = plan(4, H, P, proj, w_hh.element_size(), B, dev, row=x_proj.stride(1))
     # h_{t-1} and h_t of the step and persistent kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, P, device=dev, dtype=f32)
     hbuf[0].copy_(h0)

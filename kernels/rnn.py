@@ -14,6 +14,7 @@ from ._common import (
     alloc,
     gate_tile,
     gate_tile_t,
+    kernel_input,
     load_rows,
     matmul_rows,
     mm,
@@ -172,8 +173,7 @@ def rnn_bwd_step_kernel(
 def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     """-> y (T, B, H), h_n (B, H) in the input dtype."""
     T, B, H = x_proj.shape
-    if x_proj.stride(2) != 1:
-        x_proj = x_proj.contiguous()
+    x_proj = kernel_input(x_proj)
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, H, device=dev, dtype=dtype)
     if B == 0 or T == 0:
@@ -181,7 +181,7 @@ def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     w_hh = w_hh.contiguous()
     lens = lengths if lengths is not None else y
     flags = dict(RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    p = plan(1, H, H, False, w_hh.element_size(), B, dev, has_persistent=False)
+    p = plan(1, H, H, False, w_hh.element_size(), B, dev, has_persistent=False, row=x_proj.stride(1))
     # h_{t-1} and h_t of the step kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
