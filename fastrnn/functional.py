@@ -11,7 +11,6 @@ direction. The reverse direction honours each sequence's own length through ``le
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Sequence
 from functools import cache
 

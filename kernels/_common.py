@@ -28,6 +28,23 @@ BLOCK_B = 16  # batch rows per program: the smallest M a tensor-core dot accepts
 RESIDENT_BYTES = 64 * 1024
 
 
+# Every kernel addresses one step's rows (rows*stride + columns) and the weights with int32
+# offsets: per element they cost registers that int64 would double. Only the time offset,
+# which passes 2^31 long before one step does, is int64 (time_index); launch.plan refuses a
+# layer whose one step or weight matrix reaches this many elements.
+INT32_ELEMENTS = 2**31
+
+
+def kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """x_proj (T, B, G) as the kernels read it: last dim contiguous, and one step's B rows
+    within int32 offsets; a contiguous copy where its batch stride (a transposed or sliced
+    x_proj) takes them to 2^31 elements and B*G does not (launch.plan refuses that too)."""
+    B, G = x.shape[1], x.shape[2]
+    if x.stride(2) != 1 or (B * x.stride(1) >= INT32_ELEMENTS and B * G < INT32_ELEMENTS):
+        x = x.contiguous()
+    return x
+
+
 def pow2_block(n: int, lo: int = 16, hi: int = 64) -> int:
     """A power-of-two tile edge for n, within [lo, hi] (tl.dot needs edges >= 16 on GPUs)."""
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
@@ -305,6 +322,18 @@ def step_index(s, T, REVERSE: tl.constexpr):
     else:
         t = s
     return t
+
+
+@triton.jit
+def time_index(s, T, REVERSE: tl.constexpr):
+    """step_index as int64, for kernels that loop over time: they address step t of a
+    (T, B, G) tensor at t*B*G elements (t*sxt for x_proj), which passes 2^31 within a GPU's
+    memory (T=1024, B=128, G=4*4096), while Triton types the loop counter and integer
+    arguments below 2^31 as int32. So every product with the index is formed in 64 bits
+    (tests/test_triton_compile.py reads it in the compiled IR). Offsets within one step
+    (rows*stride + columns) stay int32: launch.plan refuses a layer whose one step passes
+    2^31 elements."""
+    return step_index(tl.cast(s, tl.int64), T, REVERSE)
 
 
 @triton.jit

@@ -20,6 +20,7 @@ from ._common import (
     gate_tile,
     gate_tile_t,
     grid_barrier,
+    kernel_input,
     load_rows,
     load_rows_l2,
     matmul_rows,
@@ -27,9 +28,9 @@ from ._common import (
     mm_slice,
     program_tile,
     sigmoid,
-    step_index,
     store_rows,
     tanh,
+    time_index,
 )
 from .launch import carry_dh, launch, launch_persistent, plan, run
 
@@ -142,7 +143,7 @@ def gru_fwd_seq_kernel(
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         h_new = _gru_step_math(
             x_ptr + t * sxt,
@@ -189,7 +190,7 @@ def gru_bwd_seq_kernel(
     w_n = gate_tile(w_ptr, 2, 0, H, H, BH, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(T - 1 - s, T, REVERSE)
+        t = time_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dar, daz, dgn, dd = _gru_step_backward(
@@ -304,10 +305,11 @@ def gru_fwd_persistent_kernel(
     w_z = gate_tile_t(w_ptr, 1, j0, H, H, BK, BH)
     w_n = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
+    hcur = hbuf_ptr  # h_{t-1} and h_t, swapped after each step
+    hnxt = hbuf_ptr + B * H
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        hcur = hbuf_ptr + (s % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
         h_new = _gru_step_math(
@@ -325,9 +327,10 @@ def gru_fwd_persistent_kernel(
             b_hn,
             h_prev,
         )
-        store_rows(hbuf_ptr + ((s + 1) % 2) * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
+        store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
         grid_barrier(count_ptr, err_ptr, max_polls, s)
+        hcur, hnxt = hnxt, hcur
 
 
 @triton.jit
@@ -366,7 +369,7 @@ def gru_bwd_persistent_kernel(
     w_n = gate_tile(w_ptr, 2, j0, H, H, BK, BH)
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(T - 1 - s, T, REVERSE)
+        t = time_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         dgt = dgh_ptr + t * B * 3 * H
@@ -393,8 +396,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     """-> y (T, B, H), h_n (B, H) in the input dtype; acts (T, B, 4H) = r, z, n, hn fp32."""
     T, B, G = x_proj.shape
     H = G // 3
-    if x_proj.stride(2) != 1:
-        x_proj = x_proj.contiguous()
+    x_proj = kernel_input(x_proj)
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, H, device=dev, dtype=dtype)
     acts = alloc(T, B, 4 * H, device=dev, dtype=f32)
@@ -404,7 +406,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     bhn = b_hn.contiguous() if b_hn is not None else acts  # any valid pointer when unused
     lens = lengths if lengths is not None else acts
     flags = dict(HAS_BHN=b_hn is not None, HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    p = plan(3, H, H, False, w_hh.element_size(), B, dev)
+    p = plan(3, H, H, False, w_hh.element_size(), B, dev, row=max(4 * H, x_proj.stride(1)))  # acts: 4H
     # h_{t-1} and h_t of the step and persistent kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)
@@ -486,7 +488,7 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
     dy, dh_n, w_hh, h_prev = dy.contiguous(), dh_n.contiguous(), w_hh.contiguous(), h_prev.contiguous()
     lens = lengths if lengths is not None else dx
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    p = plan(3, H, H, False, w_hh.element_size(), B, dev)
+    p = plan(3, H, H, False, w_hh.element_size(), B, dev, row=4 * H)  # acts: 4H
     dh = alloc(B, H, device=dev, dtype=f32)
 
     def sequence():

@@ -23,6 +23,7 @@ import triton
 from . import _common
 from ._common import (
     BLOCK_B,
+    INT32_ELEMENTS,
     PERSISTENT_WARPS,
     RESIDENT_BYTES,
     carry_dh_step_kernel,
@@ -109,11 +110,31 @@ class Plan:
 
 
 def plan(
-    n_gates: int, H: int, P: int, proj: bool, elem: int, B: int, device: torch.device, has_persistent: bool = True
+    n_gates: int,
+    H: int,
+    P: int,
+    proj: bool,
+    elem: int,
+    B: int,
+    device: torch.device,
+    has_persistent: bool = True,
+    row: int = 0,
 ) -> Plan:
     """The kernel shape for this problem: ``kernel_shape``'s choice, except that a persistent
     request falls back to the step kernels where no persistent grid can run (a cell without
-    persistent kernels, a projection, no tile fits, or the grid could not be resident at once)."""
+    persistent kernels, a projection, no tile fits, or the grid could not be resident at once).
+    ``row``: the widest row of one step the cell's kernels address beyond its gates
+    (n_gates*H) and outputs (P), in elements: a workspace row, x_proj's batch stride.
+    A layer whose one step (B rows) or weight matrix reaches 2^31 elements is refused."""
+    step = B * max(n_gates * H, P, row)
+    weights = n_gates * H * P  # W_hh; W_hr (P, H) is smaller
+    if step >= INT32_ELEMENTS or weights >= INT32_ELEMENTS:
+        raise ValueError(
+            f"the triton backend cannot run this layer (batch {B}, hidden {H}, output {P}): "
+            f"its kernels address one time step ({step} elements) and each weight matrix ({weights} "
+            f"elements) with 32-bit offsets, which reach up to {INT32_ELEMENTS - 1}. Split the batch "
+            "into smaller ones, or use backend='reference'."
+        )
     shape = kernel_shape(n_gates, H, P, proj, elem)
     if shape == "sequence" and resident_bytes(n_gates, H, P, proj, elem) > RESIDENT_BYTES:
         # only a forced shape gets here. Refused on every device, the interpreter included

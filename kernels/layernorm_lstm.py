@@ -39,6 +39,7 @@ from ._common import (
     alloc,
     gate_tile,
     gate_tile_t,
+    kernel_input,
     load_rows,
     matmul_rows,
     mm,
@@ -362,7 +363,7 @@ def ln_fwd_seq_kernel(
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         tb = t * B  # int32 offsets: _plan keeps T * B * (9H + 2) below 2^31 here
         h, c = _ln_step(
-            x_ptr + t * sxt,
+            x_ptr + tl.cast(t, tl.int64) * sxt,  # x_proj's time stride is the caller's: not bounded by _plan
             sxb,
             ws_ptr + tb * (9 * H + 2),
             cs_ptr + tb * H,
@@ -618,13 +619,14 @@ def ln_bwd_row_kernel(
 SEQ_WARPS = 8
 
 
-def _plan(T: int, B: int, H: int, w_hh: torch.Tensor) -> Plan:
+def _plan(T: int, B: int, H: int, w_hh: torch.Tensor, x_row: int = 0) -> Plan:
     """launch.plan's shape and blocks (no persistent kernels), SEQ_WARPS for the sequence
     kernels. The sequence kernels address the whole (T, B, 9H + 2) workspace with int32
     offsets (int64 ones cost 10-40 registers and brought back the H=64 spills, compiled for
-    sm_90): past 2^31 elements the step kernels run, which address one step at a time."""
+    sm_90): past 2^31 elements the step kernels run, which address one step at a time.
+    ``x_row``: x_proj's batch stride (launch.plan's ``row``)."""
     elem = w_hh.element_size()
-    p = plan(4, H, H, False, elem, B, w_hh.device, has_persistent=False)
+    p = plan(4, H, H, False, elem, B, w_hh.device, has_persistent=False, row=max(9 * H + 2, x_row))
     if p.shape == "sequence" and T * B * (9 * H + 2) >= 2**31:
         p = Plan("step", B, H, H, blocks("step", 4, H, H, False, elem))
     return replace(p, meta={**p.meta, "num_warps": SEQ_WARPS}) if p.shape == "sequence" else p
@@ -640,8 +642,7 @@ def forward(x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, 
     cs (T, B, H) fp32."""
     T, B, G = x_proj.shape
     H = G // 4
-    if x_proj.stride(2) != 1:
-        x_proj = x_proj.contiguous()
+    x_proj = kernel_input(x_proj)
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, H, device=dev, dtype=dtype)
     ws = alloc(T, B, 9 * H + 2, device=dev, dtype=f32)
@@ -660,7 +661,7 @@ def forward(x_proj, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, 
         eps=float(eps),
     )
     lens = lengths if lengths is not None else cs
-    p = _plan(T, B, H, w_hh)
+    p = _plan(T, B, H, w_hh, x_proj.stride(1))
     # h_{t-1} and h_t of the step kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)

@@ -41,6 +41,7 @@ from ._common import (
     gate_tile,
     gate_tile_t,
     grid_barrier,
+    kernel_input,
     load_cell_params,
     load_rows,
     load_rows_l2,
@@ -49,9 +50,9 @@ from ._common import (
     mm_slice,
     program_tile,
     sigmoid,
-    step_index,
     store_rows,
     tanh,
+    time_index,
 )
 from .launch import carry_dh, launch, launch_persistent, plan, run
 
@@ -158,7 +159,7 @@ def lstm_fwd_seq_kernel(
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         c, m = _lstm_step(
             x_ptr + t * sxt,
@@ -234,8 +235,8 @@ def lstm_bwd_seq_kernel(
     m2 = rmask[:, None] & (jj < H)[None, :]
     for s in range(T):
         fs = T - 1 - s  # the forward step being undone
-        t = step_index(fs, T, REVERSE)
-        prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # clamped; unused at fs=0
+        t = time_index(fs, T, REVERSE)
+        prev = tl.minimum(tl.maximum(time_index(fs - 1, T, REVERSE), 0), T - 1)  # clamped; unused at fs=0
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dt = dh + load_rows(dy_ptr + t * B * P, P, rows, rmask, pp, P)
         if HAS_PROJ:
@@ -482,11 +483,11 @@ def lstm_fwd_persistent_kernel(
     w_o = gate_tile_t(w_ptr, 3, j0, H, H, BK, BH)
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
+    hcur = hbuf_ptr  # h_{t-1} and h_t, swapped after each step
+    hnxt = hbuf_ptr + B * H
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        hcur = hbuf_ptr + (s % 2) * B * H
-        hnxt = hbuf_ptr + ((s + 1) % 2) * B * H
         h = load_rows_l2(hcur, H, rows, rmask, kk, H)
         c, m = _lstm_step(
             x_ptr + t * sxt,
@@ -510,6 +511,7 @@ def lstm_fwd_persistent_kernel(
         store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
         grid_barrier(count_ptr, err_ptr, max_polls, s)
+        hcur, hnxt = hnxt, hcur
     store_rows(cn_ptr, H, rows, rmask, jj, H, c)
 
 
@@ -558,8 +560,8 @@ def lstm_bwd_persistent_kernel(
     off = rows[:, None] * H + jj[None, :]
     for s in range(T):
         fs = T - 1 - s
-        t = step_index(fs, T, REVERSE)
-        prev = tl.minimum(tl.maximum(step_index(fs - 1, T, REVERSE), 0), T - 1)  # unused at fs=0
+        t = time_index(fs, T, REVERSE)
+        prev = tl.minimum(tl.maximum(time_index(fs - 1, T, REVERSE), 0), T - 1)  # unused at fs=0
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dm = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
         gt = gates_ptr + t * B * 4 * H
@@ -623,8 +625,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     T, B, G = x_proj.shape
     H, P = G // 4, w_hh.shape[1]
     proj = w_hr is not None
-    if x_proj.stride(2) != 1:
-        x_proj = x_proj.contiguous()
+    x_proj = kernel_input(x_proj)
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, P, device=dev, dtype=dtype)
     gates = alloc(T, B, G, device=dev, dtype=f32)
@@ -636,7 +637,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     lens = lengths if lengths is not None else cs
     flags = dict(HAS_LENGTHS=lengths is not None, PRECISION=precision)
     cellargs = _cell_args(cell, cell_params, H, dev, backward=False)
-    p = plan(4, H, P, proj, w_hh.element_size(), B, dev)
+    p = plan(4, H, P, proj, w_hh.element_size(), B, dev, row=x_proj.stride(1))
     # h_{t-1} and h_t of the step and persistent kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, P, device=dev, dtype=f32)
     hbuf[0].copy_(h0)

@@ -7,6 +7,7 @@ Triton ships ptxas and cuobjdump, so ``triton.compile`` with a GPUTarget runs on
 machine. This catches what the interpreter accepts and the compiler rejects, and shows
 spills before any GPU time is spent. Block sizes and warps come from ``launch.blocks``, as
 the launchers use them; the flags below pick one specialisation of each kernel.
+``time_offsets`` reads a compiled kernel's TTIR for the width of its time-indexed addresses.
 """
 
 from __future__ import annotations
@@ -173,6 +174,76 @@ def resources(compiled) -> dict:
         "stack_bytes": int(m.group(2)) if m else None,
         "shared_bytes": compiled.metadata.shared,
     }
+
+
+_VALUE = re.compile(r"%[\w.$-]+")
+_DEF = re.compile(r"^\s*(%[\w.$-]+(?::\d+)?(?:\s*,\s*%[\w.$-]+(?::\d+)?)*)\s*=\s*([\w.]+)\b(.*)$")
+_FOR = re.compile(r"scf\.for\s+(%[\w.$-]+)\s*=")
+
+
+def _int_bits(ty: str) -> int | None:
+    """Width of an integer scalar or tensor type (i32, tensor<16x1xi64>); None for others."""
+    m = re.search(r"(?:^|[\sx])i(\d+)>?$", ty.strip())
+    return int(m.group(1)) if m else None
+
+
+def time_offsets(ttir: str) -> list[tuple[str, bool]]:
+    """The address offsets (``tt.addptr``) inside a kernel's time loop (the first ``scf.for``
+    of its TTIR) that depend on the loop index, each with whether it is formed in 64 bits
+    all the way: the offset and every multiplication between the index and it are i64 (a
+    product formed in 32 bits and widened afterwards has already wrapped). Offsets that do
+    not depend on the index (a step's rows and columns) are not listed.
+
+    A value depends on the index when an operand of the operation that makes it does (for
+    operations with regions, an operand of anything inside them); loop-carried integers
+    count as the index."""
+    lines = [re.sub(r"\s*loc\([^()]*\)\s*$", "", line) for line in ttir.splitlines()]
+    start = next(i for i, line in enumerate(lines) if _FOR.search(line))
+    tainted = {_FOR.search(lines[start]).group(1)}
+    carried = re.search(r"iter_args\((.*?)\)\s*->\s*\((.*?)\)", lines[start])
+    if carried:
+        for arg, ty in zip(re.findall(r"(%[\w.$-]+)\s*=", carried.group(1)), carried.group(2).split(","), strict=False):
+            if "tensor" not in ty and _int_bits(ty) is not None:
+                tainted.add(arg)
+    made = {}  # value -> (operation, integer width of its type, operands)
+    depth, regions, found = 0, [], []
+    for line in lines[start + 1 :]:
+        depth += line.count("{") - line.count("}")
+        if depth < 0:  # the loop's closing brace
+            break
+        while regions and depth <= regions[-1][0]:  # a region closed: its op's results are known
+            _, names, op, uses = regions.pop()
+            for n in names:
+                made[n] = (op, None, uses)
+                if uses & tainted:
+                    tainted.add(n)
+        d = _DEF.match(line)
+        uses = set(_VALUE.findall(d.group(3) if d else line))
+        for r in regions:
+            r[3].update(uses)
+        if not d:
+            continue
+        names = [n.split(":")[0] for n in re.split(r"\s*,\s*", d.group(1))]
+        op, ty = d.group(2), line.rsplit(" : ", 1)[-1].rsplit(",", 1)[-1]
+        if line.count("{") > line.count("}"):  # results made by the region's yields
+            regions.append((depth - 1, names, op, set(uses)))
+            continue
+        for n in names:
+            made[n] = (op, _int_bits(ty), uses)
+            if uses & tainted:
+                tainted.add(n)
+        if op == "tt.addptr" and (off := _VALUE.findall(d.group(3))[1]) in tainted:
+            wide, todo, seen = _int_bits(ty) == 64, [off], set()
+            while todo:  # the index-dependent values the offset is made from
+                v = todo.pop()
+                if v in seen or v not in tainted or v not in made:
+                    continue
+                seen.add(v)
+                vop, vbits, vuses = made[v]
+                wide &= vop != "arith.muli" or vbits == 64
+                todo.extend(vuses)
+            found.append((line.strip(), wide))
+    return found
 
 
 def main(argv=None) -> int:

@@ -14,13 +14,14 @@ from ._common import (
     alloc,
     gate_tile,
     gate_tile_t,
+    kernel_input,
     load_rows,
     matmul_rows,
     mm,
     program_tile,
-    step_index,
     store_rows,
     tanh,
+    time_index,
 )
 from .launch import carry_dh, launch, plan, run
 
@@ -68,7 +69,7 @@ def rnn_fwd_seq_kernel(
     w = gate_tile_t(w_ptr, 0, 0, H, H, BH, BH)  # [k, j] = W_hh[j, k], on chip for all T steps
     h = load_rows(h0_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(s, T, REVERSE)
+        t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         h_new = _rnn_cell(load_rows(x_ptr + t * sxt, sxb, rows, rmask, jj, H) + mm(h, w, PRECISION), RELU)
         h = tl.where(a2, h_new, h)
@@ -99,7 +100,7 @@ def rnn_bwd_seq_kernel(
     w = gate_tile(w_ptr, 0, 0, H, H, BH, BH)  # [j, k] = W_hh[j, k]
     dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
     for s in range(T):
-        t = step_index(T - 1 - s, T, REVERSE)
+        t = time_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         da = _rnn_cell_backward(
             load_rows(y_ptr + t * B * H, H, rows, rmask, jj, H),
@@ -172,8 +173,7 @@ def rnn_bwd_step_kernel(
 def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     """-> y (T, B, H), h_n (B, H) in the input dtype."""
     T, B, H = x_proj.shape
-    if x_proj.stride(2) != 1:
-        x_proj = x_proj.contiguous()
+    x_proj = kernel_input(x_proj)
     dev, f32, dtype = x_proj.device, torch.float32, x_proj.dtype
     y = alloc(T, B, H, device=dev, dtype=dtype)
     if B == 0 or T == 0:
@@ -181,7 +181,7 @@ def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     w_hh = w_hh.contiguous()
     lens = lengths if lengths is not None else y
     flags = dict(RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, PRECISION=precision)
-    p = plan(1, H, H, False, w_hh.element_size(), B, dev, has_persistent=False)
+    p = plan(1, H, H, False, w_hh.element_size(), B, dev, has_persistent=False, row=x_proj.stride(1))
     # h_{t-1} and h_t of the step kernels ([0] starts as h0); h_n = hbuf[T % 2]
     hbuf = alloc(2, B, H, device=dev, dtype=f32)
     hbuf[0].copy_(h0)

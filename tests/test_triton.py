@@ -276,6 +276,36 @@ def test_forced_sequence_past_its_fit_is_refused(monkeypatch, n_gates, H, P, pro
     assert (plan(n_gates, H, P, proj, elem, 16, torch.device("cuda")).shape == "sequence") == fits
 
 
+def test_plan_refuses_a_step_past_int32_offsets():
+    """The kernels address one step's rows and the weights with int32 offsets (only the time
+    offset is int64): a layer whose one step (B rows of its widest row) or W_hh reaches 2^31
+    elements is refused before anything runs; one row or unit less is planned."""
+    from fastrnn.kernels.launch import plan
+
+    cpu = torch.device("cpu")
+    B = 2**31 // (4 * 1024)  # B * 4H = 2^31 at H=1024
+    with pytest.raises(ValueError, match=r"one time step \(2147483648 elements\).*32-bit offsets.*Split the batch"):
+        plan(4, 1024, 1024, False, 4, B, cpu)
+    assert plan(4, 1024, 1024, False, 4, B - 1, cpu).shape == "step"
+    with pytest.raises(ValueError, match="32-bit offsets"):  # a wider row: x_proj's batch stride, a workspace
+        plan(4, 1024, 1024, False, 4, B // 2, cpu, row=8 * 1024)
+    assert plan(4, 1024, 1024, False, 4, B // 2, cpu, row=8 * 1024 - 1).shape == "step"
+    with pytest.raises(ValueError, match=r"weight matrix \(2147580964 elements\)"):  # 4 * 23171^2
+        plan(4, 23171, 23171, False, 4, 1, cpu)
+    assert plan(4, 23170, 23170, False, 4, 1, cpu).shape == "step"
+
+
+def test_kernel_input_copies_a_step_past_int32_offsets():
+    """x_proj whose batch stride takes one step past 2^31 elements (here a transposed (B, T, G)
+    layout) is copied contiguous, where one step is B*G; any other x_proj is read in place."""
+    from fastrnn.kernels._common import kernel_input
+
+    x = torch.empty(2**16, 2**10, 64, device="meta").transpose(0, 1)  # B * stride(1) = 2^32
+    assert kernel_input(x).stride() == (2**16 * 64, 64, 1)
+    y = torch.empty(2**14, 2**10, 64, device="meta").transpose(0, 1)  # 2^30: within int32
+    assert kernel_input(y) is y
+
+
 def test_plan_falls_back_to_step_and_launch_checks_names(monkeypatch):
     """A forced persistent shape runs the step kernels where no persistent kernel can
     (projection, a cell without one); a launch with a missing or unknown argument name is

@@ -8,6 +8,7 @@ the PeepholeLSTM's cell, as resources.configs lists them). It runs without TRITO
 where the GPU lane compiles and runs them."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import torch
 from conftest import BACKEND
 
 triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 pytestmark = [
     pytest.mark.skipif(BACKEND != "triton", reason="runs in the triton compile lane (tests/run.sh)"),
@@ -114,6 +116,60 @@ def test_layernorm_lstm_kernels_compile_without_shifts(name, kernel, constexprs,
     print(name, flip, r)
 
 
+# The kernels that run a whole sequence in one launch (sequence and persistent shapes), in
+# both directions for fp32 and as the launchers' default for bf16 (the same compilations as
+# CASES, so the compile cache has them)
+TIME_LOOP_CASES = [
+    (f"{name} reverse={not c['REVERSE']}" if flip else name, kernel, {**c, "REVERSE": c["REVERSE"] != flip}, warps, dt)
+    for dtype in ("fp32", "bf16")
+    for name, kernel, c, warps, dt in _resources().configs(64, dtype)
+    if "REVERSE" in c
+    for flip in ((False, True) if dtype == "fp32" else (False,))
+]
+
+
+@pytest.mark.parametrize(
+    "name,kernel,constexprs,warps,dtype", TIME_LOOP_CASES, ids=[c[0].replace(" ", "-") for c in TIME_LOOP_CASES]
+)
+def test_time_offsets_are_64_bit(name, kernel, constexprs, warps, dtype):
+    """Step t of a (T, B, G) tensor starts at t*B*G elements, past 2^31 within a GPU's memory
+    (T=1024, B=128, G=4*4096 is 2^31), and Triton types the loop counter and integer
+    arguments below 2^31 (T, B, H, strides) as int32, where the product wraps. In the
+    compiled kernel every address offset inside the time loop that depends on the loop
+    index must be int64, and so must every multiplication from the index to it."""
+    res = _resources()
+    found = res.time_offsets(res.compile_for_hopper(kernel, constexprs, warps, dtype).asm["ttir"])
+    assert found, "no time-indexed address in the loop: the TTIR's form changed and time_offsets sees nothing"
+    narrow = [line for line, wide in found if not wide]
+    if name.startswith("ln_lstm_"):
+        # the LayerNorm LSTM's sequence kernels keep int32 offsets into the (T, B, *) tensors
+        # the layer allocates (int64 made them spill): layernorm_lstm._plan runs the step
+        # kernels past 2^31 elements (tests/test_triton_layernorm.py). x_proj is the caller's.
+        narrow = [line for line in narrow if not re.search(r"tt\.addptr %(ws|cs|y|dy|dx|dcout)_ptr, ", line)]
+    assert not narrow, f"{len(narrow)} of {len(found)} time offsets are formed in 32 bits:\n" + "\n".join(narrow)
+
+
+@triton.jit
+def _offsets_kernel(x_ptr, y_ptr, T, B, WIDEN: tl.constexpr):
+    for t in range(T):
+        if WIDEN == 0:  # a 32-bit product
+            off = t * B
+        elif WIDEN == 1:  # the 32-bit product, widened after it wrapped
+            off = (t * B).to(tl.int64)
+        else:  # the index widened before the product
+            off = t.to(tl.int64) * B
+        tl.store(y_ptr + off + tl.arange(0, 16), tl.load(x_ptr + tl.arange(0, 16)))
+
+
+@pytest.mark.parametrize("widen,wide", [(0, False), (1, False), (2, True)])
+def test_time_offsets_sees_where_the_product_is_formed(widen, wide):
+    """time_offsets calls an offset narrow when its product with the index is formed in 32
+    bits, widened afterwards or not, and wide only when the index is widened first."""
+    res = _resources()
+    found = res.time_offsets(res.compile_for_hopper(_offsets_kernel, {"WIDEN": widen}, 4).asm["ttir"])
+    assert [w for _, w in found] == [wide], found
+
+
 # ---------------------------------------------------------------------------------------
 # The dispatcher's own launches, rehearsed on meta tensors (kernels/rehearsal.py): every
 # config of the GPU benchmark suite (python -m bench --suite gpu_goals) in each shape the
@@ -191,7 +247,7 @@ GPU_LANE_CASES = [
 @pytest.mark.parametrize(
     "cell,H,dtype,shape,kw",
     GPU_LANE_CASES,
-    ids=[f"{c}{'-proj' if k.get('proj_size') else ''}{'-relu' if k.get('nonlinearity') else ''}-H{h}-{d}-{s}" for c, h, d, s, k in GPU_LANE_CASES],
+    ids=[f"{c}-{'-'.join(map(str, k.values()))}-H{h}-{d}-{s}".replace("--", "-") for c, h, d, s, k in GPU_LANE_CASES],
 )
 def test_gpu_lane_forced_shapes_fit_sm90(cell, H, dtype, shape, kw):
     reh = _rehearsal()
