@@ -121,7 +121,7 @@ def test_meta_tensors_resolve_to_the_reference(monkeypatch):
     monkeypatch.setenv("FASTRNN_BACKEND", "cpp")
     for name in ("auto", "cpp", "triton", "reference"):
         assert backends.resolve(name, torch.device("meta")) == "reference"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="backend must be one of"):
         backends.resolve("nonsense", torch.device("meta"))
 
 
