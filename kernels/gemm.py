@@ -1,6 +1,9 @@
-"""The weight-gradient GEMMs of a layer on the triton backend: ``dW = dG^T X`` summed over
-all T*B rows of a sequence (dW_hh = dgates^T h_prev, dW_hr = dh_out^T m), after the
-backward loop (fastrnn.ops runs them through ``weight_grad``).
+"""The GEMMs of a layer on the triton backend outside the recurrence kernels: the weight
+gradients ``dW = dG^T X`` summed over all T*B rows of a sequence (dW_hh = dgates^T h_prev,
+dW_hr = dh_out^T m after the backward loop, fastrnn.ops; dW_ih = dx_proj^T x) through
+``weight_grad``, and the input projection ``x_proj = x @ W_ih^T + b`` and its input
+gradient ``dx = dx_proj @ W_ih`` through ``linear`` and ``linear_backward``
+(fastrnn.functional, as the op ``fastrnn::linear``).
 
 Why a kernel of its own rather than ``torch.mm``: on CUDA a torch matmul takes TF32 from
 ``torch.backends.cuda.matmul`` (IEEE by PyTorch's default), while torch.nn's LSTM on cuDNN
@@ -13,12 +16,14 @@ For fp16/bf16 weights both operands are rounded to the weights' dtype on load (d
 from the fp32 workspace) and multiplied on the tensor cores with fp32 accumulation, as
 cuDNN's RNNs compute their weight gradients.
 
-The products are long and thin: K = T*B rows (thousands to millions) against an output of
+The weight gradients are long and thin: K = T*B rows (thousands to millions) against an output of
 the weights' size, which a grid over output tiles alone leaves mostly idle (a 256 x 64
 dW_hh is 4 tiles of 64 x 64). So K is split: program (i, j, s) sums rows
 [s*k_split, (s+1)*k_split) of output tile (i, j) into its own fp32 partial, and the
 partials are summed afterwards in a fixed order (deterministic: no atomics). Offsets along
-K are int64: T*B*G passes 2^31 on long sequences.
+K are int64: T*B*G passes 2^31 on long sequences. The projection's products have the T*B
+rows along M instead (a grid over output tiles has plenty of programs), with int64 row
+offsets for the same reason.
 """
 
 from __future__ import annotations
@@ -53,14 +58,20 @@ _INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
+def _bf16(x):
+    """fp32 x in bf16, rounded to nearest even."""
+    if _INTERPRETING:
+        u = x.to(tl.uint32, bitcast=True)
+        u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+        x = tl.where(x != x, x, u.to(tl.float32, bitcast=True))
+    return x.to(tl.bfloat16)
+
+
+@triton.jit
 def _operand(x, OPERAND: tl.constexpr):
     """x rounded to nearest even in the product's operand dtype (the weights')."""
     if OPERAND == "bf16":
-        if _INTERPRETING:
-            u = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-            x = tl.where(x != x, x, u.to(tl.float32, bitcast=True))
-        y = x.to(tl.bfloat16)
+        y = _bf16(x.to(tl.float32))
     elif OPERAND == "fp16":
         y = x.to(tl.float16)
     else:
@@ -107,6 +118,55 @@ def weight_grad_kernel(
     tl.store(out, acc, mask=m_mask[:, None] & n_mask[None, :])
 
 
+@triton.jit
+def linear_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_x,
+    stride_wk,
+    stride_wn,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    OPERAND: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """y[m, n] = sum_k x[m, k] * w[k, n] (+ bias[n]), accumulated in fp32, rounded once to
+    y's dtype. x (M, K) row-major with unit column stride, w[k, n] at k*stride_wk +
+    n*stride_wn (W^T of a row-major W for the projection, W itself for its input
+    gradient), y (M, N) contiguous. Program (i, j) owns output tile (i, j)."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    m_mask = rm < M
+    n_mask = rn < N
+    rows = rm.to(tl.int64)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + tl.arange(0, BK)
+        k_mask = kk < K
+        a = tl.load(x_ptr + rows[:, None] * stride_x + kk[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(
+            w_ptr + kk[:, None] * stride_wk + rn[None, :] * stride_wn, mask=k_mask[:, None] & n_mask[None, :], other=0.0
+        )
+        acc += mm(_operand(a, OPERAND), _operand(b, OPERAND), PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if y_ptr.dtype.element_ty == tl.bfloat16:
+        y = _bf16(acc)
+    else:
+        y = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + rows[:, None] * N + rn[None, :], y, mask=m_mask[:, None] & n_mask[None, :])
+
+
+LINEAR_BM = 64  # rows (of T*B) per program
+
+
 def blocks(M: int, N: int) -> dict:
     """Block sizes and warps of weight_grad_kernel for an (M, N) output."""
     return dict(BM=pow2_block(M), BN=pow2_block(N), BK=GEMM_BK, num_warps=GEMM_WARPS)
@@ -117,8 +177,8 @@ class GemmPlan:
     """What launch.launch needs of a plan: block sizes and warps, and the grid."""
 
     meta: dict
-    tiles: tuple  # (tiles along M, tiles along N, splits of K)
-    k_split: int  # rows of K per split, a multiple of BK
+    tiles: tuple  # (tiles along M, tiles along N[, splits of K])
+    k_split: int = 0  # weight_grad: rows of K per split, a multiple of BK
 
     def grid(self, width: str | None = None) -> tuple:
         return self.tiles
@@ -175,3 +235,54 @@ def weight_grad(dg: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, splits:
         PRECISION=dot_precision(weight),
     )
     return out[0] if p.tiles[2] == 1 else out.sum(0)
+
+
+def linear_blocks(N: int) -> dict:
+    """Block sizes and warps of linear_kernel for outputs N wide."""
+    return dict(BM=LINEAR_BM, BN=pow2_block(N), BK=GEMM_BK, num_warps=GEMM_WARPS)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, wk: int, wn: int, N: int, bias, weight) -> torch.Tensor:
+    """x @ w (+ bias) with w[k, n] at strides (wk, wn) of ``w``; operands and precision
+    from ``weight``, the result in x's dtype."""
+    if weight.dtype not in OPERANDS:
+        raise RuntimeError(f"fastrnn triton backend supports float32, float16 and bfloat16, got {weight.dtype}")
+    x = _rows(x)
+    M, K = x.shape
+    y = alloc(M, N, device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return y
+    meta = linear_blocks(N)
+    p = GemmPlan(meta, (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"])))
+    launch(
+        linear_kernel,
+        p,
+        x_ptr=x,
+        w_ptr=w,
+        bias_ptr=bias if bias is not None else y,
+        y_ptr=y,
+        M=M,
+        N=N,
+        K=K,
+        stride_x=x.stride(0),
+        stride_wk=wk,
+        stride_wn=wn,
+        HAS_BIAS=bias is not None,
+        OPERAND=OPERANDS[weight.dtype],
+        PRECISION=dot_precision(weight),
+    )
+    return y
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (R, I) @ w^T (w (G, I)) + bias (G,): a layer's input projection, in x's dtype."""
+    return _linear(x, w, w.stride(1), w.stride(0), w.shape[0], bias, w)
+
+
+def linear_backward(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_dx: bool, need_dw: bool) -> tuple:
+    """Gradients of ``linear`` from dy (R, G): dx = dy @ w (R, I) in dy's dtype and
+    dw = dy^T x (G, I) in w's dtype, each an empty tensor where not needed (the bias
+    gradient, a plain sum over rows, is the caller's)."""
+    dx = _linear(dy, w, w.stride(0), w.stride(1), w.shape[1], None, w) if need_dx else dy.new_empty(0)
+    dw = weight_grad(dy, x, w).to(w.dtype) if need_dw else w.new_empty(0)
+    return dx, dw

@@ -43,6 +43,7 @@ INPUT_DTYPE_ARGS = {
     "lnr_b_ptr",
     "lnc_w_ptr",
     "lnc_b_ptr",
+    "bias_ptr",
 }
 FLOAT_ARGS = {"eps"}  # fp32 scalars; every other non-pointer runtime argument is an int32
 
@@ -92,9 +93,10 @@ ROWS = [
     ("ln_lstm_fwd_row", layernorm_lstm.ln_fwd_row_kernel, 4, dict(HAS_LNR_B=True, HAS_LNC_B=True)),
     ("ln_lstm_bwd_row", layernorm_lstm.ln_bwd_row_kernel, 4, {}),
 ]
-# the weight-gradient GEMM after the backward loop, at an LSTM's dW_hh (4H x H); blocks from
-# gemm.blocks
-GEMM = [("weight_grad", gemm.weight_grad_kernel, 4, {})]
+# the layer's GEMMs outside the loop at an LSTM's sizes: the weight gradient dW_hh (4H x H,
+# blocks from gemm.blocks) and the input projection with its bias (4H wide,
+# gemm.linear_blocks)
+GEMM = [("weight_grad", gemm.weight_grad_kernel, 4, {}), ("linear", gemm.linear_kernel, 4, dict(HAS_BIAS=True))]
 PERSISTENT = [
     ("lstm_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_FWD)),
     ("lstm_bwd_persistent", lstm.lstm_bwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_BWD)),
@@ -123,7 +125,8 @@ def configs(H: int, dtype: str = "fp32") -> list[tuple]:
             consts = {**meta, **flags, "HAS_LENGTHS": True, "PRECISION": prec}
             out.append((f"{name} H={H} {dtype}", k, consts, consts["num_warps"], dtype))
     for name, k, gates, flags in GEMM:
-        consts = {**gemm.blocks(gates * H, H), **flags, "OPERAND": dtype, "PRECISION": prec}
+        meta = gemm.blocks(gates * H, H) if k is gemm.weight_grad_kernel else gemm.linear_blocks(gates * H)
+        consts = {**meta, **flags, "OPERAND": dtype, "PRECISION": prec}
         out.append((f"{name} H={H} {dtype}", k, consts, consts["num_warps"], dtype))
     return out
 
