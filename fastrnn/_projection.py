@@ -66,9 +66,11 @@ def _backward(ctx, dy):
     if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
         dx = dy @ w if need_dx else None
         dw = dy.t() @ x if need_dw else None
-    else:
+    elif need_dx or need_dw:
         dx, dw = torch.ops.fastrnn.linear_backward(dy, x, w, need_dx, need_dw, ctx.backend)
         dx, dw = (dx if need_dx else None), (dw if need_dw else None)
+    else:
+        dx = dw = None
     db = dy.sum(0) if ctx.has_bias and need_db else None
     return dx, dw, db, None
 
