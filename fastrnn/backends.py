@@ -7,7 +7,8 @@ A backend is a module that runs the time loops, and nothing else: for every cell
 backward results are in the accumulation dtype (:func:`fastrnn.numerics.acc_dtype`); a
 forward under ``workspace=False`` may return empty workspaces. The input projection, layers,
 directions, packing, dropout and every weight-gradient GEMM are shared
-(:mod:`fastrnn.functional`, :mod:`fastrnn.ops`). The three backends:
+(:mod:`fastrnn.functional`, :mod:`fastrnn.ops`); a backend may supply those GEMMs' arithmetic
+(``OWN_GEMMS``, :func:`gemm`). The three backends:
 :mod:`fastrnn.reference` (plain PyTorch, any device and dtype), :mod:`fastrnn._cpp`
 (C++, CPU) and ``fastrnn.kernels`` (Triton).
 
@@ -34,7 +35,7 @@ import torch
 
 from .cells import CELLS
 
-__all__ = ["BACKENDS", "available_backends", "resolve", "implementation", "check_name"]
+__all__ = ["BACKENDS", "available_backends", "resolve", "implementation", "gemm", "OWN_GEMMS", "check_name"]
 
 BACKENDS = ("auto", "triton", "cpp", "reference")
 # Not a user-facing choice: autograd straight through fastrnn.reference's cells, no custom
@@ -203,6 +204,20 @@ def native_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:
     if spec is None or dtype in spec.dtypes or dtype not in (torch.float16, torch.bfloat16):
         return dtype
     return torch.float32
+
+
+# Backends with GEMMs of their own for a layer's products outside the time loops (the
+# input projection and its gradients, the weight gradients after the loop): entry points
+# ``weight_grad(dg (R, M), x (R, N), weight) -> dg^T x`` (M, N) fp32, ``linear(x, w, b)``
+# and ``linear_backward(dy, x, w, need_dx, need_dw)`` (fastrnn.kernels.gemm). The Triton
+# backend has them so that those GEMMs take the recurrence's precision rule and operands;
+# elsewhere they are torch matmuls (the CPU backends' numbers).
+OWN_GEMMS = ("triton",)
+
+
+def gemm(backend: str, entry: str) -> Callable | None:
+    """A backend's own GEMM ``entry`` (see OWN_GEMMS), or None for the torch matmuls."""
+    return getattr(_load(backend)[0], entry) if backend in OWN_GEMMS else None
 
 
 def implementation(backend: str, entry: str) -> Callable:

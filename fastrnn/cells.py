@@ -100,7 +100,9 @@ class Cell:
     # after the backward loop: (dx_proj, loop_grads, named tensors) -> gradient of the
     # recurrent product h_{t-1} @ W_hh^T, (T, B, G)
     recurrent_grad: Callable
-    # (dx_proj, dgh, loop_grads, named tensors) -> gradients of the extras (None where absent)
+    # (dx_proj, dgh, loop_grads, named tensors) -> gradients of the extras (None where absent);
+    # a weight gradient a^T b over all T*B rows is ``named["weight_grad"](a, b)``, the
+    # backend's GEMM (fastrnn.ops._run_backward)
     extra_grads: Callable
     # the input side of the gates for one direction, after the GEMM x @ W_ih^T (+ bias):
     # (x_proj (T, B, G), per-direction weights by name, layer options) -> x_proj; None: as is
@@ -211,7 +213,7 @@ def _lstm_extra_grads(dx, dgh, loop_grads, t):
     (dh_out,) = loop_grads
     T, B, H = t["cs"].shape
     m = t["gates"][..., 3 * H :] * torch.tanh(t["cs"])
-    return (dh_out.reshape(T * B, t["w_hr"].shape[0]).t() @ m.reshape(T * B, H),)
+    return (t["weight_grad"](dh_out.reshape(T * B, t["w_hr"].shape[0]), m.reshape(T * B, H)),)
 
 
 def _lstm_dims(x_proj, w_hh, extras):

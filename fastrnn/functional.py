@@ -4,8 +4,9 @@ Every function here takes time-major input ``(T, B, I)``; :mod:`fastrnn.modules`
 input checks and layout normalisation (batch_first, unbatched, PackedSequence) once.
 
 Per layer, ONE GEMM projects the whole sequence for both directions,
-``x_proj = x @ [W_ih_fwd; W_ih_bwd]^T + bias`` with T*B rows, then one recurrence op runs per
-direction. The reverse direction honours each sequence's own length through ``lengths``.
+``x_proj = x @ [W_ih_fwd; W_ih_bwd]^T + bias`` with T*B rows (torch's addmm, or the backend's
+own GEMM: :mod:`fastrnn._projection`), then one recurrence op runs per direction. The
+reverse direction honours each sequence's own length through ``lengths``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends, cells, ops
+from ._projection import project
 
 __all__ = ["rnn", "cell", "cell_step", "unpack", "pack"]
 
@@ -224,9 +226,7 @@ def rnn(
         b = None
         if loop[0][0] is not None:  # the bias folded into the projection (LayerNormLSTM has none)
             b = torch.cat([lp[0] for lp in loop]) if D > 1 else loop[0][0]
-            x_proj = torch.addmm(b, x2d, w_ih.t())
-        else:
-            x_proj = x2d @ w_ih.t()
+        x_proj = project(x2d, w_ih, b, concrete)
         G = w_ih.shape[0] // D
         x_proj = x_proj.view(T, B, D * G)
         outs = []
@@ -327,7 +327,7 @@ def cell_step(
             return _cell_step.step(mode, input, states, *w)
     b, extras, attrs = spec.loop_inputs(mode, weights, bias, options)
     w_ih = weights["weight_ih"]
-    x_proj = (torch.addmm(b, input, w_ih.t()) if b is not None else input @ w_ih.t()).unsqueeze(0)
+    x_proj = project(input, w_ih, b, concrete).unsqueeze(0)
     if spec.project_input is not None:
         x_proj = spec.project_input(x_proj, weights, options)
     _, *final = ops.recurrence(spec, x_proj, weights["weight_hh"], extras, states, None, False, attrs, concrete)

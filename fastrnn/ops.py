@@ -154,6 +154,11 @@ def _run_forward(cell: Cell, args: tuple, backend: str, workspace: bool, checked
     return out if backend in _FRESH_OUTPUTS else _fresh(out, args)
 
 
+def _weight_grad(a: Tensor, b: Tensor) -> Tensor:
+    """a^T b over all rows: a weight gradient as a torch matmul (the CPU backends')."""
+    return a.t() @ b
+
+
 def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     """The backend's backward loop, then the work every backend shares: h_prev, dW_hh as one
     GEMM over T*B rows, the extras' gradients; results in the upstream gradient's dtype."""
@@ -172,13 +177,22 @@ def _run_backward(cell: Cell, args: tuple, backend: str) -> tuple:
     dgh = cell.recurrent_grad(dx, loop_grads, named)
     T, B, G = dgh.shape
     P = h0.shape[-1]
+    # the weight-gradient GEMMs: torch matmuls in the accumulation dtype, or the backend's
+    # own (Triton), whose operand dtype and TF32 rule come from the layer's weights as its
+    # recurrence's do; fp32 results either way for half inputs
+    own, w_hh = backends.gemm(backend, "weight_grad"), named["w_hh"]
+    wgrad = named["weight_grad"] = _weight_grad if own is None else (lambda a, b: own(a, b, w_hh))
     if hp is not None:
-        dw_hh = dgh.reshape(T * B, G).t() @ hp.reshape(T * B, P)
+        dw_hh = wgrad(dgh.reshape(T * B, G), hp.reshape(T * B, P))
     else:
         # h_prev is h0 at the first step processed and y at the step before otherwise, so
         # dW_hh = dgh[first]^T h0 + dgh[rest]^T y[shifted]: one addmm over (T-1)*B rows, no copy
         first, rest, ys = (T - 1, slice(0, T - 1), y[1:]) if reverse else (0, slice(1, T), y[:-1])
-        dw_hh = torch.addmm(dgh[first].t() @ h0, dgh[rest].reshape((T - 1) * B, G).t(), ys.reshape((T - 1) * B, P))
+        dg_rest, ys = dgh[rest].reshape((T - 1) * B, G), ys.reshape((T - 1) * B, P)
+        if own is None:
+            dw_hh = torch.addmm(dgh[first].t() @ h0, dg_rest.t(), ys)
+        else:
+            dw_hh = wgrad(dgh[first], h0) + wgrad(dg_rest, ys)
     d_extras = cell.extra_grads(dx, dgh, loop_grads, named)
     out = (dx, dw_hh, *d_extras, *dstates0)
     # custom ops return Tensors: an empty one stands for the gradient of an absent extra

@@ -40,6 +40,10 @@ exactly when torch.nn's would: ``fastrnn.numerics.cudnn_rnn_tf32``). fp16/bf16 i
 recurrent products take fp16/bf16 operands (the fp32 state rounded to the weights' dtype)
 with fp32 accumulation, as cuDNN's RNNs do; state, cell math and workspaces stay fp32,
 outputs are in the input dtype.
+The layer's other GEMMs follow the same rule through the backend's own (gemm.py), not
+torch.backends.cuda.matmul's: the weight gradients (dW_hh, dW_hr after the loop, dW_ih) by
+``weight_grad``, the input projection and its input gradient by ``linear`` and
+``linear_backward``.
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (IEEE).
 """
 
@@ -50,6 +54,7 @@ from fastrnn.numerics import dot_precision
 
 from . import gru, layernorm_lstm, lstm, peephole_lstm, rnn
 from ._compat import interpreter_scalar_index
+from .gemm import linear, linear_backward, weight_grad
 
 interpreter_scalar_index()
 
@@ -64,6 +69,9 @@ __all__ = [
     "rnn_backward",
     "layernorm_lstm_forward",
     "layernorm_lstm_backward",
+    "weight_grad",
+    "linear",
+    "linear_backward",
 ]
 
 

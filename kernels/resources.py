@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import _common, gru, launch, layernorm_lstm, lstm, peephole_lstm, rnn
+from . import _common, gemm, gru, launch, layernorm_lstm, lstm, peephole_lstm, rnn
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -44,6 +44,7 @@ INPUT_DTYPE_ARGS = {
     "lnr_b_ptr",
     "lnc_w_ptr",
     "lnc_b_ptr",
+    "bias_ptr",
 }
 FLOAT_ARGS = {"eps"}  # fp32 scalars; every other non-pointer runtime argument is an int32
 
@@ -93,6 +94,10 @@ ROWS = [
     ("ln_lstm_fwd_row", layernorm_lstm.ln_fwd_row_kernel, 4, dict(HAS_LNR_B=True, HAS_LNC_B=True)),
     ("ln_lstm_bwd_row", layernorm_lstm.ln_bwd_row_kernel, 4, {}),
 ]
+# the layer's GEMMs outside the loop at an LSTM's sizes: the weight gradient dW_hh (4H x H,
+# blocks from gemm.blocks) and the input projection with its bias (4H wide,
+# gemm.linear_blocks)
+GEMM = [("weight_grad", gemm.weight_grad_kernel, 4, {}), ("linear", gemm.linear_kernel, 4, dict(HAS_BIAS=True))]
 PERSISTENT = [
     ("lstm_fwd_persistent", lstm.lstm_fwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_FWD)),
     ("lstm_bwd_persistent", lstm.lstm_bwd_persistent_kernel, 4, dict(REVERSE=False, **LSTM_BWD)),
@@ -107,7 +112,7 @@ def configs(H: int, dtype: str = "fp32") -> list[tuple]:
     """(name, kernel, constexprs, num_warps, dtype) as the launchers would run them at hidden
     H (no projection) for inputs of ``dtype`` ("fp32", "bf16" or "fp16"): the sequence
     kernels where the rule picks them, the step and row kernels, and the persistent kernels
-    where a tile fits; lengths given, TF32 for fp32."""
+    where a tile fits, and the weight-gradient GEMM; lengths given, TF32 for fp32."""
     elem = 4 if dtype == "fp32" else 2
     prec = "tf32" if dtype == "fp32" else "ieee"
     out = []
@@ -120,6 +125,10 @@ def configs(H: int, dtype: str = "fp32") -> list[tuple]:
                 continue
             consts = {**meta, **flags, "HAS_LENGTHS": True, "PRECISION": prec}
             out.append((f"{name} H={H} {dtype}", k, consts, consts["num_warps"], dtype))
+    for name, k, gates, flags in GEMM:
+        meta = gemm.blocks(gates * H, H) if k is gemm.weight_grad_kernel else gemm.linear_blocks(gates * H)
+        consts = {**meta, **flags, "OPERAND": dtype, "PRECISION": prec}
+        out.append((f"{name} H={H} {dtype}", k, consts, consts["num_warps"], dtype))
     return out
 
 

@@ -24,7 +24,7 @@ else
   echo "== lane: cpp backend skipped: $("$PY" -c "import fastrnn; print(fastrnn.available_backends()['cpp'])")"
 fi
 # the interpreter runs the kernels in numpy: the files whose cases are small enough
-TRITON_FILES="tests/test_triton.py tests/test_triton_layernorm.py tests/test_beyond.py tests/test_module_samples.py tests/test_precision.py
+TRITON_FILES="tests/test_triton.py tests/test_triton_gemm.py tests/test_triton_layernorm.py tests/test_beyond.py tests/test_module_samples.py tests/test_precision.py
   tests/test_transforms.py tests/test_dropin.py tests/test_interop.py tests/test_variants.py"
 echo "== lane: triton backend through the interpreter ($(echo $TRITON_FILES))"
 TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest $TRITON_FILES -q "$@"
