@@ -334,10 +334,20 @@ def cell_step(
     return tuple(final) if len(final) > 1 else final[0]
 
 
+# aten::_pad_packed_sequence reads batch_sizes' values and has no fake implementation, so
+# fake-tensor tracing of it fails ("data is not allocated yet", pytorch/pytorch#162374).
+# torch 2.13's Dynamo skips pad_packed_sequence (a graph break, then eager); torch 2.11's
+# traces into it and a compiled packed forward dies. Disabling it here gives every torch the
+# same graph break; the forward has one anyway at int(batch_sizes[0]).
+@torch.compiler.disable
+def _pad_packed(plain: PackedSequence) -> tuple[Tensor, Tensor]:
+    return pad_packed_sequence(plain, batch_first=False)
+
+
 def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     """PackedSequence -> (padded (T, B, I) in the packed (length-sorted) order, lengths (B,))."""
     plain = PackedSequence(packed.data, packed.batch_sizes, None, None)
-    padded, lengths = pad_packed_sequence(plain, batch_first=False)
+    padded, lengths = _pad_packed(plain)
     return padded, lengths.to(device=padded.device, dtype=torch.int64)
 
 
