@@ -460,16 +460,22 @@ def persistent_grid(B, H, n_gates, device, elem=4):
 META_SMS = 0
 
 
+def multiprocessors(device) -> int:
+    """Multiprocessors of ``device``: a CUDA device's, the rehearsed GPU's on meta tensors,
+    1 elsewhere (the interpreter runs one program at a time)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return META_SMS if device.type == "meta" else 1
+
+
 def persistent_grid_ok(n_b, n_h, device) -> bool:
     """Whether a persistent grid (n_b batch blocks x n_h hidden tiles) can run without
     deadlock: every program resident at once, at one program per SM (each holds a large
     weight slice). Under the interpreter programs run one after another, so only one
     program along the hidden axis can work."""
-    if device.type == "meta":
-        return n_b * n_h <= META_SMS
-    if device.type != "cuda":
+    if device.type not in ("cuda", "meta"):
         return n_h == 1
-    return n_b * n_h <= torch.cuda.get_device_properties(device).multi_processor_count
+    return n_b * n_h <= multiprocessors(device)
 
 
 def time_steps(T, reverse):

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from fastrnn.numerics import dot_precision
 
-from ._common import alloc, mm, pow2_block
+from ._common import alloc, mm, multiprocessors, pow2_block
 from .launch import launch
 
 GEMM_BK = 32  # rows of K per step of the loop
@@ -192,7 +192,7 @@ def plan(M: int, N: int, K: int, device: torch.device, splits: int | None = None
     tiles = triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"])
     chunks = triton.cdiv(K, meta["BK"])
     if splits is None:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        sms = multiprocessors(device)
         splits = min(triton.cdiv(PROGRAMS_PER_SM * sms, tiles), chunks // MIN_SPLIT_CHUNKS)
     splits = max(1, min(splits, chunks))
     k_split = triton.cdiv(chunks, splits) * meta["BK"]

@@ -14,6 +14,8 @@ sequence kernel past its fit) is an outcome too: the refusal's message is kept.
 
 This is what the GPU benchmark suite and the GPU test lane would launch, config by config,
 checked before any GPU time is spent (tests/test_triton_compile.py runs the gpu_goals grid).
+One launch is not rehearsed: the input projection is the registered op ``fastrnn::linear``,
+which runs its fake kernel on meta tensors; resources.configs compiles its kernel.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastrnn import backends
+from fastrnn import backends, numerics
 
 from . import resources
 
@@ -88,31 +90,36 @@ def _arg_type(v) -> str:
 
 
 @contextlib.contextmanager
-def _recording(rehearsal: Rehearsal, sms: int, precision: str | None):
+def _recording(rehearsal: Rehearsal, sms: int, tf32: bool):
     """launch.launch records into ``rehearsal``; meta tensors run the triton backend; the
-    persistent residency check sees ``sms`` multiprocessors."""
+    persistent residency check sees ``sms`` multiprocessors; fp32 products on meta tensors
+    take TF32 when ``tf32`` (the meta device has no TF32 switch of its own)."""
 
     def record(kernel, p, width, args, meta, options):
         params = tuple(inspect.signature(kernel.fn).parameters)
         consts = {k: v for k, v in {**args, **meta}.items() if kernel.params[params.index(k)].is_constexpr}
-        if precision is not None and "PRECISION" in consts and consts["PRECISION"] == "ieee":
-            consts["PRECISION"] = precision
         sig = tuple((k, _arg_type(args[k])) for k in params if k in args and k not in consts)
         opts = tuple(sorted((k, v) for k, v in options.items() if k != "num_warps"))
         key = Launch(kernel, tuple(sorted(consts.items())), sig, p.grid(width), options["num_warps"], opts)
         rehearsal.launches[key] = rehearsal.launches.get(key, 0) + 1
-        rehearsal.shape = p.shape
+        if hasattr(p, "shape"):  # a recurrence's plan (the GEMMs' plans have no shape)
+            rehearsal.shape = p.shape
 
     # the modules the backend runs: run as ``python -m kernels.rehearsal`` in a source
     # checkout, this file's own package is another import of the same files
     backends._import("fastrnn.kernels")
     L, C = importlib.import_module("fastrnn.kernels.launch"), importlib.import_module("fastrnn.kernels._common")
-    saved = (L._recorder, backends._META_BACKEND, C.META_SMS)
-    L._recorder, backends._META_BACKEND, C.META_SMS = record, "triton", sms
+    tf32_allowed = numerics.tf32_allowed
+
+    def meta_tf32(device, dtype):
+        return tf32 and dtype == torch.float32 if device.type == "meta" else tf32_allowed(device, dtype)
+
+    saved = (L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed)
+    L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed = record, "triton", sms, meta_tf32
     try:
         yield
     finally:
-        L._recorder, backends._META_BACKEND, C.META_SMS = saved
+        L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed = saved
 
 
 def _module(cell: str, I: int, H: int, dtype: torch.dtype, **kw):
@@ -150,7 +157,7 @@ def rehearse(
     old = os.environ.get("FASTRNN_TRITON_KERNEL")
     os.environ["FASTRNN_TRITON_KERNEL"] = shape
     try:
-        with _recording(out, sms, "tf32" if tf32 and dtype == torch.float32 else None):
+        with _recording(out, sms, tf32):
             m = _module(cell, I, H, dtype, **module_kw)
             try:
                 if mode == "fwd":
