@@ -259,12 +259,15 @@ def test_rehearsal_records_what_the_dispatcher_runs():
     """The rehearsal is the dispatcher's run: a persistent grid is chosen exactly when it is
     resident on the rehearsed GPU (132 multiprocessors: B=1024 is 64 batch blocks x 8 hidden
     tiles at H=256 bf16, 512 programs, which fall back to the step kernels), the step shape
-    launches once per step, and a forced sequence kernel past its fit is refused."""
+    launches once per step, and a forced sequence kernel past its fit is refused. The
+    weight-gradient GEMM is recorded too; the input projection (a registered op) is not:
+    on meta tensors it runs its fake kernel."""
     reh = _rehearsal()
     r = reh.rehearse("lstm", 10, 16, 32, 256, torch.bfloat16, "fwdbwd", "persistent")
     assert r.shape == "persistent" and {lch.name for lch in r.launches} == {
         "lstm_fwd_persistent_kernel",
         "lstm_bwd_persistent_kernel",
+        "weight_grad_kernel",  # dW_hh, after the loop
     }
     assert reh.rehearse("lstm", 10, 1024, 32, 256, torch.bfloat16, "fwd", "persistent").shape == "step"
     r = reh.rehearse("gru", 10, 16, 32, 256, torch.float32, "fwd", "step")
