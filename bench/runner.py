@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 import platform
 import re
@@ -156,7 +157,13 @@ def measure(cfg: Config, provider: str, device: torch.device, min_run_time: floa
     ``dry_run``: one timed call after the warm-up and no memory profile (exercises the
     provider on the config; the time means nothing)."""
     fn = _workload(cfg, provider, device)
-    fn()  # warm-up: compilation, autotuning, allocator
+    shapes = None
+    if provider.startswith("fastrnn[triton"):  # the kernel shapes the call really ran
+        with _triton_launch().shapes_used() as used:
+            fn()  # warm-up: compilation, autotuning, allocator
+        shapes = "+".join(sorted(set(used)))
+    else:
+        fn()  # warm-up: compilation, autotuning, allocator
     if dry_run:
         t0 = time.perf_counter()
         fn()
@@ -177,4 +184,13 @@ def measure(cfg: Config, provider: str, device: torch.device, min_run_time: floa
         "p80_s": q80,
         "tokens_per_s": cfg.T * cfg.B / med,
         "peak_bytes": None if dry_run else _peak_bytes(fn, device),
+        # Triton providers: the kernel shapes the dispatcher ran ("step" under a pinned
+        # persistent provider where no persistent grid fits); None for the others
+        "kernel_shapes": shapes,
     }
+
+
+def _triton_launch():
+    """The launch module of the kernels fastrnn's triton backend runs."""
+    fastrnn.backends._import("fastrnn.kernels")
+    return importlib.import_module("fastrnn.kernels.launch")

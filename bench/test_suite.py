@@ -71,3 +71,10 @@ def test_gpu_goals_dry_run_writes_every_config(tmp_path):
     assert len(configs) == len(gpu_goal_configs(["rnn"], ["fwd"])) == 36
     providers = {r["provider"] for r in data["rows"]}
     assert {"fastrnn[triton]", "fastrnn[triton:step]", "fastrnn[triton:persistent]", "torch.nn"} <= providers
+    # each row names the kernel shapes that really ran: the RNN has no persistent kernels,
+    # so its pinned persistent rows ran the step kernels, and say so
+    shapes = {r["provider"]: set() for r in data["rows"]}
+    for r in data["rows"]:
+        shapes[r["provider"]].add(r["kernel_shapes"])
+    assert shapes["fastrnn[triton:step]"] == shapes["fastrnn[triton:persistent]"] == {"step"}
+    assert shapes["torch.nn"] == {None}

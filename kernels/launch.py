@@ -12,6 +12,7 @@ kernels takes.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,7 +150,26 @@ def plan(
         )
     if shape == "persistent" and (not has_persistent or proj or persistent_grid(B, H, n_gates, device, elem) is None):
         shape = "step"
+    if _shape_log is not None:
+        _shape_log.append(shape)
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
+
+
+# shapes_used() collects here the shape of every plan made inside it
+_shape_log = None
+
+
+@contextlib.contextmanager
+def shapes_used():
+    """The kernel shapes plan() chose inside the block, one per layer, direction and pass,
+    in order: what a call really ran where a forced shape falls back (a forced persistent
+    shape runs the step kernels where no persistent grid can)."""
+    global _shape_log
+    saved, _shape_log = _shape_log, []
+    try:
+        yield _shape_log
+    finally:
+        _shape_log = saved
 
 
 # kernels/rehearsal.py sets this to a function(kernel, plan, width, args, meta, options) that

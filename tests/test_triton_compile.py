@@ -257,11 +257,13 @@ def test_gpu_lane_forced_shapes_fit_sm90(cell, H, dtype, shape, kw):
 
 def test_rehearsal_records_what_the_dispatcher_runs():
     """The rehearsal is the dispatcher's run: a persistent grid is chosen exactly when it is
-    resident on the rehearsed GPU (132 multiprocessors: B=1024 is 64 batch blocks x 8 hidden
-    tiles at H=256 bf16, 512 programs, which fall back to the step kernels), the step shape
+    resident on the rehearsed GPU (132 multiprocessors: B=1024 is 64 batch blocks x 4 hidden
+    tiles at H=256 bf16, 256 programs, which fall back to the step kernels), the step shape
     launches once per step, and a forced sequence kernel past its fit is refused. The
     weight-gradient GEMM is recorded too; the input projection (a registered op) is not:
     on meta tensors it runs its fake kernel."""
+    import importlib
+
     reh = _rehearsal()
     r = reh.rehearse("lstm", 10, 16, 32, 256, torch.bfloat16, "fwdbwd", "persistent")
     assert r.shape == "persistent" and {lch.name for lch in r.launches} == {
@@ -269,7 +271,10 @@ def test_rehearsal_records_what_the_dispatcher_runs():
         "lstm_bwd_persistent_kernel",
         "weight_grad_kernel",  # dW_hh, after the loop
     }
-    assert reh.rehearse("lstm", 10, 1024, 32, 256, torch.bfloat16, "fwd", "persistent").shape == "step"
+    L = importlib.import_module("fastrnn.kernels.launch")
+    with L.shapes_used() as used:  # what bench rows report as kernel_shapes
+        assert reh.rehearse("lstm", 10, 1024, 32, 256, torch.bfloat16, "fwd", "persistent").shape == "step"
+    assert used == ["step"]
     r = reh.rehearse("gru", 10, 16, 32, 256, torch.float32, "fwd", "step")
     assert sum(n for lch, n in r.launches.items() if lch.name == "gru_fwd_step_kernel") == 10
     # fp32 products rehearse TF32, as a GPU at torch's defaults runs them
