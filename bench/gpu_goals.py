@@ -64,6 +64,25 @@ def report(rows) -> None:
                 us = (t[1024] - t[100]) / 924 * 1e6
                 print(f"  per-step latency LSTM {dtype} B=16 H=512 fwd: {us:.2f} us (goal <= {STEP_GOAL_US} us)")
         _report_variants(rows, prov)
+    _report_fallbacks(rows)
+
+
+def _report_fallbacks(rows) -> None:
+    """Pinned rows whose calls ran another kernel shape (a forced persistent shape where no
+    persistent grid fits runs the step kernels): their times are the other shape's."""
+    off = [
+        r
+        for r in rows
+        if r["provider"].startswith("fastrnn[triton:")
+        and r.get("kernel_shapes")
+        and r["kernel_shapes"] != r["provider"][len("fastrnn[triton:") : -1]
+    ]
+    if off:
+        print(f"\n{len(off)} pinned rows ran other kernel shapes than their provider names (kernel_shapes):")
+        for r in off[:20]:
+            print(
+                f"  {r['provider']} {r['cell']} {r['mode']} {r['dtype']} T={r['T']} B={r['B']} H={r['H']}: {r['kernel_shapes']}"
+            )
 
 
 def _report_variants(rows, prov) -> None:

@@ -78,3 +78,18 @@ def test_gpu_goals_dry_run_writes_every_config(tmp_path):
         shapes[r["provider"]].add(r["kernel_shapes"])
     assert shapes["fastrnn[triton:step]"] == shapes["fastrnn[triton:persistent]"] == {"step"}
     assert shapes["torch.nn"] == {None}
+
+
+def test_goal_report_names_pinned_rows_that_ran_another_shape(capsys):
+    from bench import gpu_goals
+
+    row = dict(cell="rnn", mode="fwd", dtype="float32", T=2, B=1, H=4)
+    gpu_goals._report_fallbacks(
+        [
+            {**row, "provider": "fastrnn[triton:persistent]", "kernel_shapes": "step"},
+            {**row, "provider": "fastrnn[triton:step]", "kernel_shapes": "step"},
+            {**row, "provider": "torch.nn", "kernel_shapes": None},
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "1 pinned rows ran other kernel shapes" in out and "fastrnn[triton:persistent] rnn fwd" in out
