@@ -80,9 +80,8 @@ def _report_fallbacks(rows) -> None:
     if off:
         print(f"\n{len(off)} pinned rows ran other kernel shapes than their provider names (kernel_shapes):")
         for r in off[:20]:
-            print(
-                f"  {r['provider']} {r['cell']} {r['mode']} {r['dtype']} T={r['T']} B={r['B']} H={r['H']}: {r['kernel_shapes']}"
-            )
+            where = f"{r['cell']} {r['mode']} {r['dtype']} T={r['T']} B={r['B']} H={r['H']}"
+            print(f"  {r['provider']} {where}: {r['kernel_shapes']}")
 
 
 def _report_variants(rows, prov) -> None:
