@@ -217,7 +217,7 @@ OWN_GEMMS = ("triton",)
 
 def gemm(backend: str, entry: str) -> Callable | None:
     """A backend's own GEMM ``entry`` (see OWN_GEMMS), or None for the torch matmuls."""
-    return getattr(_load(backend)[0], entry) if backend in OWN_GEMMS else None
+    return implementation(backend, entry) if backend in OWN_GEMMS else None
 
 
 def implementation(backend: str, entry: str) -> Callable:

@@ -358,7 +358,10 @@ class Recurrence:
         lengths = named["lengths"]
         tail = (None, None, *(None for _ in cell.attrs), None)  # lengths, reverse, attrs, backend
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            if recipe is not None:  # the projection again, the same operation as functional.rnn's
+            # the projection again, in differentiable torch ops (fastrnn::linear's backward has
+            # no derivative of its own); on CUDA with TF32 its rounding may differ from the
+            # forward's own GEMM, within the TF32 bound
+            if recipe is not None:
                 start, end = recipe
                 proj = x2d @ w_in.t() if b_in is None else torch.addmm(b_in, x2d, w_in.t())
                 named["x_proj"] = proj.view(*y.shape[:2], -1)[..., start:end]

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from fastrnn.numerics import dot_precision
 
-from ._common import alloc, mm, multiprocessors, pow2_block
+from ._common import INT32_ELEMENTS, alloc, mm, multiprocessors, pow2_block
 from .launch import launch
 
 GEMM_BK = 32  # rows of K per step of the loop
@@ -200,6 +200,16 @@ def plan(M: int, N: int, K: int, device: torch.device, splits: int | None = None
     return GemmPlan(meta, (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]), n_split), k_split)
 
 
+def _check_weight_offsets(what: str, n: int) -> None:
+    """Offsets along the rows (T*B) are 64-bit; within a weight-shaped (M, N) or (G, I)
+    matrix they are 32-bit, which a matrix of 2^31 elements or more would wrap."""
+    if n >= INT32_ELEMENTS:
+        raise ValueError(
+            f"the triton backend cannot run this layer: its GEMMs address the {what} ({n} elements) with "
+            f"32-bit offsets, which reach up to {INT32_ELEMENTS - 1}. Use backend='reference'."
+        )
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """t with unit column stride (the kernel reads rows at any row stride)."""
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -214,6 +224,7 @@ def weight_grad(dg: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, splits:
     if weight.dtype not in OPERANDS:
         raise RuntimeError(f"fastrnn triton backend supports float32, float16 and bfloat16, got {weight.dtype}")
     (K, M), N = dg.shape, x.shape[1]
+    _check_weight_offsets("weight gradient", M * N)
     if K == 0 or M == 0 or N == 0:
         return torch.zeros(M, N, device=dg.device, dtype=torch.float32)
     dg, x = _rows(dg), _rows(x)
@@ -249,6 +260,7 @@ def _linear(x: torch.Tensor, w: torch.Tensor, wk: int, wn: int, N: int, bias, we
         raise RuntimeError(f"fastrnn triton backend supports float32, float16 and bfloat16, got {weight.dtype}")
     x = _rows(x)
     M, K = x.shape
+    _check_weight_offsets("weight", w.numel())
     y = alloc(M, N, device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return y

@@ -123,7 +123,8 @@ def plan(
 ) -> Plan:
     """The kernel shape for this problem: ``kernel_shape``'s choice, except that a persistent
     request falls back to the step kernels where no persistent grid can run (a cell without
-    persistent kernels, a projection, no tile fits, or the grid could not be resident at once).
+    persistent kernels, a projection, no tile fits, or the grid could not be resident at once)
+    and while a CUDA graph is being captured (a barrier that gave up could not be reported).
     ``row``: the widest row of one step the cell's kernels address beyond its gates
     (n_gates*H) and outputs (P), in elements: a workspace row, x_proj's batch stride.
     A layer whose one step (B rows) or weight matrix reaches 2^31 elements is refused."""
@@ -148,11 +149,17 @@ def plan(
             f"{RESIDENT_BYTES // 1024} KiB (compiled for sm_90 its backward stages about twice its tiles "
             "in shared memory, of 227 KiB a block may use). Use FASTRNN_TRITON_KERNEL=step or auto."
         )
-    if shape == "persistent" and (not has_persistent or proj or persistent_grid(B, H, n_gates, device, elem) is None):
+    if shape == "persistent" and (
+        not has_persistent or proj or _capturing(device) or persistent_grid(B, H, n_gates, device, elem) is None
+    ):
         shape = "step"
     if _shape_log is not None:
         _shape_log.append(shape)
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 # shapes_used() collects here the shape of every plan made inside it
@@ -169,6 +176,8 @@ def shapes_used():
     try:
         yield _shape_log
     finally:
+        if saved is not None:  # nested: the enclosing block saw these plans too
+            saved.extend(_shape_log)
         _shape_log = saved
 
 
@@ -236,6 +245,8 @@ def launch_persistent(kernel, p: Plan, **args) -> None:
         "once, and here they could not (another process on the GPU, MPS or MIG limits, or fewer "
         "SMs free than the device has). Set FASTRNN_TRITON_KERNEL=step to run the step kernels instead."
     )
+    if _capturing(device):  # plan() chooses the step kernels while a graph is captured
+        raise RuntimeError(f"{kernel.fn.__name__}: a persistent kernel cannot be captured in a CUDA graph")
     try:
         launch(kernel, p, count_ptr=state[:-1], err_ptr=state[-1:], max_polls=polls, **args)
     except RuntimeError as e:  # the driver's refusal ("too many blocks in cooperative launch")
@@ -243,14 +254,6 @@ def launch_persistent(kernel, p: Plan, **args) -> None:
             raise RuntimeError(f"{kernel.fn.__name__}: the driver refused the grid {grid}: {advice}") from e
         raise
     if _recorder is not None:  # a rehearsal on meta tensors: nothing ran, no flag to read
-        return
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        # A CUDA graph being captured: reading the flag needs a sync, which capture forbids,
-        # so it is not read. The launch is recorded as a cooperative one (the driver should
-        # still refuse a grid that cannot be co-resident when the graph is launched), and a
-        # barrier that gives up still ends the kernel instead of hanging, but then the
-        # graph's outputs are wrong with no error. Capture persistent kernels only where a
-        # run outside the graph has passed on the same device.
         return
     # one sync per persistent launch, which already spans the whole sequence: the cost is
     # the host's view of that sync, and the next layer's launches queue after it

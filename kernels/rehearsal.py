@@ -15,7 +15,10 @@ sequence kernel past its fit) is an outcome too: the refusal's message is kept.
 This is what the GPU benchmark suite and the GPU test lane would launch, config by config,
 checked before any GPU time is spent (tests/test_triton_compile.py runs the gpu_goals grid).
 One launch is not rehearsed: the input projection is the registered op ``fastrnn::linear``,
-which runs its fake kernel on meta tensors; resources.configs compiles its kernel.
+which runs its fake kernel on meta tensors; resources.configs compiles its kernel. And the
+binaries are close to, not the same as, a launch's: at launch Triton also specialises
+integer arguments equal to 1 and marks pointers and integers divisible by 16, which this
+compilation does not (registers and spills can differ, in either direction).
 """
 
 from __future__ import annotations
@@ -71,9 +74,16 @@ class Launch:
 
 @dataclass
 class Rehearsal:
-    shape: str | None = None  # the kernel shape the dispatcher chose ("sequence", "step", "persistent")
+    shapes: list = field(default_factory=list)  # the shape of each plan (layer, direction, pass), in order
     refused: str | None = None  # the dispatcher's refusal, if it refused
     launches: dict = field(default_factory=dict)  # Launch -> count
+
+    @property
+    def shape(self) -> str | None:
+        """The kernel shape every plan chose ("sequence", "step", "persistent"), "mixed"
+        where they differ, None where nothing was planned."""
+        kinds = set(self.shapes)
+        return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
 
 
 def _arg_type(v) -> str:
@@ -102,8 +112,6 @@ def _recording(rehearsal: Rehearsal, sms: int, tf32: bool):
         opts = tuple(sorted((k, v) for k, v in options.items() if k != "num_warps"))
         key = Launch(kernel, tuple(sorted(consts.items())), sig, p.grid(width), options["num_warps"], opts)
         rehearsal.launches[key] = rehearsal.launches.get(key, 0) + 1
-        if hasattr(p, "shape"):  # a recurrence's plan (the GEMMs' plans have no shape)
-            rehearsal.shape = p.shape
 
     # the modules the backend runs: run as ``python -m kernels.rehearsal`` in a source
     # checkout, this file's own package is another import of the same files
@@ -117,7 +125,9 @@ def _recording(rehearsal: Rehearsal, sms: int, tf32: bool):
     saved = (L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed)
     L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed = record, "triton", sms, meta_tf32
     try:
-        yield
+        with L.shapes_used() as shapes:
+            yield
+        rehearsal.shapes = shapes
     finally:
         L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed = saved
 
@@ -205,6 +215,10 @@ def problems(lch: Launch, res: dict, sms: int = H100_SMS) -> list[str]:
         out.append(f"registers {res['registers']}")
     if any(g > GRID_YZ_LIMIT for g in lch.grid[1:]) or lch.grid[0] >= 2**31:
         out.append(f"grid {lch.grid} past the grid limits")
+    if res["stack_bytes"] and "persistent" not in lch.name:
+        # no step, row, sequence or GEMM kernel spills; the persistent forwards still do at
+        # bf16 (reported by main(), not failed: their layout is the open part of the work)
+        out.append(f"{res['stack_bytes']} B of spill stack")
     if "persistent" in lch.name:
         programs = 1
         for g in lch.grid:

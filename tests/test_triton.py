@@ -214,8 +214,10 @@ def test_only_persistent_launches_are_cooperative(family, monkeypatch):
     for name, flags in seen.items():
         assert flags == {name in coop}, (name, flags)
 
-    def refuse(self, *args, grid, warmup, **kwargs):
-        raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+    def refuse(self, *args, grid, warmup, **kwargs):  # a driver refusing every cooperative grid
+        if kwargs.get("launch_cooperative_grid"):
+            raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(kernel_type, "run", refuse)
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
@@ -733,3 +735,18 @@ def test_peephole_lstm_entries_half_vs_fp32_reference(kernel, case, dtype, monke
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", kernel)
     errors = _peephole_errors(PEEPHOLE_CASES[case], dtype, torch.float32, layer_init=True)
     assert all(e <= bound(dtype) for e in errors.values()), errors
+
+
+def test_no_persistent_kernel_while_a_cuda_graph_is_captured(monkeypatch):
+    """A barrier that gives up is reported by reading a flag after the launch, which capture
+    forbids: a forced persistent shape runs the step kernels during a capture, and a
+    persistent launch there is refused rather than left unchecked."""
+    from fastrnn.kernels import launch as L
+
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    assert L.plan(4, 16, 16, False, 4, 16, torch.device("cpu")).shape == "persistent"
+    monkeypatch.setattr(L, "_capturing", lambda device: True)
+    assert L.plan(4, 16, 16, False, 4, 16, torch.device("cpu")).shape == "step"
+    p = L.Plan("persistent", 16, 16, 16, L.blocks("persistent", 4, 16, 16, False))
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        L.launch_persistent(lstm_kernels.lstm_fwd_persistent_kernel, p, T=1, x_ptr=torch.empty(1))

@@ -223,3 +223,13 @@ def test_linear_op_passes_opcheck(bias):
     torch.library.opcheck(torch.ops.fastrnn.linear.default, (x, w, b, "triton"))
     dy = torch.randn(7, 12, device=DEV)
     torch.library.opcheck(torch.ops.fastrnn.linear_backward.default, (dy, x.detach(), w.detach(), True, True, "triton"))
+
+
+def test_weights_past_int32_offsets_are_refused():
+    """Offsets within a weight-shaped matrix are 32-bit: one of 2^31 elements is refused
+    before anything launches (meta tensors: no memory is allocated)."""
+    big = torch.empty(2**16, 2**15, device="meta")  # 2^31 elements
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        gemm.linear(torch.empty(4, 2**15, device="meta"), big, None)
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        gemm.weight_grad(torch.empty(4, 2**16, device="meta"), torch.empty(4, 2**15, device="meta"), big)
