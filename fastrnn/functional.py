@@ -351,6 +351,9 @@ def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     return padded, lengths.to(device=padded.device, dtype=torch.int64)
 
 
-def pack(output: Tensor, lengths: Tensor) -> Tensor:
-    """Padded time-major output (sorted order) -> the data tensor of a PackedSequence."""
+def pack(output: Tensor, lengths: Tensor, batch_sizes: Tensor | None = None) -> Tensor:
+    """Padded time-major output (sorted order) -> the data tensor of a PackedSequence.
+    Lengths on the meta device hold no values: they are read from ``batch_sizes`` then."""
+    if lengths.device.type == "meta" and batch_sizes is not None:
+        lengths = (batch_sizes[None, :] > torch.arange(lengths.shape[0])[:, None]).sum(1)
     return pack_padded_sequence(output, lengths.cpu(), enforce_sorted=True).data

@@ -155,7 +155,8 @@ class _RecurrentLayer:
         )
 
         if packed:
-            output = PackedSequence(functional.pack(output, lengths), batch_sizes, sorted_indices, unsorted_indices)
+            data = functional.pack(output, lengths, batch_sizes)
+            output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
             return output, self.permute_hidden(hidden, unsorted_indices)
         if self.batch_first:
             output = output.transpose(0, 1)

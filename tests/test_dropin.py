@@ -186,6 +186,23 @@ def test_meta_device_layers_give_torch_nn_shapes(ours_cls, nn_cls, kw):
     assert got[0] == got[1]
 
 
+@pytest.mark.parametrize("ours_cls,nn_cls,kw", META_LAYERS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_meta_device_packed_input_gives_torch_nn_shapes(ours_cls, nn_cls, kw):
+    """A packed input on meta: its lengths come from the (CPU) batch sizes when packing the
+    output again, since meta lengths hold no values."""
+    x = torch.empty(5, 3, 4, device="meta", requires_grad=True)
+    got = []
+    for cls in (ours_cls, nn_cls):
+        m = cls(4, 6, num_layers=2, bidirectional=True, device="meta", **kw)
+        packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 2, 3]), enforce_sorted=False)
+        y, h = m(packed)
+        y.data.sum().backward()
+        hs = h if isinstance(h, tuple) else (h,)
+        got.append((y.data.shape, y.batch_sizes.tolist(), [t.shape for t in hs], x.grad.shape))
+        x.grad = None
+    assert got[0] == got[1]
+
+
 @pytest.mark.parametrize("ours_cls,nn_cls", CELL_CLASSES, ids=lambda v: v.__name__)
 def test_meta_device_cells_give_torch_nn_shapes(ours_cls, nn_cls):
     x = torch.empty(3, 4, device="meta")
