@@ -176,7 +176,8 @@ def test_persistent_barrier_gives_up_instead_of_hanging(family, monkeypatch):
     original, launched = kernel_type.run, []
 
     def spy(self, *args, grid, warmup, **kwargs):
-        launched.append(kwargs)
+        if "persistent" in self.fn.__name__:  # not the input projection's GEMM before it
+            launched.append(kwargs)
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(kernel_type, "run", spy)
