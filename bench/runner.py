@@ -86,16 +86,11 @@ def _workload(cfg: Config, provider: str, device: torch.device, seed: int = 0):
     if shape is None:
         return run
 
+    forced_shape = _triton_kernels("_common").forced_shape
+
     def fn():  # the Triton kernel shape is read per call from the environment
-        old = os.environ.get("FASTRNN_TRITON_KERNEL")
-        os.environ["FASTRNN_TRITON_KERNEL"] = shape
-        try:
+        with forced_shape(shape):
             run()
-        finally:
-            if old is None:
-                del os.environ["FASTRNN_TRITON_KERNEL"]
-            else:
-                os.environ["FASTRNN_TRITON_KERNEL"] = old
 
     return fn
 
@@ -159,7 +154,7 @@ def measure(cfg: Config, provider: str, device: torch.device, min_run_time: floa
     fn = _workload(cfg, provider, device)
     shapes = None
     if provider.startswith("fastrnn[triton"):  # the kernel shapes the call really ran
-        with _triton_launch().shapes_used() as used:
+        with _triton_kernels("launch").shapes_used() as used:
             fn()  # warm-up: compilation, autotuning, allocator
         shapes = "+".join(sorted(set(used)))
     else:
@@ -190,7 +185,7 @@ def measure(cfg: Config, provider: str, device: torch.device, min_run_time: floa
     }
 
 
-def _triton_launch():
-    """The launch module of the kernels fastrnn's triton backend runs."""
+def _triton_kernels(module: str):
+    """A module of the kernels fastrnn's triton backend runs."""
     fastrnn.backends._import("fastrnn.kernels")
-    return importlib.import_module("fastrnn.kernels.launch")
+    return importlib.import_module(f"fastrnn.kernels.{module}")

@@ -2,6 +2,7 @@
 among the kernel shapes, the persistent grid's rules and barrier, and the backward step
 that carries dh."""
 
+import contextlib
 import os
 
 import torch
@@ -69,6 +70,21 @@ def kernel_shape(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> str
     if forced != "auto":
         raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, {', '.join(SHAPES)}, got {forced!r}")
     return "sequence" if resident_bytes(n_gates, H, P, proj, elem) <= RESIDENT_BYTES else "step"
+
+
+@contextlib.contextmanager
+def forced_shape(shape: str):
+    """FASTRNN_TRITON_KERNEL=shape inside the block (kernel_shape reads it per plan), its
+    previous value, or none, after."""
+    old = os.environ.get("FASTRNN_TRITON_KERNEL")
+    os.environ["FASTRNN_TRITON_KERNEL"] = shape
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FASTRNN_TRITON_KERNEL"]
+        else:
+            os.environ["FASTRNN_TRITON_KERNEL"] = old
 
 
 def resident_bytes(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> int:

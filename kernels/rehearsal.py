@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import importlib
 import inspect
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -100,10 +99,11 @@ def _arg_type(v) -> str:
 
 
 @contextlib.contextmanager
-def _recording(rehearsal: Rehearsal, sms: int, tf32: bool):
-    """launch.launch records into ``rehearsal``; meta tensors run the triton backend; the
-    persistent residency check sees ``sms`` multiprocessors; fp32 products on meta tensors
-    take TF32 when ``tf32`` (the meta device has no TF32 switch of its own)."""
+def _recording(rehearsal: Rehearsal, shape: str, sms: int, tf32: bool):
+    """FASTRNN_TRITON_KERNEL=shape; launch.launch records into ``rehearsal``; meta tensors
+    run the triton backend; the persistent residency check sees ``sms`` multiprocessors;
+    fp32 products on meta tensors take TF32 when ``tf32`` (the meta device has no TF32
+    switch of its own)."""
 
     def record(kernel, p, width, args, meta, options):
         params = tuple(inspect.signature(kernel.fn).parameters)
@@ -125,7 +125,7 @@ def _recording(rehearsal: Rehearsal, sms: int, tf32: bool):
     saved = (L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed)
     L._recorder, backends._META_BACKEND, C.META_SMS, numerics.tf32_allowed = record, "triton", sms, meta_tf32
     try:
-        with L.shapes_used() as shapes:
+        with C.forced_shape(shape), L.shapes_used() as shapes:
             yield
         rehearsal.shapes = shapes
     finally:
@@ -164,27 +164,19 @@ def rehearse(
     as a GPU at torch's defaults runs them (the meta device has no TF32 flag of its own)."""
     out = Rehearsal()
     x = torch.empty(T, B, I, device="meta", dtype=dtype, requires_grad=mode == "fwdbwd")
-    old = os.environ.get("FASTRNN_TRITON_KERNEL")
-    os.environ["FASTRNN_TRITON_KERNEL"] = shape
-    try:
-        with _recording(out, sms, tf32):
-            m = _module(cell, I, H, dtype, **module_kw)
-            try:
-                if mode == "fwd":
-                    with torch.no_grad():
-                        m(x)
-                else:
-                    y = m(x)[0]
-                    y.backward(torch.empty_like(y))
-            except ValueError as e:
-                if "cannot run this layer" not in str(e):
-                    raise
-                out.refused = str(e)
-    finally:
-        if old is None:
-            del os.environ["FASTRNN_TRITON_KERNEL"]
-        else:
-            os.environ["FASTRNN_TRITON_KERNEL"] = old
+    with _recording(out, shape, sms, tf32):
+        m = _module(cell, I, H, dtype, **module_kw)
+        try:
+            if mode == "fwd":
+                with torch.no_grad():
+                    m(x)
+            else:
+                y = m(x)[0]
+                y.backward(torch.empty_like(y))
+        except ValueError as e:
+            if "cannot run this layer" not in str(e):
+                raise
+            out.refused = str(e)
     return out
 
 
