@@ -57,19 +57,23 @@ SHAPES = ("sequence", "step", "persistent")
 def kernel_shape(n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> str:
     """ "sequence" (one launch, weights on chip) when the padded weight tiles (``elem``
     bytes an element: the weights' dtype) fit RESIDENT_BYTES, else "step" (one launch
-    per step, weights streamed from L2).
-    FASTRNN_TRITON_KERNEL=sequence|step|persistent forces one (tests, benchmarks).
-
-    "persistent" (programs tile batch x hidden, each keeps its weight slice on chip, a grid
-    barrier per step; LSTM without projection and GRU) is never chosen automatically yet:
-    it has run only under the interpreter, and the sizes where it beats the step kernels
-    must be measured on a GPU before a rule here picks it."""
-    forced = os.environ.get("FASTRNN_TRITON_KERNEL", "auto")
-    if forced in SHAPES:
-        return forced
+    per step, weights streamed from L2), which ``launch.plan`` turns into "persistent"
+    (programs tile batch x hidden, each keeps its weight slice on chip, a grid barrier per
+    step; LSTM without projection and GRU) wherever a persistent grid fits and can be
+    resident at once.
+    FASTRNN_TRITON_KERNEL=sequence|step|persistent forces one (tests, benchmarks)."""
+    forced = forced_shape_name()
     if forced != "auto":
-        raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, {', '.join(SHAPES)}, got {forced!r}")
+        return forced
     return "sequence" if resident_bytes(n_gates, H, P, proj, elem) <= RESIDENT_BYTES else "step"
+
+
+def forced_shape_name() -> str:
+    """FASTRNN_TRITON_KERNEL: "auto" (unset) or one of SHAPES; anything else is an error."""
+    forced = os.environ.get("FASTRNN_TRITON_KERNEL", "auto")
+    if forced != "auto" and forced not in SHAPES:
+        raise ValueError(f"FASTRNN_TRITON_KERNEL must be auto, {', '.join(SHAPES)}, got {forced!r}")
+    return forced
 
 
 @contextlib.contextmanager
@@ -218,19 +222,50 @@ def mm(a, w, PRECISION: tl.constexpr):
 
 @triton.jit
 def mm_slice(a, w, PRECISION: tl.constexpr):
-    """``mm(a, w)`` for a persistent program: a (BB, BK) state or gradient rows times its
-    (BK, BH) weight slice. fp32 weights run it as (w^T a^T)^T, which puts the slice's BH
-    hidden units on the MMA's M (wgmma on sm_90) instead of the 16 batch rows: with 8 warps
-    and M = 16 the warps could not split M and repeated the product, and the fp32 LSTM
-    forward spilled (H=512: 255 registers and 976 B of stack, GRU 688 B); transposed, no
-    persistent fp32 kernel spills at H <= 512 (python -m fastrnn.kernels.resources).
-    fp16/bf16 weights keep ``mm``: there the transposed form spilled more (LSTM backward
-    H=512: 0 -> 440 B), a layout question left for the persistent kernels' next version."""
+    """``mm(a, w)`` for a persistent backward: a (BB, BK) gradient rows times its (BK, BH)
+    weight slice. fp32 weights run it as (w^T a^T)^T, which puts the slice's BH hidden
+    units on the MMA's M instead of the 16 batch rows, which 8 warps could not split (they
+    repeated the product). fp16/bf16 weights keep ``mm``: there the transposed form spilled
+    (LSTM backward H=512: 0 -> 440 B). The forwards stack their gates instead (mm_gates4)."""
     if w.dtype == tl.float32:
         out = tl.trans(tl.dot(tl.trans(w), tl.trans(a), input_precision=PRECISION, out_dtype=tl.float32))
     else:
         out = mm(a, w, PRECISION)
     return out
+
+
+@triton.jit
+def gate_stack_t(w_ptr, j0, H, K, G: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+    """(4*BH, BK): a persistent program's rows of the G <= 4 gates' weights stacked,
+    [n*BH + j, k] = W[n*H + j0 + j, k] for W row-major (G*H, K); zero for a unit
+    j0 + j >= H and for the rows of gates n >= G (a GRU's fourth)."""
+    r = tl.arange(0, 4 * BH)
+    n = r // BH
+    j = r % BH
+    kk = tl.arange(0, BK)
+    m = ((n < G) & ((j0 + j) < H))[:, None] & (kk < K)[None, :]
+    return tl.load(w_ptr + (n * H + j0 + j)[:, None] * K + kk[None, :], mask=m, other=0.0)
+
+
+@triton.jit
+def mm_gates4(a, w4, BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr):
+    """The four (BB, BH) gate products a @ W_n^T of a persistent forward, from one
+    (4*BH, BK) x (BK, BB) product of the stacked slice (gate_stack_t) by a^T: the hidden
+    units of all gates on the MMA's M dimension, 4*BH >= 64 rows, so sm_90 runs it as
+    wgmma with the weights read from shared memory (64-row tiles, one per warpgroup)
+    instead of mma.sync over the 16 batch rows with the warps repeating the product.
+    Compiled for sm_90 as launched (python -m fastrnn.kernels.rehearsal), the bf16 LSTM
+    forward at H=512 went from 255 registers and 48 B of stack (mma.sync, warpsPerCTA
+    [1, 8]) to 128 and none."""
+    if _EMULATE_HALF_DOT:
+        acc = tl.dot(w4.to(tl.float32), tl.trans(a.to(w4.dtype).to(tl.float32)), input_precision=PRECISION)
+    else:
+        acc = tl.dot(w4, tl.trans(a.to(w4.dtype)), input_precision=PRECISION, out_dtype=tl.float32)
+    acc = tl.permute(tl.reshape(acc, (2, 2, BH, BB)), (3, 2, 0, 1))  # [b, j, n // 2, n % 2]
+    x0, x1 = tl.split(acc)
+    i, g = tl.split(x0)
+    f, o = tl.split(x1)
+    return i, f, g, o
 
 
 @triton.jit
@@ -450,16 +485,24 @@ PERSISTENT_BYTES = 128 * 1024
 # Compiled for sm_90: with 4 warps the LSTM forward spills at H=256 (255 registers + 32 B
 # stack); with 8 it does not (249). At H=512 it spills with either (864 B stack with 8).
 PERSISTENT_WARPS = 8
+# Weight elements a persistent program loads when they cannot be vectorised: 64 a thread
+# at PERSISTENT_WARPS
+UNALIGNED_ELEMENTS = 64 * 32 * PERSISTENT_WARPS
 
 
 def persistent_tile(H, n_gates, elem=4):
     """Columns per persistent program: the widest power-of-two tile, at most 64, whose
-    n_gates weight slices (n_gates x H x BH, elem bytes each) fit PERSISTENT_BYTES; None
-    where not even 16 columns (tl.dot's smallest edge) fit (fp32 LSTM at H > 512: 328 KB
-    at H=1024)."""
-    BK = pow2_block(H, hi=1 << 30)
-    BH = max(16, min(64, 1 << max(0, (PERSISTENT_BYTES // (n_gates * BK * elem)).bit_length() - 1)))
-    return BH if n_gates * BK * BH * elem <= PERSISTENT_BYTES else None
+    weight slices fit PERSISTENT_BYTES; None where not even 16 columns (tl.dot's smallest
+    edge) fit (fp32 LSTM at H > 512: 256 KB at H=1024). The slices are stacked as four
+    gates (gate_stack_t; a GRU's fourth is zeros), 4 x H x BH elements of elem bytes. Where
+    H is not a multiple of 16 the launch cannot prove the rows 16-byte aligned, the slices
+    load an element at a time, one register each, and the tile is capped at
+    UNALIGNED_ELEMENTS (bf16 H=200: 64 columns spilled 272 B of 255 registers, sm_90)."""
+    per_col = 4 * pow2_block(H, hi=1 << 30)
+    cap = PERSISTENT_BYTES // elem if H % 16 == 0 else min(PERSISTENT_BYTES // elem, UNALIGNED_ELEMENTS)
+    if per_col * 16 > cap:
+        return None
+    return min(64, 1 << ((cap // per_col).bit_length() - 1))
 
 
 def persistent_grid(B, H, n_gates, device, elem=4):
@@ -477,9 +520,12 @@ META_SMS = 0
 
 
 def multiprocessors(device) -> int:
-    """Multiprocessors of ``device``: a CUDA device's, the rehearsed GPU's on meta tensors,
-    1 elsewhere (the interpreter runs one program at a time)."""
+    """Multiprocessors of ``device``: a CUDA device's (none where CUDA is absent, as when a
+    plan is made for a device object only), the rehearsed GPU's on meta tensors, 1
+    elsewhere (the interpreter runs one program at a time)."""
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return 0
         return torch.cuda.get_device_properties(device).multi_processor_count
     return META_SMS if device.type == "meta" else 1
 

@@ -17,6 +17,7 @@ import triton.language as tl
 from ._common import (
     active_rows,
     alloc,
+    gate_stack_t,
     gate_tile,
     gate_tile_t,
     grid_barrier,
@@ -25,6 +26,7 @@ from ._common import (
     load_rows_l2,
     matmul_rows,
     mm,
+    mm_gates4,
     mm_slice,
     program_tile,
     sigmoid,
@@ -32,7 +34,7 @@ from ._common import (
     tanh,
     time_index,
 )
-from .launch import carry_dh, launch, launch_persistent, plan, run
+from .launch import carry_dh, launch, launch_persistent, plan, run, step_fallback
 
 
 @triton.jit
@@ -58,16 +60,24 @@ def _gru_cell_backward(r, z, n, hn, h_prev, dh):
 def _gru_step_math(x_ptr, sxb, acts_ptr, rows, rmask, jj, H, a2, ghr, ghz, ghn, b_hn, h_prev):
     """Cell of one step from x_proj[t] rows and the three recurrent products; writes the
     workspace row block acts[t] (r, z, n, hn; zero when inactive) and returns h_t."""
-    r, z, n, hn, h = _gru_cell(
+    xr, xz, xn = _x_gates(x_ptr, sxb, rows, rmask, jj, H)
+    return _gru_step_x(acts_ptr, rows, rmask, jj, H, a2, xr, xz, xn, ghr, ghz, ghn, b_hn, h_prev)
+
+
+@triton.jit
+def _x_gates(x_ptr, sxb, rows, rmask, jj, H):
+    """x_proj[t]'s three gate tiles on the units jj (rows at x_ptr, stride sxb), fp32."""
+    return (
         load_rows(x_ptr, sxb, rows, rmask, jj, H),
         load_rows(x_ptr + H, sxb, rows, rmask, jj, H),
         load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H),
-        ghr,
-        ghz,
-        ghn,
-        b_hn,
-        h_prev,
     )
+
+
+@triton.jit
+def _gru_step_x(acts_ptr, rows, rmask, jj, H, a2, xr, xz, xn, ghr, ghz, ghn, b_hn, h_prev):
+    """_gru_step_math from x_proj[t]'s gate tiles x*, already loaded."""
+    r, z, n, hn, h = _gru_cell(xr, xz, xn, ghr, ghz, ghn, b_hn, h_prev)
     store_rows(acts_ptr, 4 * H, rows, rmask, jj, H, tl.where(a2, r, 0.0))
     store_rows(acts_ptr + H, 4 * H, rows, rmask, jj, H, tl.where(a2, z, 0.0))
     store_rows(acts_ptr + 2 * H, 4 * H, rows, rmask, jj, H, tl.where(a2, n, 0.0))
@@ -282,7 +292,9 @@ def gru_fwd_persistent_kernel(
     len_ptr,  # lengths (B,) int64, when HAS_LENGTHS
     y_ptr,  # out (T, B, H), input dtype
     acts_ptr,  # out workspace (T, B, 4H) fp32
-    hbuf_ptr,  # (2, B, H) fp32: h exchanged between programs; [0] holds h0
+    h0_ptr,  # (B, H)
+    hbuf_ptr,  # (2, B, H) in w_hh's dtype: h exchanged between programs; [0] holds h0
+    hn_ptr,  # out (B, H) fp32
     count_ptr,  # (n_b,) int32 zeros: barrier counter of each batch block
     err_ptr,  # (1,) int32 zero: grid_barrier's error flag (1 + the step it gave up at)
     max_polls,  # grid_barrier's bound on a wait
@@ -301,36 +313,28 @@ def gru_fwd_persistent_kernel(
     j0 = tl.program_id(1) * BH
     kk = tl.arange(0, BK)  # the whole state row
     # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
-    w_r = gate_tile_t(w_ptr, 0, j0, H, H, BK, BH)
-    w_z = gate_tile_t(w_ptr, 1, j0, H, H, BK, BH)
-    w_n = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
+    w4 = gate_stack_t(w_ptr, j0, H, H, 3, BH, BK)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
+    h_own = load_rows(h0_ptr, H, rows, rmask, jj, H)  # this program's units of h, fp32
     hcur = hbuf_ptr  # h_{t-1} and h_t, swapped after each step
     hnxt = hbuf_ptr + B * H
+    xr, xz, xn = _x_gates(x_ptr + time_index(0, T, REVERSE) * sxt, sxb, rows, rmask, jj, H)
     for s in range(T):
         t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        h = load_rows_l2(hcur, H, rows, rmask, kk, H)
-        h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
-        h_new = _gru_step_math(
-            x_ptr + t * sxt,
-            sxb,
-            acts_ptr + t * B * 4 * H,
-            rows,
-            rmask,
-            jj,
-            H,
-            a2,
-            mm_slice(h, w_r, PRECISION),
-            mm_slice(h, w_z, PRECISION),
-            mm_slice(h, w_n, PRECISION),
-            b_hn,
-            h_prev,
-        )
-        store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, h_new, h_prev))
+        h = load_rows_l2(hcur, H, rows, rmask, kk, H)  # the product's operand, in w_hh's dtype
+        p_r, p_z, p_n, _ = mm_gates4(h, w4, BB, BH, PRECISION)
+        h_new = _gru_step_x(acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, xr, xz, xn, p_r, p_z, p_n, b_hn, h_own)
+        h_own = tl.where(a2, h_new, h_own)
+        store_rows(hnxt, H, rows, rmask, jj, H, h_own)
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, h_new, 0.0))
+        # the next step's input gates, loaded before the barrier so their latency overlaps
+        # the wait; the last step reloads its own
+        t_next = time_index(tl.minimum(s + 1, T - 1), T, REVERSE)
+        xr, xz, xn = _x_gates(x_ptr + t_next * sxt, sxb, rows, rmask, jj, H)
         grid_barrier(count_ptr, err_ptr, max_polls, s)
         hcur, hnxt = hnxt, hcur
+    store_rows(hn_ptr, H, rows, rmask, jj, H, h_own)
 
 
 @triton.jit
@@ -392,6 +396,7 @@ def gru_bwd_persistent_kernel(
 # ---------------------------------------------------------------------------------------
 # Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
 # ---------------------------------------------------------------------------------------
+@step_fallback
 def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     """-> y (T, B, H), h_n (B, H) in the input dtype; acts (T, B, 4H) = r, z, n, hn fp32."""
     T, B, G = x_proj.shape
@@ -433,6 +438,10 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
         )
 
     def persistent():
+        # h_t crosses programs in W_hh's dtype, the precision of the product it feeds; each
+        # program keeps its own units in fp32 and writes them to hbuf[T % 2] (h_n) at the end
+        hx = alloc(2, B, H, device=dev, dtype=w_hh.dtype)
+        hx[0].copy_(h0)
         launch_persistent(
             gru_fwd_persistent_kernel,
             p,
@@ -444,7 +453,9 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
             len_ptr=lens,
             y_ptr=y,
             acts_ptr=acts,
-            hbuf_ptr=hbuf,
+            h0_ptr=h0.contiguous(),
+            hbuf_ptr=hx,
+            hn_ptr=hbuf[T % 2],
             T=T,
             B=B,
             H=H,
@@ -476,6 +487,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     return y, hbuf[T % 2].to(dtype), acts
 
 
+@step_fallback
 def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
     """-> dx_proj (T, B, 3H) = [dar, daz, dan] and dh0 (B, H), fp32. h_prev (T, B, H): the
     state each step started from."""

@@ -13,7 +13,9 @@ kernels takes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +30,7 @@ from ._common import (
     PERSISTENT_WARPS,
     RESIDENT_BYTES,
     carry_dh_step_kernel,
+    forced_shape_name,
     kernel_shape,
     persistent_grid,
     persistent_tile,
@@ -121,7 +124,9 @@ def plan(
     has_persistent: bool = True,
     row: int = 0,
 ) -> Plan:
-    """The kernel shape for this problem: ``kernel_shape``'s choice, except that a persistent
+    """The kernel shape for this problem: ``kernel_shape``'s choice, except that step becomes
+    persistent where a persistent grid can run, unless forced (FASTRNN_TRITON_KERNEL=step)
+    or a persistent grid failed on this device before (``step_fallback``), and a persistent
     request falls back to the step kernels where no persistent grid can run (a cell without
     persistent kernels, a projection, no tile fits, or the grid could not be resident at once)
     and while a CUDA graph is being captured (a barrier that gave up could not be reported).
@@ -149,6 +154,8 @@ def plan(
             f"{RESIDENT_BYTES // 1024} KiB (compiled for sm_90 its backward stages about twice its tiles "
             "in shared memory, of 227 KiB a block may use). Use FASTRNN_TRITON_KERNEL=step or auto."
         )
+    if shape == "step" and forced_shape_name() == "auto" and _device_key(device) not in _NO_PERSISTENT:
+        shape = "persistent"  # the automatic choice, where a persistent grid can run (below)
     if shape == "persistent" and (
         not has_persistent or proj or _capturing(device) or persistent_grid(B, H, n_gates, device, elem) is None
     ):
@@ -158,8 +165,51 @@ def plan(
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
 
 
+class PersistentGridError(RuntimeError):
+    """A persistent kernel's grid could not run at once: the driver refused the cooperative
+    launch, or a grid barrier gave up. Its outputs are incomplete and never returned."""
+
+    def __init__(self, message: str, device: torch.device):
+        super().__init__(message)
+        self.device = device
+
+
+# devices (type, index) where a persistent grid failed under the automatic choice: plan()
+# chooses the step kernels there from then on
+_NO_PERSISTENT: set = set()
+
+
+def _device_key(device: torch.device) -> tuple:
+    return (device.type, device.index)
+
+
+def step_fallback(launcher: Callable) -> Callable:
+    """A launcher whose automatic persistent grid failed (PersistentGridError: another
+    process on the GPU, MPS or MIG limits) runs again with the step kernels, which need no
+    co-residency, with a RuntimeWarning, and the device keeps the step kernels from then on.
+    Forced (FASTRNN_TRITON_KERNEL=persistent) the error propagates. The failed launch's
+    outputs are dropped; a launcher allocates its outputs and writes nothing else."""
+
+    @functools.wraps(launcher)
+    def run_with_fallback(*args, **kwargs):
+        try:
+            return launcher(*args, **kwargs)
+        except PersistentGridError as e:
+            if forced_shape_name() != "auto":
+                raise
+            _NO_PERSISTENT.add(_device_key(e.device))
+            warnings.warn(
+                f"{e} The automatic choice ran the step kernels instead and keeps them on {e.device} for this process.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return launcher(*args, **kwargs)
+
+    return run_with_fallback
+
+
 def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 # shapes_used() collects here the shape of every plan made inside it
@@ -251,7 +301,9 @@ def launch_persistent(kernel, p: Plan, **args) -> None:
         launch(kernel, p, count_ptr=state[:-1], err_ptr=state[-1:], max_polls=polls, **args)
     except RuntimeError as e:  # the driver's refusal ("too many blocks in cooperative launch")
         if "cooperative" in str(e).lower():
-            raise RuntimeError(f"{kernel.fn.__name__}: the driver refused the grid {grid}: {advice}") from e
+            raise PersistentGridError(
+                f"{kernel.fn.__name__}: the driver refused the grid {grid}: {advice}", device
+            ) from e
         raise
     if _recorder is not None:  # a rehearsal on meta tensors: nothing ran, no flag to read
         return
@@ -259,9 +311,10 @@ def launch_persistent(kernel, p: Plan, **args) -> None:
     # the host's view of that sync, and the next layer's launches queue after it
     gave_up_at = int(state[-1].item())
     if gave_up_at:
-        raise RuntimeError(
+        raise PersistentGridError(
             f"{kernel.fn.__name__}: the grid barrier gave up after {polls} polls at step {gave_up_at - 1} "
-            f"of {T} (grid {grid}), so its outputs are incomplete and were discarded: {advice}"
+            f"of {T} (grid {grid}), so its outputs are incomplete and were discarded: {advice}",
+            device,
         )
 
 

@@ -38,6 +38,7 @@ import triton.language as tl
 from ._common import (
     active_rows,
     alloc,
+    gate_stack_t,
     gate_tile,
     gate_tile_t,
     grid_barrier,
@@ -47,6 +48,7 @@ from ._common import (
     load_rows_l2,
     matmul_rows,
     mm,
+    mm_gates4,
     mm_slice,
     program_tile,
     sigmoid,
@@ -54,7 +56,7 @@ from ._common import (
     tanh,
     time_index,
 )
-from .launch import carry_dh, launch, launch_persistent, plan, run
+from .launch import carry_dh, launch, launch_persistent, plan, run, step_fallback
 
 
 @triton.jit
@@ -98,14 +100,25 @@ def _lstm_step(x_ptr, sxb, gates_ptr, cs_ptr, rows, rmask, jj, H, a2, ri, rf, rg
     """One step on the units jj, given the recurrent products r* = h_{t-1} @ W_hh^T of each
     gate: adds x_proj[t] (rows at x_ptr, stride sxb), applies the cell, writes the gates
     (zero where inactive) and the carried c_t to gates[t] / cs[t]. Returns (c_t, m_t)."""
-    i, f, g, o, c_new, m = CELL(
-        load_rows(x_ptr, sxb, rows, rmask, jj, H) + ri,
-        load_rows(x_ptr + H, sxb, rows, rmask, jj, H) + rf,
-        load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H) + rg,
-        load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H) + ro,
-        c,
-        cp,
+    xi, xf, xg, xo = _x_gates(x_ptr, sxb, rows, rmask, jj, H)
+    return _lstm_step_x(gates_ptr, cs_ptr, rows, rmask, jj, H, a2, xi + ri, xf + rf, xg + rg, xo + ro, c, cp, CELL)
+
+
+@triton.jit
+def _x_gates(x_ptr, sxb, rows, rmask, jj, H):
+    """x_proj[t]'s four gate tiles on the units jj (rows at x_ptr, stride sxb), fp32."""
+    return (
+        load_rows(x_ptr, sxb, rows, rmask, jj, H),
+        load_rows(x_ptr + H, sxb, rows, rmask, jj, H),
+        load_rows(x_ptr + 2 * H, sxb, rows, rmask, jj, H),
+        load_rows(x_ptr + 3 * H, sxb, rows, rmask, jj, H),
     )
+
+
+@triton.jit
+def _lstm_step_x(gates_ptr, cs_ptr, rows, rmask, jj, H, a2, zi, zf, zg, zo, c, cp, CELL: tl.constexpr):
+    """_lstm_step from the gates' pre-activations z* = x_proj[t] + h_{t-1} @ W_hh^T."""
+    i, f, g, o, c_new, m = CELL(zi, zf, zg, zo, c, cp)
     _store_gates(gates_ptr, rows, rmask, jj, H, a2, i, f, g, o)
     c = tl.where(a2, c_new, c)
     store_rows(cs_ptr, H, rows, rmask, jj, H, c)
@@ -450,13 +463,15 @@ def lstm_fwd_persistent_kernel(
     sxb,  # x_proj (T, B, 4H); strides of t and b, last dim contiguous
     w_ptr,  # w_hh (4H, H) contiguous
     cp_ptr,  # (CP_ROWS, H) fp32 per-unit cell parameters, when HAS_CELL_PARAMS
+    h0_ptr,
     c0_ptr,
-    len_ptr,  # (B, H); lengths (B,) int64 when HAS_LENGTHS
+    len_ptr,  # (B, H), (B, H); lengths (B,) int64 when HAS_LENGTHS
     y_ptr,  # out (T, B, H), input dtype
     gates_ptr,
     cs_ptr,  # out workspace (T, B, 4H), (T, B, H); fp32
-    hbuf_ptr,  # (2, B, H) fp32: h exchanged between programs; [0] holds h0
-    cn_ptr,  # out (B, H) fp32
+    hbuf_ptr,  # (2, B, H) in w_hh's dtype: h exchanged between programs; [0] holds h0
+    hn_ptr,
+    cn_ptr,  # out (B, H), (B, H) fp32
     count_ptr,  # (n_b,) int32 zeros: barrier counter of each batch block
     err_ptr,  # (1,) int32 zero: grid_barrier's error flag (1 + the step it gave up at)
     max_polls,  # grid_barrier's bound on a wait
@@ -477,21 +492,19 @@ def lstm_fwd_persistent_kernel(
     j0 = tl.program_id(1) * BH
     kk = tl.arange(0, BK)  # the whole state row
     # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
-    w_i = gate_tile_t(w_ptr, 0, j0, H, H, BK, BH)
-    w_f = gate_tile_t(w_ptr, 1, j0, H, H, BK, BH)
-    w_g = gate_tile_t(w_ptr, 2, j0, H, H, BK, BH)
-    w_o = gate_tile_t(w_ptr, 3, j0, H, H, BK, BH)
+    w4 = gate_stack_t(w_ptr, j0, H, H, 4, BH, BK)
+    h_own = load_rows(h0_ptr, H, rows, rmask, jj, H)  # this program's units of h, fp32
     c = load_rows(c0_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     hcur = hbuf_ptr  # h_{t-1} and h_t, swapped after each step
     hnxt = hbuf_ptr + B * H
+    xi, xf, xg, xo = _x_gates(x_ptr + time_index(0, T, REVERSE) * sxt, sxb, rows, rmask, jj, H)
     for s in range(T):
         t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        h = load_rows_l2(hcur, H, rows, rmask, kk, H)
-        c, m = _lstm_step(
-            x_ptr + t * sxt,
-            sxb,
+        h = load_rows_l2(hcur, H, rows, rmask, kk, H)  # the product's operand, in w_hh's dtype
+        p_i, p_f, p_g, p_o = mm_gates4(h, w4, BB, BH, PRECISION)
+        c, m = _lstm_step_x(
             gates_ptr + t * B * 4 * H,
             cs_ptr + t * B * H,
             rows,
@@ -499,19 +512,24 @@ def lstm_fwd_persistent_kernel(
             jj,
             H,
             a2,
-            mm_slice(h, w_i, PRECISION),
-            mm_slice(h, w_f, PRECISION),
-            mm_slice(h, w_g, PRECISION),
-            mm_slice(h, w_o, PRECISION),
+            xi + p_i,
+            xf + p_f,
+            xg + p_g,
+            xo + p_o,
             c,
             cp,
             CELL,
         )
-        h_prev = load_rows_l2(hcur, H, rows, rmask, jj, H)
-        store_rows(hnxt, H, rows, rmask, jj, H, tl.where(a2, m, h_prev))
+        h_own = tl.where(a2, m, h_own)
+        store_rows(hnxt, H, rows, rmask, jj, H, h_own)
         store_rows(y_ptr + t * B * H, H, rows, rmask, jj, H, tl.where(a2, m, 0.0))
+        # the next step's input gates (x_proj is ready from the start), loaded before the
+        # barrier so their latency overlaps the wait; the last step reloads its own
+        t_next = time_index(tl.minimum(s + 1, T - 1), T, REVERSE)
+        xi, xf, xg, xo = _x_gates(x_ptr + t_next * sxt, sxb, rows, rmask, jj, H)
         grid_barrier(count_ptr, err_ptr, max_polls, s)
         hcur, hnxt = hnxt, hcur
+    store_rows(hn_ptr, H, rows, rmask, jj, H, h_own)
     store_rows(cn_ptr, H, rows, rmask, jj, H, c)
 
 
@@ -618,6 +636,7 @@ def _cell_args(cell, cell_params, H, device, backward):
     return dict(out, cp_ptr=cp, HAS_CELL_PARAMS=True, CP_ROWS=rows)
 
 
+@step_fallback
 def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_CELL, cell_params=None):
     """-> y (T, B, P) and h_n (B, P), c_n (B, H) in the input dtype; gates (T, B, 4H), cs (T, B, H) fp32.
     ``cell``: (forward, backward) @triton.jit helpers with _lstm_cell's interface (an
@@ -671,6 +690,10 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
         )
 
     def persistent():
+        # h_t crosses programs in W_hh's dtype, the precision of the product it feeds; each
+        # program keeps its own units in fp32 and writes them to hbuf[T % 2] (h_n) at the end
+        hx = alloc(2, B, H, device=dev, dtype=w_hh.dtype)
+        hx[0].copy_(h0)
         launch_persistent(
             lstm_fwd_persistent_kernel,
             p,
@@ -678,12 +701,14 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
             sxt=x_proj.stride(0),
             sxb=x_proj.stride(1),
             w_ptr=w_hh,
+            h0_ptr=h0.contiguous(),
             c0_ptr=c0,
             len_ptr=lens,
             y_ptr=y,
             gates_ptr=gates,
             cs_ptr=cs,
-            hbuf_ptr=hbuf,
+            hbuf_ptr=hx,
+            hn_ptr=hbuf[T % 2],
             cn_ptr=c_n,
             T=T,
             B=B,
@@ -744,6 +769,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
 
 
+@step_fallback
 def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precision, cell=LSTM_CELL, cell_params=None):
     """-> dx_proj (T, B, 4H), dh0 (B, P), dc0 (B, H), dh_out (T, B, P) (with w_hr; else an
     empty (0,) tensor), all fp32."""

@@ -6,12 +6,16 @@ bytes and shared memory.
 Triton ships ptxas and cuobjdump, so ``triton.compile`` with a GPUTarget runs on a CPU-only
 machine. This catches what the interpreter accepts and the compiler rejects, and shows
 spills before any GPU time is spent. Block sizes and warps come from ``launch.blocks``, as
-the launchers use them; the flags below pick one specialisation of each kernel.
+the launchers use them; the flags below pick one specialisation of each kernel. Runtime
+arguments are compiled unspecialised (no divisibility marks: loads that cannot be proven
+aligned are not vectorised), which can take more registers than a launch, whose binary
+``python -m fastrnn.kernels.rehearsal`` compiles with the launch's specialisation.
 ``time_offsets`` reads a compiled kernel's TTIR for the width of its time-indexed addresses.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -34,6 +38,7 @@ INPUT_DTYPE_ARGS = {
     "w_ptr",
     "wr_ptr",
     "h0_ptr",
+    "hbuf_ptr",  # the persistent forwards exchange h in the weights' dtype
     "c0_ptr",
     "y_ptr",
     "bhn_ptr",
@@ -149,22 +154,28 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, dtype: str = "f
     return compile_signature(kernel, sig, constexprs, num_warps)
 
 
-def compile_signature(kernel, signature: dict, constexprs: dict, num_warps: int):
+def compile_signature(kernel, signature: dict, constexprs: dict, num_warps: int, hints: dict | None = None):
     """triton.compile of ``kernel`` for sm_90 with the runtime argument types ``signature``
     (name -> "*fp32", "i32", ...) and the constexpr values ``constexprs``. Launch options
     other than num_warps (launch.LAUNCH_OPTIONS: the persistent kernels' cooperative grid)
     come from ``constexprs``, where launch.blocks puts them, and land in the compiled
     metadata, which Triton's launcher reads."""
-    sig, const = {}, {}
+    sig, const, attrs = {}, {}, {}
+    hints = hints or {}
     for i, (name, p) in enumerate(zip(kernel.arg_names, kernel.params, strict=False)):
         if p.is_constexpr:
             sig[name] = "constexpr"
             const[(i,)] = constexprs[name]
+        elif hints.get(name) == 1:  # an int argument equal to 1: a constant of the binary
+            sig[name] = "constexpr"
+            const[(i,)] = 1
         else:
             sig[name] = signature[name]
+            if hints.get(name) == "D":  # a multiple of 16 (an int) or 16-byte aligned (a pointer)
+                attrs[(i,)] = [["tt.divisibility", 16]]
     options = {k: constexprs[k] for k in launch.LAUNCH_OPTIONS if k in constexprs}
     return triton.compile(
-        ASTSource(fn=kernel, signature=sig, constexprs=const),
+        ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs),
         target=TARGET,
         options={**options, "num_warps": num_warps},
     )
@@ -256,7 +267,9 @@ def time_offsets(ttir: str) -> list[tuple[str, bool]]:
 
 
 def main(argv=None) -> int:
-    sizes = [int(v) for v in (sys.argv[1:] if argv is None else argv)] or [64, 256, 512, 1024]
+    ap = argparse.ArgumentParser(prog="python -m fastrnn.kernels.resources", description=__doc__.split("\n\n")[0])
+    ap.add_argument("sizes", nargs="*", type=int, metavar="H", help="hidden sizes (default 64 256 512 1024)")
+    sizes = ap.parse_args(argv).sizes or [64, 256, 512, 1024]
     print(f"triton {triton.__version__}, target sm_90")
     print(f"{'kernel':<37} {'warps':>5} {'regs':>5} {'stack B':>8} {'shared B':>9}")
     for dtype in ("fp32", "bf16"):

@@ -191,6 +191,63 @@ def test_persistent_barrier_gives_up_instead_of_hanging(family, monkeypatch):
     assert (count < 0).all() and ((count & 0x7FFFFFFF) == 3 * 2).all(), count
 
 
+@pytest.mark.skipif(not INTERP, reason="the interpreter runs programs one after another")
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_automatic_persistent_grid_that_fails_runs_the_step_kernels(family, monkeypatch):
+    """Chosen automatically, a persistent grid whose barrier gives up (its programs not all
+    resident) is rerun with the step kernels: a RuntimeWarning with the barrier's message,
+    the numbers of the step kernels (which equal a run forced to them), and the step
+    kernels on that device from then on, without another try."""
+    from fastrnn.kernels import _common, launch
+
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    m = TWIN[family][0](5, 32, backend="triton")
+    x = torch.randn(3, 20, 5, requires_grad=True)  # two batch blocks
+    with _common.forced_shape("step"):
+        y_step = m(x)[0]
+        (g_step,) = torch.autograd.grad(y_step.sum(), x)
+    monkeypatch.setattr(_common, "RESIDENT_BYTES", 0)  # no sequence kernel: plan() may go persistent
+    monkeypatch.setattr(launch, "_NO_PERSISTENT", set())
+    _split_hidden_axis(monkeypatch)
+    monkeypatch.setattr(_common, "BARRIER_POLLS", 20)
+    gave_up = rf"{family}_fwd_persistent_kernel: the grid barrier gave up after 20 polls"
+    with launch.shapes_used() as shapes, pytest.warns(RuntimeWarning, match=gave_up + r".*keeps them on cpu"):
+        y = m(x)[0]
+    assert shapes == ["persistent", "step"], shapes
+    torch.testing.assert_close(y, y_step, rtol=0, atol=0)
+    with launch.shapes_used() as shapes:
+        (g,) = torch.autograd.grad(y.sum(), x)  # no second try: the device keeps the step kernels
+    assert shapes == ["step"], shapes
+    torch.testing.assert_close(g, g_step, rtol=0, atol=0)
+
+
+def test_plan_chooses_persistent_where_it_fits_and_is_resident(monkeypatch):
+    """Unforced, plan() takes the sequence kernel where its tiles fit, else the persistent
+    kernels where a grid fits and can be resident at once (a GPU's SMs, here a rehearsed
+    132), else the step kernels: with a projection, a cell without persistent kernels, a
+    grid past the SMs, a tile that does not fit, or after a persistent grid failed on the
+    device. Forced step stays step."""
+    from fastrnn.kernels import _common, launch
+
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    monkeypatch.setattr(_common, "META_SMS", 132)
+    monkeypatch.setattr(launch, "_NO_PERSISTENT", set())
+    meta = torch.device("meta")
+    bf16, fp32 = 2, 4
+    assert launch.plan(4, 64, 64, False, fp32, 64, meta).shape == "sequence"
+    assert launch.plan(4, 512, 512, False, bf16, 64, meta).shape == "persistent"  # 4 x 16 programs
+    assert launch.plan(3, 512, 512, False, fp32, 64, meta).shape == "persistent"  # 4 x 32
+    assert launch.plan(3, 512, 512, False, fp32, 128, meta).shape == "step"  # 8 x 32 > 132
+    assert launch.plan(4, 1024, 1024, False, fp32, 16, meta).shape == "step"  # no fp32 tile fits
+    assert launch.plan(4, 512, 256, True, bf16, 64, meta).shape == "step"
+    assert launch.plan(1, 512, 512, False, bf16, 64, meta, has_persistent=False).shape == "step"
+    assert launch.plan(4, 128, 128, False, fp32, 16, torch.device("cpu")).shape == "step"  # interpreter: 1 tile only
+    with _common.forced_shape("step"):
+        assert launch.plan(4, 512, 512, False, bf16, 64, meta).shape == "step"
+    launch._NO_PERSISTENT.add(("meta", None))
+    assert launch.plan(4, 512, 512, False, bf16, 64, meta).shape == "step"
+
+
 @pytest.mark.parametrize("family", ["lstm", "gru"])
 def test_only_persistent_launches_are_cooperative(family, monkeypatch):
     """launch_cooperative_grid=True reaches ``kernel[grid](...)`` for the persistent kernels
