@@ -252,7 +252,7 @@ def gru_fwd_step_kernel(
     store_rows(y_ptr, H, rows, rmask, jj, H, tl.where(a2, h, 0.0))
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["t", "t_after"])
 def gru_bwd_step_kernel(
     dh_ptr,
     dy_ptr,  # carried dh (B, H) fp32; dy[t] (B, H)
@@ -261,17 +261,33 @@ def gru_bwd_step_kernel(
     len_ptr,
     t,
     dx_ptr,
-    dgh_ptr,  # out dx[t] (B, 3H) fp32; out (B, 3H) fp32 d(gh) for carry_dh
+    dgh_ptr,  # out dx[t] (B, 3H) fp32; out (B, 3H) fp32 d(gh) for the carry
     dd_ptr,  # out (B, H) fp32: dh*z, the direct part of dh_{t-1}
+    dgha_ptr,
+    dda_ptr,  # d(gh) (B, 3H) and dh*z (B, H) of the step after t, when CARRY
+    w_ptr,  # w_hh (3H, H) contiguous, when CARRY
+    t_after,  # that step's time index, when CARRY
     B,
     H,
+    CARRY: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-    dh = load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H)
+    dh = load_rows(dh_ptr, H, rows, rmask, jj, H)
+    if CARRY:
+        # carry_dh of the step after t, fused: rows active there take dh*z + d(gh) @ W_hh on
+        # this program's units, the others keep the gradient they carry. The same sum, in
+        # the same order. d(gh) and dh*z are double-buffered: this launch writes the other.
+        acc = load_rows(dda_ptr, H, rows, rmask, jj, H)
+        acc = matmul_rows(acc, dgha_ptr, 3 * H, rows, rmask, 3 * H, w_ptr, H, 1, jj, jj < H, BK, PRECISION)
+        dh = tl.where(active_rows(t_after, rows, rmask, len_ptr, HAS_LENGTHS)[:, None], acc, dh)
+        store_rows(dh_ptr, H, rows, rmask, jj, H, dh)
+    dh = dh + load_rows(dy_ptr, H, rows, rmask, jj, H)
     dar, daz, dgn, dd = _gru_step_backward(acts_ptr, hprev_ptr, dh, rows, rmask, jj, H, a2, dx_ptr)
     _store3(dgh_ptr, rows, rmask, jj, H, dar, daz, dgn)
     store_rows(dd_ptr, H, rows, rmask, jj, H, dd)
@@ -542,13 +558,15 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
             **flags,
         )
 
-    if p.shape == "step":  # d(gh) = [dar, daz, dan*r] and dh*z of the current step, for carry_dh
-        dgh = alloc(B, 3 * H, device=dev, dtype=f32)
-        dd = alloc(B, H, device=dev, dtype=f32)
+    if p.shape == "step":  # d(gh) = [dar, daz, dan*r] and dh*z of a step, for the carry: [s % 2]
+        dgh = alloc(2, B, 3 * H, device=dev, dtype=f32)
+        dd = alloc(2, B, H, device=dev, dtype=f32)
+    after = []  # the time index of the step undone last: its carry is fused into the next launch
 
     def step(s, t, prev):
         if s == T - 1:  # the first step undone: the step kernels carry dh in place from dh_n
             dh.copy_(dh_n)
+        fuse, a = bool(after), (s + 1) % 2
         launch(
             gru_bwd_step_kernel,
             p,
@@ -560,13 +578,20 @@ def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
             len_ptr=lens,
             t=t,
             dx_ptr=dx[t],
-            dgh_ptr=dgh,
-            dd_ptr=dd,
+            dgh_ptr=dgh[s % 2],
+            dd_ptr=dd[s % 2],
+            dgha_ptr=dgh[a],
+            dda_ptr=dd[a],
+            w_ptr=w_hh,
+            t_after=after[0] if fuse else t,
             B=B,
             H=H,
-            HAS_LENGTHS=lengths is not None,
+            CARRY=fuse,
+            **flags,
         )
-        carry_dh(p, dgh, w_hh, dh, dd, lens, lengths is not None, t, precision)
+        if s == 0:  # dh0 after the last step undone
+            carry_dh(p, dgh[0], w_hh, dh, dd[0], lens, lengths is not None, t, precision)
+        after[:] = [t]
 
     run(p, T, reverse, backward=True, sequence=sequence, step=step, persistent=persistent)
     return dx, dh

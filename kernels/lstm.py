@@ -393,7 +393,7 @@ def lstm_dt_step_kernel(
     store_rows(dhout_ptr, P, rows, rmask, pp, P, tl.where(a2, dt, 0.0))
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["t", "t_after"])
 def lstm_bwd_step_kernel(
     dh_ptr,
     dy_ptr,  # carried dh (B, P) fp32 and dy[t] (B, P), read when not HAS_PROJ
@@ -407,10 +407,14 @@ def lstm_bwd_step_kernel(
     len_ptr,
     t,
     dg_ptr,  # out dgates[t] (B, 4H) fp32
+    dga_ptr,  # dgates of the step after t (B, 4H) fp32, when CARRY
+    w_ptr,  # w_hh (4H, H) contiguous, when CARRY
+    t_after,  # that step's time index, when CARRY
     B,
     H,
     P,
     HAS_PROJ: tl.constexpr,
+    CARRY: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     CELL_BACKWARD: tl.constexpr,
     HAS_CELL_PARAMS: tl.constexpr,
@@ -428,7 +432,29 @@ def lstm_bwd_step_kernel(
             tl.zeros((BB, BH), tl.float32), dt_ptr, P, rows, rmask, P, wr_ptr, H, 1, jj, jj < H, BK, PRECISION
         )
     else:
-        dm = load_rows(dh_ptr, P, rows, rmask, jj, P) + load_rows(dy_ptr, P, rows, rmask, jj, P)
+        dh = load_rows(dh_ptr, P, rows, rmask, jj, P)
+        if CARRY:
+            # carry_dh of the step after t, fused (no projection: this program's columns of
+            # dh are its units jj): rows active there take dgates_after @ W_hh, the others
+            # keep the gradient they carry. The same product, summed in the same order.
+            acc = matmul_rows(
+                tl.zeros((BB, BH), tl.float32),
+                dga_ptr,
+                4 * H,
+                rows,
+                rmask,
+                4 * H,
+                w_ptr,
+                H,
+                1,
+                jj,
+                jj < H,
+                BK,
+                PRECISION,
+            )
+            dh = tl.where(active_rows(t_after, rows, rmask, len_ptr, HAS_LENGTHS)[:, None], acc, dh)
+            store_rows(dh_ptr, P, rows, rmask, jj, P, dh)
+        dm = dh + load_rows(dy_ptr, P, rows, rmask, jj, P)
     i = load_rows(gates_ptr, 4 * H, rows, rmask, jj, H)
     f = load_rows(gates_ptr + H, 4 * H, rows, rmask, jj, H)
     g = load_rows(gates_ptr + 2 * H, 4 * H, rows, rmask, jj, H)
@@ -842,10 +868,13 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
 
     dt = alloc(B, P, device=dev, dtype=f32) if proj and p.shape == "step" else dh  # dh + dy[t] before W_hr
 
+    after = []  # the time index of the step undone last: its carry is fused into the next launch
+
     def step(s, t, prev):
         if s == T - 1:  # the first step undone: the step kernels carry dh, dc in place from dh_n, dc_n
             dh.copy_(dh_n)
             dc.copy_(dc_n)
+        fuse = not proj and bool(after)  # without a projection, carry_dh runs inside lstm_bwd_step
         if proj:
             launch(
                 lstm_dt_step_kernel,
@@ -876,14 +905,20 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precis
             len_ptr=lens,
             t=t,
             dg_ptr=dg[t],
+            dga_ptr=dg[after[0]] if fuse else dg[t],
+            w_ptr=w_hh,
+            t_after=after[0] if fuse else t,
             B=B,
             H=H,
             P=P,
             HAS_PROJ=proj,
+            CARRY=fuse,
             **flags,
             **cellargs,
         )
-        carry_dh(p, dg[t], w_hh, dh, None, lens, lengths is not None, t, precision)
+        if proj or s == 0:  # dh0 after the last step undone
+            carry_dh(p, dg[t], w_hh, dh, None, lens, lengths is not None, t, precision)
+        after[:] = [t]
 
     run(p, T, reverse, backward=True, sequence=sequence, step=step, persistent=persistent)
     return dg, dh, dc, dhout

@@ -142,7 +142,7 @@ def rnn_fwd_step_kernel(
     store_rows(y_ptr, H, rows, rmask, jj, H, tl.where(a2, h, 0.0))
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["t", "t_after"])
 def rnn_bwd_step_kernel(
     dh_ptr,
     dy_ptr,
@@ -150,19 +150,32 @@ def rnn_bwd_step_kernel(
     len_ptr,
     t,
     da_ptr,  # out da[t] (B, H) fp32
+    daa_ptr,  # da of the step after t (B, H) fp32, when CARRY
+    w_ptr,  # w_hh (H, H) contiguous, when CARRY
+    t_after,  # that step's time index, when CARRY
     B,
     H,
     RELU: tl.constexpr,
+    CARRY: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
+    BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
+    dh = load_rows(dh_ptr, H, rows, rmask, jj, H)
+    if CARRY:
+        # carry_dh of the step after t, fused: rows active there take da_after @ W_hh on this
+        # program's units, the others keep the gradient they carry (same sum, same order)
+        acc = matmul_rows(
+            tl.zeros((BB, BH), tl.float32), daa_ptr, H, rows, rmask, H, w_ptr, H, 1, jj, jj < H, BK, PRECISION
+        )
+        dh = tl.where(active_rows(t_after, rows, rmask, len_ptr, HAS_LENGTHS)[:, None], acc, dh)
+        store_rows(dh_ptr, H, rows, rmask, jj, H, dh)
     da = _rnn_cell_backward(
-        load_rows(y_ptr, H, rows, rmask, jj, H),
-        load_rows(dh_ptr, H, rows, rmask, jj, H) + load_rows(dy_ptr, H, rows, rmask, jj, H),
-        RELU,
+        load_rows(y_ptr, H, rows, rmask, jj, H), dh + load_rows(dy_ptr, H, rows, rmask, jj, H), RELU
     )
     store_rows(da_ptr, H, rows, rmask, jj, H, tl.where(a2, da, 0.0))
 
@@ -259,9 +272,12 @@ def backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, precision):
             **flags,
         )
 
+    after = []  # the time index of the step undone last: its carry is fused into the next launch
+
     def step(s, t, prev):
         if s == T - 1:  # the first step undone: the step kernels carry dh in place from dh_n
             dh.copy_(dh_n)
+        fuse = bool(after)
         launch(
             rnn_bwd_step_kernel,
             p,
@@ -272,11 +288,18 @@ def backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, precision):
             len_ptr=lens,
             t=t,
             da_ptr=da[t],
+            daa_ptr=da[after[0]] if fuse else da[t],
+            w_ptr=w_hh,
+            t_after=after[0] if fuse else t,
             B=B,
             H=H,
+            CARRY=fuse,
+            PRECISION=precision,
             **flags,
         )
-        carry_dh(p, da[t], w_hh, dh, None, lens, lengths is not None, t, precision)
+        if s == 0:  # dh0 after the last step undone
+            carry_dh(p, da[t], w_hh, dh, None, lens, lengths is not None, t, precision)
+        after[:] = [t]
 
     run(p, T, reverse, backward=True, sequence=sequence, step=step)
     return da, dh

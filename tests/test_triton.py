@@ -221,6 +221,29 @@ def test_automatic_persistent_grid_that_fails_runs_the_step_kernels(family, monk
     torch.testing.assert_close(g, g_step, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+def test_step_backward_launches_once_a_step(family, monkeypatch):
+    """The step kernels' backward fuses carry_dh (dh_{t-1} = dgates_t @ W_hh) into the next
+    step's launch: T step launches and one carry_dh (dh0) per layer and direction, where
+    there were 2T. (The gradients are bitwise those of the separate carry: the same
+    product, summed in the same order; the parity tests hold them to the reference.)"""
+    kernel_type = type(lstm_kernels.lstm_fwd_persistent_kernel)
+    original, launched = kernel_type.run, []
+
+    def spy(self, *args, grid, warmup, **kwargs):
+        launched.append(self.fn.__name__)
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "step")
+    m = TWIN[family][0](5, 20, backend="triton").to(DEV)
+    x = torch.randn(6, 3, 5, device=DEV, requires_grad=True)
+    y = m(x)[0]
+    monkeypatch.setattr(kernel_type, "run", spy)
+    y.sum().backward()
+    assert launched.count(f"{family}_bwd_step_kernel") == 6, launched
+    assert launched.count("carry_dh_step_kernel") == 1, launched
+
+
 def test_plan_chooses_persistent_where_it_fits_and_is_resident(monkeypatch):
     """Unforced, plan() takes the sequence kernel where its tiles fit, else the persistent
     kernels where a grid fits and can be resident at once (a GPU's SMs, here a rehearsed
