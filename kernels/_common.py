@@ -235,32 +235,80 @@ def mm_slice(a, w, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def gate_stack_t(w_ptr, j0, H, K, G: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
-    """(4*BH, BK): a persistent program's rows of the G <= 4 gates' weights stacked,
-    [n*BH + j, k] = W[n*H + j0 + j, k] for W row-major (G*H, K); zero for a unit
-    j0 + j >= H and for the rows of gates n >= G (a GRU's fourth)."""
+def gate_stack_t(w_ptr, j0, H, K, k0, G: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
+    """(4*BH, BK): a persistent program's rows of the G <= 4 gates' weights stacked, over the
+    columns k0, k0+1, ..., [n*BH + j, k] = W[n*H + j0 + j, k0 + k] for W row-major (G*H, K);
+    zero for a unit j0 + j >= H, a column past K, and the rows of gates n >= G (a GRU's
+    fourth)."""
     r = tl.arange(0, 4 * BH)
     n = r // BH
     j = r % BH
     kk = tl.arange(0, BK)
-    m = ((n < G) & ((j0 + j) < H))[:, None] & (kk < K)[None, :]
-    return tl.load(w_ptr + (n * H + j0 + j)[:, None] * K + kk[None, :], mask=m, other=0.0)
+    m = ((n < G) & ((j0 + j) < H))[:, None] & ((k0 + kk) < K)[None, :]
+    return tl.load(w_ptr + ((n * H + j0 + j)[:, None] * K + k0) + kk[None, :], mask=m, other=0.0)
 
 
 @triton.jit
-def mm_gates4(a, w4, BB: tl.constexpr, BH: tl.constexpr, PRECISION: tl.constexpr):
-    """The four (BB, BH) gate products a @ W_n^T of a persistent forward, from one
-    (4*BH, BK) x (BK, BB) product of the stacked slice (gate_stack_t) by a^T: the hidden
-    units of all gates on the MMA's M dimension, 4*BH >= 64 rows, so sm_90 runs it as
-    wgmma with the weights read from shared memory (64-row tiles, one per warpgroup)
-    instead of mma.sync over the 16 batch rows with the warps repeating the product.
-    Compiled for sm_90 as launched (python -m fastrnn.kernels.rehearsal), the bf16 LSTM
-    forward at H=512 went from 255 registers and 48 B of stack (mma.sync, warpsPerCTA
-    [1, 8]) to 128 and none."""
+def stacked_slices(
+    w_ptr, j0, H, G: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, KC: tl.constexpr
+):
+    """A persistent forward's W_hh slice, stacked (gate_stack_t), in the column chunks of
+    k_chunks; an absent chunk (width 0) repeats the first, unused."""
+    w_a = gate_stack_t(w_ptr, j0, H, H, 0, G, BH, KA)
+    w_b = w_a
+    w_c = w_a
+    if KB > 0:
+        w_b = gate_stack_t(w_ptr, j0, H, H, KA, G, BH, KB)
+    if KC > 0:
+        w_c = gate_stack_t(w_ptr, j0, H, H, KA + KB, G, BH, KC)
+    return w_a, w_b, w_c
+
+
+@triton.jit
+def stacked_dot(acc, a, w4, PRECISION: tl.constexpr):
+    """acc (4*BH, BB) + w4 @ a^T for a (BB, BK) chunk of the state and the stacked slice's
+    matching columns, accumulated in fp32 with a rounded to the weights' dtype, as ``mm``."""
     if _EMULATE_HALF_DOT:
-        acc = tl.dot(w4.to(tl.float32), tl.trans(a.to(w4.dtype).to(tl.float32)), input_precision=PRECISION)
+        acc = tl.dot(w4.to(tl.float32), tl.trans(a.to(w4.dtype).to(tl.float32)), acc, input_precision=PRECISION)
     else:
-        acc = tl.dot(w4, tl.trans(a.to(w4.dtype)), input_precision=PRECISION, out_dtype=tl.float32)
+        acc = tl.dot(w4, tl.trans(a.to(w4.dtype)), acc, input_precision=PRECISION, out_dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def persistent_product(
+    hcur,
+    w_a,
+    w_b,
+    w_c,
+    H,
+    rows,
+    rmask,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,
+    KB: tl.constexpr,
+    KC: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The four (BB, BH) gate products h_{t-1} @ W_n^T of a persistent forward: one
+    (4*BH, K) x (K, BB) product of the stacked slice (stacked_slices) by h^T, h read from
+    hcur (B, H) in the chunks KA + KB + KC >= H (k_chunks: K padded to a multiple of the
+    MMA's K, not to a power of two). The hidden units of all gates are on the MMA's M
+    dimension, 4*BH >= 64 rows, so sm_90 runs it as wgmma with the weights read from shared
+    memory (64-row tiles, one per warpgroup) instead of mma.sync over the 16 batch rows with
+    the warps repeating the product. Compiled for sm_90 as launched (python -m
+    fastrnn.kernels.rehearsal), the bf16 LSTM forward at H=512 went from 255 registers
+    and 120 B of stack (mma.sync, warpsPerCTA [1, 8]) to 128 and none."""
+    acc = stacked_dot(
+        tl.zeros((4 * BH, BB), tl.float32), load_rows_l2(hcur, H, rows, rmask, tl.arange(0, KA), H), w_a, PRECISION
+    )
+    if KB > 0:
+        h_b = load_rows_l2(hcur + KA, H, rows, rmask, tl.arange(0, KB), H - KA)
+        acc = stacked_dot(acc, h_b, w_b, PRECISION)
+    if KC > 0:
+        h_c = load_rows_l2(hcur + KA + KB, H, rows, rmask, tl.arange(0, KC), H - KA - KB)
+        acc = stacked_dot(acc, h_c, w_c, PRECISION)
     acc = tl.permute(tl.reshape(acc, (2, 2, BH, BB)), (3, 2, 0, 1))  # [b, j, n // 2, n % 2]
     x0, x1 = tl.split(acc)
     i, g = tl.split(x0)
@@ -503,6 +551,19 @@ def persistent_tile(H, n_gates, elem=4):
     if per_col * 16 > cap:
         return None
     return min(64, 1 << ((cap // per_col).bit_length() - 1))
+
+
+def k_chunks(H: int) -> tuple:
+    """(KA, KB, KC): the column chunks of a persistent forward's product, powers of two of
+    at least 16 (or 0, absent), KA > KB > KC, whose sum is the smallest multiple of 16 at
+    least H that three such chunks make (tl.dot's operands have power-of-two edges; the
+    MMA's K is at most 16). H=200: 128 + 64 + 16 = 208 columns where a power of two pads
+    to 256; H=768: 512 + 256; H=240: 256 (it would take four chunks)."""
+    K = max(16, -(-H // 16) * 16)
+    while bin(K).count("1") > 3:
+        K += 16
+    bits = [1 << b for b in range(K.bit_length() - 1, -1, -1) if K >> b & 1]
+    return tuple(bits + [0] * (3 - len(bits)))
 
 
 def persistent_grid(B, H, n_gates, device, elem=4):

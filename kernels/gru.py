@@ -17,7 +17,6 @@ import triton.language as tl
 from ._common import (
     active_rows,
     alloc,
-    gate_stack_t,
     gate_tile,
     gate_tile_t,
     grid_barrier,
@@ -26,10 +25,11 @@ from ._common import (
     load_rows_l2,
     matmul_rows,
     mm,
-    mm_gates4,
     mm_slice,
+    persistent_product,
     program_tile,
     sigmoid,
+    stacked_slices,
     store_rows,
     tanh,
     time_index,
@@ -322,14 +322,15 @@ def gru_fwd_persistent_kernel(
     HAS_LENGTHS: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
-    BK: tl.constexpr,
+    KA: tl.constexpr,
+    KB: tl.constexpr,
+    KC: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
-    kk = tl.arange(0, BK)  # the whole state row
-    # this program's W_hh^T slice per gate, [k, j] = W_hh[n*H + j0 + j, k]
-    w4 = gate_stack_t(w_ptr, j0, H, H, 3, BH, BK)
+    # this program's rows of every gate's W_hh, stacked, in K chunks
+    w_a, w_b, w_c = stacked_slices(w_ptr, j0, H, 3, BH, KA, KB, KC)
     b_hn = _b_hn(bhn_ptr, jj, H, HAS_BHN, BH)
     h_own = load_rows(h0_ptr, H, rows, rmask, jj, H)  # this program's units of h, fp32
     hcur = hbuf_ptr  # h_{t-1} and h_t, swapped after each step
@@ -338,8 +339,8 @@ def gru_fwd_persistent_kernel(
     for s in range(T):
         t = time_index(s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
-        h = load_rows_l2(hcur, H, rows, rmask, kk, H)  # the product's operand, in w_hh's dtype
-        p_r, p_z, p_n, _ = mm_gates4(h, w4, BB, BH, PRECISION)
+        # h_{t-1} (in w_hh's dtype) times the slice
+        p_r, p_z, p_n, _ = persistent_product(hcur, w_a, w_b, w_c, H, rows, rmask, BB, BH, KA, KB, KC, PRECISION)
         h_new = _gru_step_x(acts_ptr + t * B * 4 * H, rows, rmask, jj, H, a2, xr, xz, xn, p_r, p_z, p_n, b_hn, h_own)
         h_own = tl.where(a2, h_new, h_own)
         store_rows(hnxt, H, rows, rmask, jj, H, h_own)

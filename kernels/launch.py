@@ -31,6 +31,7 @@ from ._common import (
     RESIDENT_BYTES,
     carry_dh_step_kernel,
     forced_shape_name,
+    k_chunks,
     kernel_shape,
     persistent_grid,
     persistent_tile,
@@ -81,8 +82,16 @@ def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) 
         BH = None if proj else persistent_tile(H, n_gates, elem)
         if BH is None:
             return None
+        KA, KB, KC = k_chunks(H)  # the forwards' product; the backwards' takes BK
         return dict(
-            BB=BLOCK_B, BH=BH, BK=pow2_block(H, hi=1 << 30), num_warps=PERSISTENT_WARPS, launch_cooperative_grid=True
+            BB=BLOCK_B,
+            BH=BH,
+            BK=pow2_block(H, hi=1 << 30),
+            KA=KA,
+            KB=KB,
+            KC=KC,
+            num_warps=PERSISTENT_WARPS,
+            launch_cooperative_grid=True,
         )
     raise ValueError(f"unknown kernel shape {shape!r}")
 

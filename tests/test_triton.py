@@ -126,6 +126,29 @@ def test_persistent_vs_reference(family, kw, kind, monkeypatch):
     assert report.passed, f"\n{report}"
 
 
+@pytest.mark.skipif(not INTERP, reason="the GPU lane runs the persistent kernels at H=200 and 2 programs")
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+@pytest.mark.parametrize("H,chunks", [(48, (32, 16, 0)), (112, (64, 32, 16))])
+def test_persistent_forward_product_in_k_chunks(family, H, chunks, monkeypatch):
+    """The persistent forwards multiply h by their slice in column chunks (k_chunks: K padded
+    to a multiple of 16, not to a power of two): two and three chunks against the reference.
+    One program holds all H units here (the interpreter runs one program along the hidden
+    axis), so the tile is widened past its usual 64 columns for H=112."""
+    from fastrnn.kernels import _common, launch
+
+    assert _common.k_chunks(H) == chunks
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    wide = lambda H, n_gates, elem=4: 128  # noqa: E731
+    monkeypatch.setattr(_common, "persistent_tile", wide)
+    monkeypatch.setattr(launch, "persistent_tile", wide)
+    m = TWIN[family][0](5, H, backend="triton")
+    x = pack_padded_sequence(torch.randn(4, 18, 5), torch.randint(1, 5, (18,)), enforce_sorted=False)
+    with launch.shapes_used() as shapes:
+        report = testing.compare(m, testing.oracle(m), x, sync_weights=False)
+    assert set(shapes) == {"persistent"}, shapes
+    assert report.passed, f"\n{report}"
+
+
 def test_persistent_grid_must_be_resident():
     from fastrnn.kernels._common import persistent_grid_ok
 
