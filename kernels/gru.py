@@ -34,6 +34,7 @@ from ._common import (
     tanh,
     time_index,
 )
+from .graphs import step_graphs
 from .launch import carry_dh, launch, launch_persistent, plan, run, step_fallback
 
 
@@ -413,6 +414,7 @@ def gru_bwd_persistent_kernel(
 # ---------------------------------------------------------------------------------------
 # Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
 # ---------------------------------------------------------------------------------------
+@step_graphs
 @step_fallback
 def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     """-> y (T, B, H), h_n (B, H) in the input dtype; acts (T, B, 4H) = r, z, n, hn fp32."""
@@ -504,6 +506,7 @@ def forward(x_proj, w_hh, b_hn, h0, lengths, reverse, precision):
     return y, hbuf[T % 2].to(dtype), acts
 
 
+@step_graphs
 @step_fallback
 def backward(dy, dh_n, w_hh, h_prev, acts, lengths, reverse, precision):
     """-> dx_proj (T, B, 3H) = [dar, daz, dan] and dh0 (B, H), fp32. h_prev (T, B, H): the

@@ -56,6 +56,7 @@ from ._common import (
     tanh,
     time_index,
 )
+from .graphs import step_graphs
 from .launch import carry_dh, launch, launch_persistent, plan, run, step_fallback
 
 
@@ -663,6 +664,7 @@ def _cell_args(cell, cell_params, H, device, backward):
     return dict(out, cp_ptr=cp, HAS_CELL_PARAMS=True, CP_ROWS=rows)
 
 
+@step_graphs
 @step_fallback
 def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_CELL, cell_params=None):
     """-> y (T, B, P) and h_n (B, P), c_n (B, H) in the input dtype; gates (T, B, 4H), cs (T, B, H) fp32.
@@ -796,6 +798,7 @@ def forward(x_proj, w_hh, w_hr, h0, c0, lengths, reverse, precision, cell=LSTM_C
     return y, hbuf[T % 2].to(dtype), c_n.to(dtype), gates, cs
 
 
+@step_graphs
 @step_fallback
 def backward(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, cs, lengths, reverse, precision, cell=LSTM_CELL, cell_params=None):
     """-> dx_proj (T, B, 4H), dh0 (B, P), dc0 (B, H), dh_out (T, B, P) (with w_hr; else an

@@ -23,6 +23,7 @@ from ._common import (
     tanh,
     time_index,
 )
+from .graphs import step_graphs
 from .launch import carry_dh, launch, plan, run
 
 
@@ -183,6 +184,7 @@ def rnn_bwd_step_kernel(
 # ---------------------------------------------------------------------------------------
 # Launchers: which tensors each kernel takes; the shape, grids and blocks come from launch.py
 # ---------------------------------------------------------------------------------------
+@step_graphs
 def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     """-> y (T, B, H), h_n (B, H) in the input dtype."""
     T, B, H = x_proj.shape
@@ -240,6 +242,7 @@ def forward(x_proj, w_hh, h0, lengths, reverse, nonlinearity, precision):
     return y, hbuf[T % 2].to(dtype)
 
 
+@step_graphs
 def backward(dy, dh_n, w_hh, y, lengths, reverse, nonlinearity, precision):
     """-> dx_proj (T, B, H), dh0 (B, H), fp32. y: the forward's outputs (act' is taken from them)."""
     T, B, H = y.shape

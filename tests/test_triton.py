@@ -267,6 +267,66 @@ def test_step_backward_launches_once_a_step(family, monkeypatch):
     assert launched.count("carry_dh_step_kernel") == 1, launched
 
 
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
+def test_cuda_graphs_replay_per_signature_with_fresh_inputs(family, monkeypatch):
+    """FASTRNN_CUDA_GRAPHS=1 (on a GPU, the real capture; on CPU a stand-in for it that records the
+    call on the static tensors and replays it by calling it again into the same outputs):
+    each launcher captures once per argument signature, copies every call's arguments into
+    its static tensors before the replay and returns copies of the outputs, so each call
+    gets its own numbers (bitwise those of the step kernels run directly) and the outputs
+    of one call survive the next."""
+    from fastrnn.kernels import graphs
+
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "step")
+    m = TWIN[family][0](5, 20, backend="triton").to(DEV)
+    xs = [torch.randn(6, 3, 5, device=DEV, requires_grad=True) for _ in range(3)] + [
+        torch.randn(4, 3, 5, device=DEV, requires_grad=True)
+    ]
+
+    def run(x):
+        y = m(x)[0]
+        (g,) = torch.autograd.grad((y * y).sum(), x)
+        return y.detach(), g
+
+    direct = [run(x) for x in xs]
+    assert not graphs.enabled(torch.device(DEV))  # the variable is unset
+    captures = []
+
+    def capture(fn):
+        out = fn()
+        captures.append(fn)
+
+        def replay():
+            for o, n in zip(out, fn(), strict=True):
+                o.copy_(n)
+
+        return replay, out
+
+    if DEV == "cuda":  # the real capture: FASTRNN_CUDA_GRAPHS=1 on the GPU
+        monkeypatch.setenv(graphs.ENV, "1")
+        got = [run(x) for x in xs]
+    else:
+        monkeypatch.setattr(graphs, "_capture", capture)
+        monkeypatch.setattr(graphs, "enabled", lambda device: True)
+        got = [run(x) for x in xs]
+        # forward and backward launchers, each once for T=6 and once for T=4
+        assert len(captures) == 4, len(captures)
+    for (y, g), (y_ref, g_ref) in zip(got, direct, strict=True):
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+def test_cuda_graphs_need_the_variable_and_a_cuda_device(monkeypatch):
+    from fastrnn.kernels import graphs
+
+    monkeypatch.delenv(graphs.ENV, raising=False)
+    assert not graphs.enabled(torch.device("cpu"))
+    monkeypatch.setenv(graphs.ENV, "1")
+    assert not graphs.enabled(torch.device("cpu")) and not graphs.enabled(torch.device("meta"))
+    if CUDA:
+        assert graphs.enabled(torch.device("cuda"))
+
+
 def test_plan_chooses_persistent_where_it_fits_and_is_resident(monkeypatch):
     """Unforced, plan() takes the sequence kernel where its tiles fit, else the persistent
     kernels where a grid fits and can be resident at once (a GPU's SMs, here a rehearsed
