@@ -226,7 +226,7 @@ def mm_slice(a, w, PRECISION: tl.constexpr):
     weight slice. fp32 weights run it as (w^T a^T)^T, which puts the slice's BH hidden
     units on the MMA's M instead of the 16 batch rows, which 8 warps could not split (they
     repeated the product). fp16/bf16 weights keep ``mm``: there the transposed form spilled
-    (LSTM backward H=512: 0 -> 440 B). The forwards stack their gates instead (mm_gates4)."""
+    (LSTM backward H=512: 0 -> 440 B). The forwards stack their gates instead (persistent_product)."""
     if w.dtype == tl.float32:
         out = tl.trans(tl.dot(tl.trans(w), tl.trans(a), input_precision=PRECISION, out_dtype=tl.float32))
     else:
@@ -538,7 +538,7 @@ PERSISTENT_WARPS = 8
 UNALIGNED_ELEMENTS = 64 * 32 * PERSISTENT_WARPS
 
 
-def persistent_tile(H, n_gates, elem=4):
+def persistent_tile(H, n_gates, elem=4, budget=None):
     """Columns per persistent program: the widest power-of-two tile, at most 64, whose
     weight slices fit PERSISTENT_BYTES; None where not even 16 columns (tl.dot's smallest
     edge) fit (fp32 LSTM at H > 512: 256 KB at H=1024). The slices are stacked as four
@@ -547,7 +547,8 @@ def persistent_tile(H, n_gates, elem=4):
     load an element at a time, one register each, and the tile is capped at
     UNALIGNED_ELEMENTS (bf16 H=200: 64 columns spilled 272 B of 255 registers, sm_90)."""
     per_col = 4 * pow2_block(H, hi=1 << 30)
-    cap = PERSISTENT_BYTES // elem if H % 16 == 0 else min(PERSISTENT_BYTES // elem, UNALIGNED_ELEMENTS)
+    budget = PERSISTENT_BYTES if budget is None else budget
+    cap = budget // elem if H % 16 == 0 else min(budget // elem, UNALIGNED_ELEMENTS)
     if per_col * 16 > cap:
         return None
     return min(64, 1 << ((cap // per_col).bit_length() - 1))
@@ -566,10 +567,25 @@ def k_chunks(H: int) -> tuple:
     return tuple(bits + [0] * (3 - len(bits)))
 
 
+# Shared memory a persistent program takes beyond its weight slice (state, products,
+# layout conversions): 16-32 KB compiled for sm_90 (bench/NOTES-gpu.md's table)
+PERSISTENT_EXTRA_BYTES = 36 * 1024
+
+
+def persistent_budget(device) -> int:
+    """PERSISTENT_BYTES, or less on a CUDA device whose blocks get less shared memory than
+    an H100's 227 KiB (sm_86/sm_89: 99 KiB): the slice plus PERSISTENT_EXTRA_BYTES must fit
+    (a block may opt in to 1 KiB less than the multiprocessor has)."""
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return PERSISTENT_BYTES
+    per_block = torch.cuda.get_device_properties(device).shared_memory_per_multiprocessor - 1024
+    return max(0, min(PERSISTENT_BYTES, per_block - PERSISTENT_EXTRA_BYTES))
+
+
 def persistent_grid(B, H, n_gates, device, elem=4):
     """(n_b, n_h, BH) for a persistent kernel over B rows and H units, or None where it
     cannot run: no tile fits (persistent_tile) or the grid could not be resident at once."""
-    BH = persistent_tile(H, n_gates, elem)
+    BH = persistent_tile(H, n_gates, elem, persistent_budget(device))
     if BH is None:
         return None
     n_b, n_h = triton.cdiv(B, BLOCK_B), triton.cdiv(H, BH)

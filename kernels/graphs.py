@@ -9,12 +9,16 @@ other argument's value) warms the kernels up, copies the arguments into static t
 captures the launcher on them; that call and every later one with the same signature
 copies its arguments into the static tensors, replays the graph, and returns copies of its
 outputs (the next replay overwrites them). While a graph is captured, ``launch.plan``
-chooses the step kernels, never a persistent grid (whose barrier flag is read on the host),
-so with the variable set the step kernels run where the persistent ones would be chosen.
+chooses the sequence kernel where it fits and otherwise the step kernels, never a
+persistent grid (whose barrier flag is read on the host), so with the variable set the
+step kernels run where the persistent ones would be chosen; the warm-up plans the same way
+(``launch.planned_as_captured``), so every kernel the capture launches is loaded before it.
 
-Cost: one static copy of the arguments and outputs per signature (at most ``MAX_GRAPHS``
-per launcher, the least recently used dropped), and per call the copies in and out, which
-are device copies of the tensors a layer reads and writes once anyway.
+Cost: per signature (at most ``MAX_GRAPHS`` per launcher, the least recently used dropped)
+a static copy of the arguments and the graph's private memory pool, which holds every
+tensor the launcher allocates (outputs and workspaces); per call the copies in and out,
+device copies of the tensors a layer reads and writes once anyway. The signature does not
+include FASTRNN_TRITON_KERNEL: a graph replays the shape it was captured with.
 
 Not yet run on a GPU. On CPU the tests check the signature cache and the copies in and
 out with a stand-in for the capture, and that nothing else is ever captured; on a GPU the
@@ -33,7 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._common import forced_shape
+from .launch import planned_as_captured
 
 ENV = "FASTRNN_CUDA_GRAPHS"
 MAX_GRAPHS = 8  # captured signatures kept per launcher
@@ -48,11 +52,12 @@ def enabled(device: torch.device) -> bool:
 
 
 def _capture(fn: Callable[[], tuple]) -> tuple[Callable[[], None], tuple]:
-    """Warm ``fn`` up on a side stream (kernels compiled and loaded before capture, as
-    torch.cuda.graphs asks), capture one call of it; -> (replay, its static outputs)."""
+    """Warm ``fn`` up on a side stream, planned as the capture will plan it (the same
+    kernels compiled and loaded before capture, as torch.cuda.graphs asks), capture one
+    call of it; -> (replay, its static outputs)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), forced_shape("step"):
+    with torch.cuda.stream(side), planned_as_captured():
         fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
@@ -69,11 +74,9 @@ def _signature(args: tuple) -> tuple:
 
 
 def _static(a):
-    if not isinstance(a, torch.Tensor):
-        return a
-    s = torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device=a.device)
-    s.copy_(a)
-    return s
+    """A contiguous copy of a tensor argument (an expanded one, such as the gradient of a
+    sum, has zero strides, which a copy destination may not have); other values as they are."""
+    return a.clone(memory_format=torch.contiguous_format) if isinstance(a, torch.Tensor) else a
 
 
 def step_graphs(launcher: Callable) -> Callable:
@@ -91,7 +94,9 @@ def step_graphs(launcher: Callable) -> Callable:
         bound.apply_defaults()
         full = tuple(bound.arguments.values())
         key = _signature(full)
-        with torch.no_grad():
+        # outside inference mode, so that tensors made by a first call under it stay
+        # writable for later calls outside it
+        with torch.inference_mode(False), torch.no_grad():
             if key in graphs:
                 graphs.move_to_end(key)
                 replay, statics, outputs = graphs[key]

@@ -22,6 +22,7 @@ from functools import cache
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from . import _common
 from ._common import (
@@ -33,6 +34,7 @@ from ._common import (
     forced_shape_name,
     k_chunks,
     kernel_shape,
+    persistent_budget,
     persistent_grid,
     persistent_tile,
     pow2_block,
@@ -65,7 +67,7 @@ def row_blocks(N: int) -> dict:
     return dict(BR=BR, BW=BW, num_warps=max(8, min(16, BR * BW // (32 * ROW_ELEMS_PER_THREAD))))
 
 
-def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) -> dict | None:
+def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4, device=None) -> dict | None:
     """Block sizes and launch options of ``shape``'s kernels at hidden H and output width P,
     for ``n_gates`` weight tiles of ``elem`` bytes an element; None where the shape has no
     kernel (persistent with a projection, or no persistent tile fits)."""
@@ -79,7 +81,7 @@ def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4) 
     if shape == "step":  # BN: the state-width tile of the shared carry_dh step
         return dict(BB=BLOCK_B, BH=pow2_block(H), BP=pow2_block(P), BN=pow2_block(P), BK=STEP_BK, num_warps=4)
     if shape == "persistent":  # BK: the whole state row each program multiplies by its slice
-        BH = None if proj else persistent_tile(H, n_gates, elem)
+        BH = None if proj else persistent_tile(H, n_gates, elem, persistent_budget(device))
         if BH is None:
             return None
         KA, KB, KC = k_chunks(H)  # the forwards' product; the backwards' takes BK
@@ -163,15 +165,19 @@ def plan(
             f"{RESIDENT_BYTES // 1024} KiB (compiled for sm_90 its backward stages about twice its tiles "
             "in shared memory, of 227 KiB a block may use). Use FASTRNN_TRITON_KERNEL=step or auto."
         )
-    if shape == "step" and forced_shape_name() == "auto" and _device_key(device) not in _NO_PERSISTENT:
+    auto = shape == "step" and forced_shape_name() == "auto" and _device_key(device) not in _NO_PERSISTENT
+    if auto:
         shape = "persistent"  # the automatic choice, where a persistent grid can run (below)
     if shape == "persistent" and (
         not has_persistent or proj or _capturing(device) or persistent_grid(B, H, n_gates, device, elem) is None
     ):
         shape = "step"
+    elif auto:
+        global _auto_persistent_plans
+        _auto_persistent_plans += 1
     if _shape_log is not None:
         _shape_log.append(shape)
-    return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem))
+    return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem, device))
 
 
 class PersistentGridError(RuntimeError):
@@ -186,10 +192,40 @@ class PersistentGridError(RuntimeError):
 # devices (type, index) where a persistent grid failed under the automatic choice: plan()
 # chooses the step kernels there from then on
 _NO_PERSISTENT: set = set()
+_auto_persistent_plans = 0  # plans that chose persistent automatically, for step_fallback
+_load_only = False  # launch() compiles and loads kernels instead of launching them (_preload)
+
+
+def _preload(launcher: Callable, args: tuple, kwargs: dict) -> None:
+    """Compile and load the kernels a CUDA graph capture of this call would launch: the
+    eager call ran a persistent grid, a capture runs the step kernels, and Triton loads a
+    kernel's module on its first launch, which the driver forbids while a stream is being
+    captured (torch.compile's "reduce-overhead" and make_graphed_callables warm up eagerly,
+    then capture). The launcher runs planned as captured with launch() loading instead of
+    launching; its outputs are dropped. A failure here leaves things as they were."""
+    global _load_only
+    old, _load_only = _load_only, True
+    try:
+        with planned_as_captured():
+            launcher(*args, **kwargs)
+    except Exception:
+        pass
+    finally:
+        _load_only = old
 
 
 def _device_key(device: torch.device) -> tuple:
     return (device.type, device.index)
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    """A call's arguments as a key: tensors by shape, strides, dtype and device, other
+    values as they are."""
+
+    def one(a):
+        return ("tensor", a.shape, a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else ("value", a)
+
+    return tuple(one(a) for a in args) + tuple((k, one(v)) for k, v in sorted(kwargs.items()))
 
 
 def step_fallback(launcher: Callable) -> Callable:
@@ -199,10 +235,20 @@ def step_fallback(launcher: Callable) -> Callable:
     Forced (FASTRNN_TRITON_KERNEL=persistent) the error propagates. The failed launch's
     outputs are dropped; a launcher allocates its outputs and writes nothing else."""
 
+    preloaded: set = set()  # argument signatures whose capture kernels are loaded (_preload)
+
     @functools.wraps(launcher)
     def run_with_fallback(*args, **kwargs):
         try:
-            return launcher(*args, **kwargs)
+            before = _auto_persistent_plans
+            out = launcher(*args, **kwargs)
+            cuda = any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in args)
+            if cuda and _auto_persistent_plans != before and not _load_only:
+                key = _signature(args, kwargs)
+                if key not in preloaded:
+                    preloaded.add(key)
+                    _preload(launcher, args, kwargs)
+            return out
         except PersistentGridError as e:
             if forced_shape_name() != "auto":
                 raise
@@ -218,7 +264,26 @@ def step_fallback(launcher: Callable) -> Callable:
 
 
 def _capturing(device: torch.device) -> bool:
+    if _as_captured:
+        return True
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+_as_captured = False
+
+
+@contextlib.contextmanager
+def planned_as_captured():
+    """Plans made inside choose the shapes a CUDA graph capture would: a capture's warm-up
+    (kernels/graphs.py) must launch, and so load, the kernels the capture will launch,
+    since Triton loads a kernel's module on its first launch and the driver forbids that
+    while a stream is captured."""
+    global _as_captured
+    old, _as_captured = _as_captured, True
+    try:
+        yield
+    finally:
+        _as_captured = old
 
 
 # shapes_used() collects here the shape of every plan made inside it
@@ -264,6 +329,10 @@ def launch(kernel, p: Plan, width: str | None = None, **args) -> None:
     if _recorder is not None:
         _recorder(kernel, p, width, args, meta, options)
         return
+    if _load_only:
+        compiled = kernel.warmup(**args, **meta, **options, grid=p.grid(width))
+        getattr(compiled, "_init_handles", lambda: None)()
+        return
     kernel[p.grid(width)](**args, **meta, **options)
 
 
@@ -308,6 +377,12 @@ def launch_persistent(kernel, p: Plan, **args) -> None:
         raise RuntimeError(f"{kernel.fn.__name__}: a persistent kernel cannot be captured in a CUDA graph")
     try:
         launch(kernel, p, count_ptr=state[:-1], err_ptr=state[-1:], max_polls=polls, **args)
+    except OutOfResources as e:  # a block asks for more shared memory or registers than the device has
+        raise PersistentGridError(
+            f"{kernel.fn.__name__}: the device cannot hold one program ({e}). Set FASTRNN_TRITON_KERNEL=step "
+            "to run the step kernels instead.",
+            device,
+        ) from e
     except RuntimeError as e:  # the driver's refusal ("too many blocks in cooperative launch")
         if "cooperative" in str(e).lower():
             raise PersistentGridError(

@@ -138,7 +138,7 @@ def test_persistent_forward_product_in_k_chunks(family, H, chunks, monkeypatch):
 
     assert _common.k_chunks(H) == chunks
     monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
-    wide = lambda H, n_gates, elem=4: 128  # noqa: E731
+    wide = lambda H, n_gates, elem=4, budget=None: 128  # noqa: E731
     monkeypatch.setattr(_common, "persistent_tile", wide)
     monkeypatch.setattr(launch, "persistent_tile", wide)
     m = TWIN[family][0](5, H, backend="triton")
@@ -166,7 +166,7 @@ def _split_hidden_axis(monkeypatch):
     the first grid barrier for (b, 1), which the interpreter starts only after (b, 0) ends."""
     from fastrnn.kernels import _common, launch
 
-    def tile(H, n_gates, elem=4):
+    def tile(H, n_gates, elem=4, budget=None):
         return 16
 
     monkeypatch.setattr(_common, "persistent_tile", tile)
@@ -316,6 +316,76 @@ def test_cuda_graphs_replay_per_signature_with_fresh_inputs(family, monkeypatch)
         torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
 
 
+def test_cuda_graphs_take_expanded_gradients_and_inference_mode(monkeypatch):
+    """The graph wrapper's static copies are contiguous (the gradient of a sum arrives
+    expanded, with zero strides) and made outside inference mode (a first call under
+    torch.inference_mode must not leave inference tensors a later call cannot write)."""
+    from fastrnn.kernels import graphs
+
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "step")
+    m = TWIN["gru"][0](5, 20, backend="triton").to(DEV)
+    x = torch.randn(6, 3, 5, device=DEV, requires_grad=True)
+    (g_direct,) = torch.autograd.grad(m(x)[0].sum(), x)
+    with torch.no_grad():
+        y_direct = m(x)[0]
+
+    def capture(fn):
+        out = fn()
+
+        def replay():
+            for o, n in zip(out, fn(), strict=True):
+                o.copy_(n)
+
+        return replay, out
+
+    monkeypatch.setattr(graphs, "_capture", capture)
+    monkeypatch.setattr(graphs, "enabled", lambda device: True)
+    (g,) = torch.autograd.grad(m(x)[0].sum(), x)
+    torch.testing.assert_close(g, g_direct, rtol=0, atol=0)
+    with torch.inference_mode():
+        y_inf = m(x.detach())[0]
+    with torch.no_grad():
+        y = m(x)[0]
+    torch.testing.assert_close(y_inf, y_direct, rtol=0, atol=0)
+    torch.testing.assert_close(y, y_direct, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="a CUDA graph capture needs a GPU")
+def test_make_graphed_callables_after_an_automatic_persistent_call(monkeypatch):
+    """torch.cuda.make_graphed_callables warms up eagerly (the automatic choice runs a
+    persistent grid there) and then captures (the step kernels): the first persistent call
+    loaded them (launch._preload), so the capture does not try to load a kernel, which the
+    driver forbids; the graph gives the step kernels' numbers."""
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    m = fastrnn.LSTM(64, 256, backend="triton").to(DEV)
+    x = torch.randn(50, 32, 64, device=DEV, requires_grad=True)
+    from fastrnn.kernels import launch
+
+    with launch.shapes_used() as shapes:
+        m(x)
+    assert shapes == ["persistent"], shapes
+
+    class Output(torch.nn.Module):  # one tensor out, as make_graphed_callables takes it
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    graphed = torch.cuda.make_graphed_callables(Output(m), (x,))
+    y = graphed(x)
+    with _common_forced_step():
+        y_step = m(x)[0]
+    torch.testing.assert_close(y, y_step, rtol=0, atol=0)
+
+
+def _common_forced_step():
+    from fastrnn.kernels import _common
+
+    return _common.forced_shape("step")
+
+
 def test_cuda_graphs_need_the_variable_and_a_cuda_device(monkeypatch):
     from fastrnn.kernels import graphs
 
@@ -325,6 +395,68 @@ def test_cuda_graphs_need_the_variable_and_a_cuda_device(monkeypatch):
     assert not graphs.enabled(torch.device("cpu")) and not graphs.enabled(torch.device("meta"))
     if CUDA:
         assert graphs.enabled(torch.device("cuda"))
+
+
+def test_plans_made_as_captured_and_the_shared_memory_budget(monkeypatch):
+    """planned_as_captured() plans what a CUDA graph capture would (sequence where it fits,
+    else step, never persistent), so a capture's warm-up loads the kernels the capture
+    launches. A GPU with less shared memory per block than an H100 gets a smaller
+    persistent slice (sm_89: 100 KiB a multiprocessor)."""
+    from fastrnn.kernels import _common, launch
+
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    monkeypatch.setattr(_common, "META_SMS", 132)
+    monkeypatch.setattr(launch, "_NO_PERSISTENT", set())
+    meta = torch.device("meta")
+    assert launch.plan(4, 512, 512, False, 2, 64, meta).shape == "persistent"
+    with launch.planned_as_captured():
+        assert launch.plan(4, 512, 512, False, 2, 64, meta).shape == "step"
+        assert launch.plan(4, 32, 32, False, 4, 16, meta).shape == "sequence"
+    assert launch.plan(4, 512, 512, False, 2, 64, meta).shape == "persistent"
+    assert _common.persistent_budget(meta) == _common.PERSISTENT_BYTES
+
+    class Props:
+        shared_memory_per_multiprocessor = 100 * 1024
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    budget = _common.persistent_budget(torch.device("cuda", 0))
+    assert budget == 99 * 1024 - _common.PERSISTENT_EXTRA_BYTES
+    assert _common.persistent_tile(256, 4, 2, budget) == 16 and _common.persistent_tile(256, 4, 2) == 64
+    Props.shared_memory_per_multiprocessor = 228 * 1024  # H100
+    assert _common.persistent_budget(torch.device("cuda", 0)) == _common.PERSISTENT_BYTES
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_automatic_persistent_grid_out_of_resources_runs_the_step_kernels(family, monkeypatch):
+    """A persistent program the device cannot hold (Triton's OutOfResources at its first
+    launch) is a PersistentGridError: forced, it propagates; automatic, the call reruns
+    on the step kernels with a warning."""
+    from triton.runtime.errors import OutOfResources
+
+    from fastrnn.kernels import _common, launch
+
+    kernel_type = type(lstm_kernels.lstm_fwd_persistent_kernel)
+    original = kernel_type.run
+
+    def refuse(self, *args, grid, warmup, **kwargs):
+        if "persistent" in self.fn.__name__:
+            raise OutOfResources(240000, 232448, "shared memory")
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    m = TWIN[family][0](5, 20, backend="triton").to(DEV)
+    x = torch.randn(4, 3, 5, device=DEV)
+    with _common.forced_shape("step"):
+        y_step = m(x)[0]
+    monkeypatch.setattr(kernel_type, "run", refuse)
+    monkeypatch.setattr(launch, "_NO_PERSISTENT", set())
+    with _common.forced_shape("persistent"), pytest.raises(launch.PersistentGridError, match="cannot hold one program"):
+        m(x)
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    monkeypatch.setattr(_common, "RESIDENT_BYTES", 0)  # no sequence kernel: plan() goes persistent
+    with pytest.warns(RuntimeWarning, match="cannot hold one program"):
+        y = m(x)[0]
+    torch.testing.assert_close(y, y_step, rtol=0, atol=0)
 
 
 def test_plan_chooses_persistent_where_it_fits_and_is_resident(monkeypatch):
