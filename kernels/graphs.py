@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-from .launch import planned_as_captured
+from .launch import _signature, planned_as_captured
 
 ENV = "FASTRNN_CUDA_GRAPHS"
 MAX_GRAPHS = 8  # captured signatures kept per launcher
@@ -66,13 +66,6 @@ def _capture(fn: Callable[[], tuple]) -> tuple[Callable[[], None], tuple]:
     return graph.replay, out
 
 
-def _signature(args: tuple) -> tuple:
-    return tuple(
-        ("tensor", a.shape, a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else ("value", a)
-        for a in args
-    )
-
-
 def _static(a):
     """A contiguous copy of a tensor argument (an expanded one, such as the gradient of a
     sum, has zero strides, which a copy destination may not have); other values as they are."""
@@ -93,7 +86,7 @@ def step_graphs(launcher: Callable) -> Callable:
         bound = params.bind(*args, **kwargs)
         bound.apply_defaults()
         full = tuple(bound.arguments.values())
-        key = _signature(full)
+        key = _signature(full, {})
         # outside inference mode, so that tensors made by a first call under it stay
         # writable for later calls outside it
         with torch.inference_mode(False), torch.no_grad():

@@ -17,8 +17,8 @@ checked before any GPU time is spent (tests/test_triton_compile.py runs the gpu_
 Each binary is specialised as Triton's launcher would specialise it (``_arg_hint``: integer
 arguments equal to 1 become constants; integers divisible by 16 and 16-byte aligned
 addresses are marked so), which decides vectorised loads, and with them registers and
-spills (the bf16 LSTM's persistent forward at H=512: 255 registers and 304 B of stack
-compiled without the marks, 130 and none with them). One launch is not rehearsed: the input
+spills (the bf16 LSTM's persistent forward at H=512, before its gates were stacked: 255
+registers and 48 B of stack compiled without the marks, 255 and 120 B with them). One launch is not rehearsed: the input
 projection is the registered op ``fastrnn::linear``, which runs its fake kernel on meta
 tensors; resources.configs compiles its kernel.
 """
