@@ -234,6 +234,64 @@ def mm_slice(a, w, PRECISION: tl.constexpr):
     return out
 
 
+# The carry of a persistent backward, dh_{t-1}[:, own] = sum_n dgates_n @ W_n[:, own], is a
+# (BB, BH) tile: with BH < 64 the 8 warps cannot share it as one MMA (mma.sync's 16 x 8
+# tiles give them fewer than 8 tiles, and they repeat the product). There the gates' K is
+# split in KS parts which a batched product puts on its batch axis, one per warp, and the
+# partial products are summed at the end. KS == 1: one 2-D product per gate.
+@triton.jit
+def split_tile(w_ptr, n, j0, H, KS: tl.constexpr, BKS: tl.constexpr, BH: tl.constexpr):
+    """Gate n's columns of W row-major (G*H, H) this program's carry multiplies: (BKS, BH),
+    [k, j] = W[n*H + k, j0 + j] when KS == 1, else (KS, BKS, BH), the gate's rows in KS parts,
+    [p, k, j] = W[n*H + p*BKS + k, j0 + j]; zero past H."""
+    if KS == 1:
+        out = gate_tile(w_ptr, n, j0, H, H, BKS, BH)
+    else:
+        kin = (tl.arange(0, KS) * BKS)[:, None, None] + tl.arange(0, BKS)[None, :, None]
+        j = tl.arange(0, BH)[None, None, :]
+        m = (kin < H) & ((j0 + j) < H)
+        out = tl.load(w_ptr + (n * H + kin) * H + j0 + j, mask=m, other=0.0)
+    return out
+
+
+@triton.jit
+def split_zeros(KS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr):
+    """The carry's fp32 accumulator: (BB, BH), or (KS, BB, BH) partial products."""
+    if KS == 1:
+        out = tl.zeros((BB, BH), tl.float32)
+    else:
+        out = tl.zeros((KS, BB, BH), tl.float32)
+    return out
+
+
+@triton.jit
+def split_dot(acc, g_ptr, stride, rows, rmask, H, w, KS: tl.constexpr, BKS: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + one gate's share of the carry: g @ w for the (B, H) gradient rows at g_ptr (row
+    stride ``stride``, fp32, written by other programs: read past L1) and w = split_tile(...),
+    as KS partial products when KS > 1."""
+    if KS == 1:
+        acc += mm_slice(load_rows_l2(g_ptr, stride, rows, rmask, tl.arange(0, BKS), H), w, PRECISION)
+    else:
+        kin = (tl.arange(0, KS) * BKS)[:, None, None] + tl.arange(0, BKS)[None, None, :]
+        m = rmask[None, :, None] & (kin < H)
+        a3 = tl.load(g_ptr + rows[None, :, None] * stride + kin, mask=m, other=0.0, cache_modifier=".cg")
+        if _EMULATE_HALF_DOT:
+            acc = tl.dot(a3.to(w.dtype).to(tl.float32), w.to(tl.float32), acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(a3.to(w.dtype), w, acc, input_precision=PRECISION, out_dtype=tl.float32)
+    return acc
+
+
+@triton.jit
+def split_total(acc, KS: tl.constexpr):
+    """The carry (BB, BH) from split_dot's accumulator."""
+    if KS == 1:
+        out = acc
+    else:
+        out = tl.sum(acc, axis=0)
+    return out
+
+
 @triton.jit
 def gate_stack_t(w_ptr, j0, H, K, k0, G: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """(4*BH, BK): a persistent program's rows of the G <= 4 gates' weights stacked, over the
@@ -565,6 +623,17 @@ def k_chunks(H: int) -> tuple:
         K += 16
     bits = [1 << b for b in range(K.bit_length() - 1, -1, -1) if K >> b & 1]
     return tuple(bits + [0] * (3 - len(bits)))
+
+
+def carry_splits(H: int, BH: int) -> int:
+    """KS: the parts a persistent backward splits each gate's K (the state row, padded to a
+    power of two) in for its carry (split_dot), one per warp: 1 (one 2-D product) where the
+    (16, BH) tile gives PERSISTENT_WARPS warps an MMA tile each (BH >= 64), else as many
+    parts of at least 16 columns (the MMA's K) as there are warps. Compiled for sm_90 (LSTM,
+    bf16, H=512, BH=32): 128 -> 64 mma.sync a warp a step; at H=1024 (BH=16) 512 -> 64."""
+    if BH >= 64:
+        return 1
+    return max(1, min(PERSISTENT_WARPS, pow2_block(H, hi=1 << 30) // 16))
 
 
 # Shared memory a persistent program takes beyond its weight slice (state, products,

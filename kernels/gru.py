@@ -22,13 +22,15 @@ from ._common import (
     grid_barrier,
     kernel_input,
     load_rows,
-    load_rows_l2,
     matmul_rows,
     mm,
-    mm_slice,
     persistent_product,
     program_tile,
     sigmoid,
+    split_dot,
+    split_tile,
+    split_total,
+    split_zeros,
     stacked_slices,
     store_rows,
     tanh,
@@ -380,17 +382,20 @@ def gru_bwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    KS: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
-    kk = tl.arange(0, BK)  # the whole state row
-    # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
-    w_r = gate_tile(w_ptr, 0, j0, H, H, BK, BH)
-    w_z = gate_tile(w_ptr, 1, j0, H, H, BK, BH)
-    w_n = gate_tile(w_ptr, 2, j0, H, H, BK, BH)
-    dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
+    # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j], in KS parts
+    w_r = split_tile(w_ptr, 0, j0, H, KS, BK // KS, BH)
+    w_z = split_tile(w_ptr, 1, j0, H, KS, BK // KS, BH)
+    w_n = split_tile(w_ptr, 2, j0, H, KS, BK // KS, BH)
+    # dh crosses steps in dh0 (B, H), which keeps the pointwise math out of the carry's layout
+    store_rows(dh0_ptr, H, rows, rmask, jj, H, load_rows(dhn_ptr, H, rows, rmask, jj, H))
     for s in range(T):
+        tl.debug_barrier()
+        dh = load_rows(dh0_ptr, H, rows, rmask, jj, H)
         t = time_index(T - 1 - s, T, REVERSE)
         a2 = active_rows(t, rows, rmask, len_ptr, HAS_LENGTHS)[:, None]
         dht = dh + load_rows(dy_ptr + t * B * H, H, rows, rmask, jj, H)
@@ -401,14 +406,11 @@ def gru_bwd_persistent_kernel(
         _store3(dgt, rows, rmask, jj, H, dar, daz, dgn)
         grid_barrier(count_ptr, err_ptr, max_polls, s)
         # every program's dgh columns of step t are written: dh_{t-1} for own columns
-        dh_prev = (
-            dd
-            + mm_slice(load_rows_l2(dgt, 3 * H, rows, rmask, kk, H), w_r, PRECISION)
-            + mm_slice(load_rows_l2(dgt + H, 3 * H, rows, rmask, kk, H), w_z, PRECISION)
-            + mm_slice(load_rows_l2(dgt + 2 * H, 3 * H, rows, rmask, kk, H), w_n, PRECISION)
-        )
-        dh = tl.where(a2, dh_prev, dh)
-    store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
+        acc = split_zeros(KS, BB, BH)
+        acc = split_dot(acc, dgt, 3 * H, rows, rmask, H, w_r, KS, BK // KS, PRECISION)
+        acc = split_dot(acc, dgt + H, 3 * H, rows, rmask, H, w_z, KS, BK // KS, PRECISION)
+        acc = split_dot(acc, dgt + 2 * H, 3 * H, rows, rmask, H, w_n, KS, BK // KS, PRECISION)
+        store_rows(dh0_ptr, H, rows, rmask, jj, H, tl.where(a2, dd + split_total(acc, KS), dh))
 
 
 # ---------------------------------------------------------------------------------------

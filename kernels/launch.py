@@ -31,6 +31,7 @@ from ._common import (
     PERSISTENT_WARPS,
     RESIDENT_BYTES,
     carry_dh_step_kernel,
+    carry_splits,
     forced_shape_name,
     k_chunks,
     kernel_shape,
@@ -80,7 +81,7 @@ def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4, 
         )
     if shape == "step":  # BN: the state-width tile of the shared carry_dh step
         return dict(BB=BLOCK_B, BH=pow2_block(H), BP=pow2_block(P), BN=pow2_block(P), BK=STEP_BK, num_warps=4)
-    if shape == "persistent":  # BK: the whole state row each program multiplies by its slice
+    if shape == "persistent":  # BK: the state row the backwards' carry takes, in KS parts
         BH = None if proj else persistent_tile(H, n_gates, elem, persistent_budget(device))
         if BH is None:
             return None
@@ -92,6 +93,7 @@ def blocks(shape: str, n_gates: int, H: int, P: int, proj: bool, elem: int = 4, 
             KA=KA,
             KB=KB,
             KC=KC,
+            KS=carry_splits(H, BH),
             num_warps=PERSISTENT_WARPS,
             launch_cooperative_grid=True,
         )

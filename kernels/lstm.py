@@ -44,13 +44,15 @@ from ._common import (
     kernel_input,
     load_cell_params,
     load_rows,
-    load_rows_l2,
     matmul_rows,
     mm,
-    mm_slice,
     persistent_product,
     program_tile,
     sigmoid,
+    split_dot,
+    split_tile,
+    split_total,
+    split_zeros,
     stacked_slices,
     store_rows,
     tanh,
@@ -589,22 +591,25 @@ def lstm_bwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    KS: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     rows, rmask, jj = program_tile(B, BB, BH)
     j0 = tl.program_id(1) * BH
-    kk = tl.arange(0, BK)  # the whole state row
     own = rmask[:, None] & (jj < H)[None, :]
-    # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j]
-    w_i = gate_tile(w_ptr, 0, j0, H, H, BK, BH)
-    w_f = gate_tile(w_ptr, 1, j0, H, H, BK, BH)
-    w_g = gate_tile(w_ptr, 2, j0, H, H, BK, BH)
-    w_o = gate_tile(w_ptr, 3, j0, H, H, BK, BH)
-    dh = load_rows(dhn_ptr, H, rows, rmask, jj, H)
+    # this program's columns of W_hh per gate, [k, j] = W_hh[n*H + k, j0 + j], in KS parts
+    w_i = split_tile(w_ptr, 0, j0, H, KS, BK // KS, BH)
+    w_f = split_tile(w_ptr, 1, j0, H, KS, BK // KS, BH)
+    w_g = split_tile(w_ptr, 2, j0, H, KS, BK // KS, BH)
+    w_o = split_tile(w_ptr, 3, j0, H, KS, BK // KS, BH)
+    # dh crosses steps in dh0 (B, H), which keeps the pointwise math out of the carry's layout
+    store_rows(dh0_ptr, H, rows, rmask, jj, H, load_rows(dhn_ptr, H, rows, rmask, jj, H))
     dc = load_rows(dcn_ptr, H, rows, rmask, jj, H)
     cp = load_cell_params(cp_ptr, jj, H, HAS_CELL_PARAMS, CP_ROWS)
     off = rows[:, None] * H + jj[None, :]
     for s in range(T):
+        tl.debug_barrier()
+        dh = load_rows(dh0_ptr, H, rows, rmask, jj, H)
         fs = T - 1 - s
         t = time_index(fs, T, REVERSE)
         prev = tl.minimum(tl.maximum(time_index(fs - 1, T, REVERSE), 0), T - 1)  # unused at fs=0
@@ -631,14 +636,12 @@ def lstm_bwd_persistent_kernel(
         dc = tl.where(a2, dc_prev, dc)
         grid_barrier(count_ptr, err_ptr, max_polls, s)
         # every program's dgates columns of step t are written: dh_{t-1} for own columns
-        dh_prev = (
-            mm_slice(load_rows_l2(dgt, 4 * H, rows, rmask, kk, H), w_i, PRECISION)
-            + mm_slice(load_rows_l2(dgt + H, 4 * H, rows, rmask, kk, H), w_f, PRECISION)
-            + mm_slice(load_rows_l2(dgt + 2 * H, 4 * H, rows, rmask, kk, H), w_g, PRECISION)
-            + mm_slice(load_rows_l2(dgt + 3 * H, 4 * H, rows, rmask, kk, H), w_o, PRECISION)
-        )
-        dh = tl.where(a2, dh_prev, dh)
-    store_rows(dh0_ptr, H, rows, rmask, jj, H, dh)
+        acc = split_zeros(KS, BB, BH)
+        acc = split_dot(acc, dgt, 4 * H, rows, rmask, H, w_i, KS, BK // KS, PRECISION)
+        acc = split_dot(acc, dgt + H, 4 * H, rows, rmask, H, w_f, KS, BK // KS, PRECISION)
+        acc = split_dot(acc, dgt + 2 * H, 4 * H, rows, rmask, H, w_g, KS, BK // KS, PRECISION)
+        acc = split_dot(acc, dgt + 3 * H, 4 * H, rows, rmask, H, w_o, KS, BK // KS, PRECISION)
+        store_rows(dh0_ptr, H, rows, rmask, jj, H, tl.where(a2, split_total(acc, KS), dh))
     store_rows(dc0_ptr, H, rows, rmask, jj, H, dc)
 
 

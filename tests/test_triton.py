@@ -149,6 +149,28 @@ def test_persistent_forward_product_in_k_chunks(family, H, chunks, monkeypatch):
     assert report.passed, f"\n{report}"
 
 
+@pytest.mark.skipif(not INTERP, reason="the GPU lane runs the persistent kernels at H=200 and 2 programs")
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+@pytest.mark.parametrize("splits", [2, 4])
+def test_persistent_backward_carry_in_k_parts(family, splits, monkeypatch):
+    """The persistent backwards' carry dh_{t-1} = sum_n dgates_n @ W_n[:, own] split in K
+    parts (carry_splits: one per warp where the slice is narrower than 64 columns), summed
+    after a batched product: H=48 pads K to 64, so with 4 parts of 16 the last one lies past
+    H entirely. One program holds all units here (the interpreter runs one program along the
+    hidden axis), where carry_splits would choose one part, so the split is forced."""
+    from fastrnn.kernels import _common, launch
+
+    assert _common.carry_splits(512, 32) == _common.PERSISTENT_WARPS and _common.carry_splits(256, 64) == 1
+    monkeypatch.setenv("FASTRNN_TRITON_KERNEL", "persistent")
+    monkeypatch.setattr(launch, "carry_splits", lambda H, BH: splits)
+    m = TWIN[family][0](5, 48, backend="triton")
+    x = pack_padded_sequence(torch.randn(4, 18, 5), torch.randint(1, 5, (18,)), enforce_sorted=False)
+    with launch.shapes_used() as shapes:
+        report = testing.compare(m, testing.oracle(m), x, sync_weights=False)
+    assert set(shapes) == {"persistent"}, shapes
+    assert report.passed, f"\n{report}"
+
+
 def test_persistent_grid_must_be_resident():
     from fastrnn.kernels._common import persistent_grid_ok
 
