@@ -17,8 +17,8 @@ step kernels run where the persistent ones would be chosen; the warm-up plans th
 Cost: per signature (at most ``MAX_GRAPHS`` per launcher, the least recently used dropped)
 a static copy of the arguments and the graph's private memory pool, which holds every
 tensor the launcher allocates (outputs and workspaces); per call the copies in and out,
-device copies of the tensors a layer reads and writes once anyway. The signature does not
-include FASTRNN_TRITON_KERNEL: a graph replays the shape it was captured with.
+device copies of the tensors a layer reads and writes once anyway. FASTRNN_TRITON_KERNEL
+is part of the signature: a graph is captured per forced kernel shape.
 
 Not yet run on a GPU. On CPU the tests check the signature cache and the copies in and
 out with a stand-in for the capture, and that nothing else is ever captured; on a GPU the
@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 import torch
 
+from ._common import forced_shape_name
 from .launch import _signature, planned_as_captured
 
 ENV = "FASTRNN_CUDA_GRAPHS"
@@ -86,7 +87,7 @@ def step_graphs(launcher: Callable) -> Callable:
         bound = params.bind(*args, **kwargs)
         bound.apply_defaults()
         full = tuple(bound.arguments.values())
-        key = _signature(full, {})
+        key = (forced_shape_name(), _signature(full, {}))
         # outside inference mode, so that tensors made by a first call under it stay
         # writable for later calls outside it
         with torch.inference_mode(False), torch.no_grad():

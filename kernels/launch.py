@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,8 +176,7 @@ def plan(
     ):
         shape = "step"
     elif auto:
-        global _auto_persistent_plans
-        _auto_persistent_plans += 1
+        _local.auto_persistent_plans += 1
     if _shape_log is not None:
         _shape_log.append(shape)
     return Plan(shape, B, H, P, blocks(shape, n_gates, H, P, proj, elem, device))
@@ -194,8 +194,18 @@ class PersistentGridError(RuntimeError):
 # devices (type, index) where a persistent grid failed under the automatic choice: plan()
 # chooses the step kernels there from then on
 _NO_PERSISTENT: set = set()
-_auto_persistent_plans = 0  # plans that chose persistent automatically, for step_fallback
-_load_only = False  # launch() compiles and loads kernels instead of launching them (_preload)
+
+
+class _ThreadState(threading.local):
+    """Per-thread flags: one thread's capture warm-up or preload must not change what
+    another thread's calls plan or launch."""
+
+    auto_persistent_plans = 0  # plans that chose persistent automatically, for step_fallback
+    load_only = False  # launch() compiles and loads kernels instead of launching them (_preload)
+    as_captured = False  # plan() chooses as a CUDA graph capture would (planned_as_captured)
+
+
+_local = _ThreadState()
 
 
 def _preload(launcher: Callable, args: tuple, kwargs: dict) -> None:
@@ -205,15 +215,14 @@ def _preload(launcher: Callable, args: tuple, kwargs: dict) -> None:
     captured (torch.compile's "reduce-overhead" and make_graphed_callables warm up eagerly,
     then capture). The launcher runs planned as captured with launch() loading instead of
     launching; its outputs are dropped. A failure here leaves things as they were."""
-    global _load_only
-    old, _load_only = _load_only, True
+    old, _local.load_only = _local.load_only, True
     try:
         with planned_as_captured():
             launcher(*args, **kwargs)
     except Exception:
         pass
     finally:
-        _load_only = old
+        _local.load_only = old
 
 
 def _device_key(device: torch.device) -> tuple:
@@ -242,10 +251,10 @@ def step_fallback(launcher: Callable) -> Callable:
     @functools.wraps(launcher)
     def run_with_fallback(*args, **kwargs):
         try:
-            before = _auto_persistent_plans
+            before = _local.auto_persistent_plans
             out = launcher(*args, **kwargs)
             cuda = any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in args)
-            if cuda and _auto_persistent_plans != before and not _load_only:
+            if cuda and _local.auto_persistent_plans != before and not _local.load_only:
                 key = _signature(args, kwargs)
                 if key not in preloaded:
                     preloaded.add(key)
@@ -266,12 +275,9 @@ def step_fallback(launcher: Callable) -> Callable:
 
 
 def _capturing(device: torch.device) -> bool:
-    if _as_captured:
+    if _local.as_captured:
         return True
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-_as_captured = False
 
 
 @contextlib.contextmanager
@@ -280,12 +286,11 @@ def planned_as_captured():
     (kernels/graphs.py) must launch, and so load, the kernels the capture will launch,
     since Triton loads a kernel's module on its first launch and the driver forbids that
     while a stream is captured."""
-    global _as_captured
-    old, _as_captured = _as_captured, True
+    old, _local.as_captured = _local.as_captured, True
     try:
         yield
     finally:
-        _as_captured = old
+        _local.as_captured = old
 
 
 # shapes_used() collects here the shape of every plan made inside it
@@ -331,7 +336,7 @@ def launch(kernel, p: Plan, width: str | None = None, **args) -> None:
     if _recorder is not None:
         _recorder(kernel, p, width, args, meta, options)
         return
-    if _load_only:
+    if _local.load_only:
         compiled = kernel.warmup(**args, **meta, **options, grid=p.grid(width))
         getattr(compiled, "_init_handles", lambda: None)()
         return

@@ -338,6 +338,69 @@ def test_cuda_graphs_replay_per_signature_with_fresh_inputs(family, monkeypatch)
         torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
 
 
+def test_cuda_graphs_are_captured_per_forced_shape(monkeypatch):
+    """FASTRNN_TRITON_KERNEL is part of a graph's signature: a forced shape set after a
+    capture gets its own graph (of its own kernels), never the earlier one's replay."""
+    from fastrnn.kernels import graphs, launch, lstm
+
+    lstm.forward.graphs.clear()  # graphs an earlier test captured with the same signature
+    shapes = []
+
+    def capture(fn):
+        with launch.shapes_used() as used:
+            out = fn()
+        shapes.append(tuple(used))
+
+        def replay():
+            for o, n in zip(out, fn(), strict=True):
+                o.copy_(n)
+
+        return replay, out
+
+    monkeypatch.setattr(graphs, "_capture", capture)
+    monkeypatch.setattr(graphs, "enabled", lambda device: True)
+    m = fastrnn.LSTM(5, 20, backend="triton").to(DEV)
+    x = torch.randn(6, 3, 5, device=DEV)
+    outs = {}
+    with torch.no_grad():
+        for shape in ("step", "sequence", "step"):
+            monkeypatch.setenv("FASTRNN_TRITON_KERNEL", shape)
+            outs[shape] = m(x)[0]
+    assert shapes == [("step",), ("sequence",)], shapes
+    assert len(lstm.forward.graphs) >= 2
+    torch.testing.assert_close(outs["step"], outs["sequence"], rtol=2e-5, atol=1e-6)
+
+
+def test_plans_as_captured_in_one_thread_only(monkeypatch):
+    """planned_as_captured() (a capture's warm-up) changes the plans of its own thread, not
+    those another thread makes meanwhile."""
+    import threading
+
+    from fastrnn.kernels import _common, launch
+
+    monkeypatch.delenv("FASTRNN_TRITON_KERNEL", raising=False)
+    monkeypatch.setattr(_common, "META_SMS", 132)
+    monkeypatch.setattr(launch, "_NO_PERSISTENT", set())
+    meta = torch.device("meta")
+    inside, done, seen = threading.Event(), threading.Event(), []
+
+    def warm_up():
+        with launch.planned_as_captured():
+            seen.append(launch.plan(4, 512, 512, False, 2, 64, meta).shape)
+            inside.set()
+            done.wait(10)
+
+    other = threading.Thread(target=warm_up)
+    other.start()
+    try:
+        assert inside.wait(10)
+        assert launch.plan(4, 512, 512, False, 2, 64, meta).shape == "persistent"
+    finally:
+        done.set()
+        other.join()
+    assert seen == ["step"]
+
+
 def test_cuda_graphs_take_expanded_gradients_and_inference_mode(monkeypatch):
     """The graph wrapper's static copies are contiguous (the gradient of a sum arrives
     expanded, with zero strides) and made outside inference mode (a first call under
