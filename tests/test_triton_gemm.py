@@ -225,6 +225,38 @@ def test_linear_op_passes_opcheck(bias):
     torch.library.opcheck(torch.ops.fastrnn.linear_backward.default, (dy, x.detach(), w.detach(), True, True, "triton"))
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_eager_projection_skips_the_op_with_its_numbers(bias, monkeypatch):
+    """In plain eager mode the projection runs the op's GEMMs without the op dispatch
+    (_EagerLinear: a third of its host time with autograd): output and every gradient
+    bitwise the op's. A batched gradient (is_grads_batched) takes the differentiable form."""
+    from fastrnn import _projection
+
+    x = torch.randn(7, 5, device=DEV, requires_grad=True)
+    w = torch.randn(12, 5, device=DEV, requires_grad=True)
+    b = torch.randn(12, device=DEV, requires_grad=True) if bias else None
+    up = torch.randn(7, 12, device=DEV)
+    params = [t for t in (x, w, b) if t is not None]
+    calls = []
+    apply = _projection._EagerLinear.apply
+    monkeypatch.setattr(_projection._EagerLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    y = _projection.project(x, w, b, "triton")
+    got = torch.autograd.grad((y * up).sum(), params)
+    assert calls == [1]
+    y_op = torch.ops.fastrnn.linear(x, w, b, "triton")
+    want = torch.autograd.grad((y_op * up).sum(), params)
+    torch.testing.assert_close(y, y_op, rtol=0, atol=0)
+    for g, r in zip(got, want, strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+    ups = torch.randn(3, 7, 12, device=DEV)
+    y = _projection.project(x, w, b, "triton")
+    batched = torch.autograd.grad(y, params, ups, is_grads_batched=True, retain_graph=True)
+    for i in range(3):
+        one = torch.autograd.grad(y, params, ups[i], retain_graph=True)
+        for g, r in zip(batched, one, strict=True):
+            assert rel_rms(g[i], r) <= bound(torch.float32)
+
+
 def test_weights_past_int32_offsets_are_refused():
     """Offsets within a weight-shaped matrix are 32-bit: one of 2^31 elements is refused
     before anything launches (meta tensors: no memory is allocated)."""
