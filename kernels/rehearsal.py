@@ -18,9 +18,10 @@ Each binary is specialised as Triton's launcher would specialise it (``_arg_hint
 arguments equal to 1 become constants; integers divisible by 16 and 16-byte aligned
 addresses are marked so), which decides vectorised loads, and with them registers and
 spills (the bf16 LSTM's persistent forward at H=512, before its gates were stacked: 255
-registers and 48 B of stack compiled without the marks, 255 and 120 B with them). One launch is not rehearsed: the input
-projection is the registered op ``fastrnn::linear``, which runs its fake kernel on meta
-tensors; resources.configs compiles its kernel.
+registers and 48 B of stack compiled without the marks, 255 and 120 B with them). The input
+projection is rehearsed as an eager call runs it (``_projection._EagerLinear``: the GEMM
+kernels, launched directly); under torch.compile it is the registered op ``fastrnn::linear``,
+whose kernels are the same.
 """
 
 from __future__ import annotations

@@ -260,8 +260,8 @@ def test_rehearsal_records_what_the_dispatcher_runs():
     resident on the rehearsed GPU (132 multiprocessors: B=1024 is 64 batch blocks x 4 hidden
     tiles at H=256 bf16, 256 programs, which fall back to the step kernels), the step shape
     launches once per step, and a forced sequence kernel past its fit is refused. The
-    weight-gradient GEMM is recorded too; the input projection (a registered op) is not:
-    on meta tensors it runs its fake kernel."""
+    GEMMs are recorded too: the input projection and its dx, which an eager call launches
+    directly (``_projection._EagerLinear``), and the weight gradients after the loop."""
     import importlib
 
     reh = _rehearsal()
@@ -269,7 +269,8 @@ def test_rehearsal_records_what_the_dispatcher_runs():
     assert r.shape == "persistent" and {lch.name for lch in r.launches} == {
         "lstm_fwd_persistent_kernel",
         "lstm_bwd_persistent_kernel",
-        "weight_grad_kernel",  # dW_hh, after the loop
+        "linear_kernel",  # x @ W_ih^T + b, and dx = dgates @ W_ih
+        "weight_grad_kernel",  # dW_ih, dW_hh
     }
     L = importlib.import_module("fastrnn.kernels.launch")
     with L.shapes_used() as used:  # what bench rows report as kernel_shapes
