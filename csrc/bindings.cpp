@@ -325,6 +325,31 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& dy, const at::Tensor& dh_
   });
 }
 
+// A layer's input projection and its gradients (fastrnn._cpp.linear / linear_backward).
+void check_float_2d(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.layout() == at::kStrided && t.dim() == 2 &&
+                  (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble),
+              "fastrnn cpp backend: ", name, " must be a dense 2-D float32 or float64 CPU tensor, got ",
+              t.scalar_type(), " ", t.sizes(), " on ", t.device());
+}
+
+at::Tensor linear_entry(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  check_float_2d(x, "x");
+  check_tensor(w, "w", x, {w.size(0), x.size(1)});
+  if (b) check_tensor(*b, "b", x, {w.size(0)});
+  return input_linear(x, w, b);
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_backward_entry(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                                                         bool need_dx, bool need_dw) {
+  check_float_2d(x, "x");
+  check_tensor(w, "w", x, {w.size(0), x.size(1)});
+  check_tensor(dy, "dy", x, {x.size(0), w.size(0)});
+  at::Tensor dx = need_dx ? input_linear_dx(dy, w) : dy.new_empty({0});
+  at::Tensor dw = need_dw ? at::mm(dy.t(), x) : w.new_empty({0});
+  return {dx, dw};
+}
+
 }  // namespace
 
 void register_cell_steps(pybind11::module_& m);  // cell_step.cpp
@@ -364,6 +389,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("c0"), py::arg("ws"), py::arg("cs"), py::arg("lengths"), py::arg("reverse"));
   m.def("set_poison", [](bool on) { g_poison = on; }, "NaN-fill every buffer the kernels write (tests)");
   m.def("uses_blas", &use_blas, "whether a (M x K) @ (K x N) step product goes to BLAS");
+  m.def(
+      "uses_onednn", [](int64_t M, int64_t K, int64_t N) { return use_onednn<float>(M, K, N); },
+      "whether a float32 (M x K) @ (K x N) product (step or projection) goes to oneDNN");
+  m.def("linear", &linear_entry, "x @ w^T + b: a layer's input projection", py::arg("x"), py::arg("w"), py::arg("b"));
+  m.def("linear_backward", &linear_backward_entry,
+        "(dx = dy @ w, dw = dy^T x) of linear, an empty tensor for each not needed", py::arg("dy"), py::arg("x"),
+        py::arg("w"), py::arg("need_dx"), py::arg("need_dw"));
   register_cell_steps(m);
   register_stack(m);
 }

@@ -1,13 +1,18 @@
 // The per-step recurrent product of the C++ backend: C[0:M] += A[0:M] @ W, through a
 // register-blocked kernel written for small matrices (where a dispatched GEMM costs more in
-// overhead than in arithmetic) or through torch's BLAS for large ones (see use_blas).
+// overhead than in arithmetic) or, for large ones, through oneDNN with W packed once per
+// call (float32) or torch's BLAS (see use_blas, OneDnn).
 #pragma once
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "vec.h"
 
@@ -140,6 +145,53 @@ struct GemmShapeBaseline {  // 8 of 16 xmm
   static constexpr int RB1 = 2, CV1 = 1, RB2 = 2, CV2 = 1, CVR = 1;
 };
 
+// oneDNN's matmul (torch's mkldnn::_linear_pointwise, called through the dispatcher: torch
+// exports no oneDNN symbol) with W reordered once per call into the blocked layout its
+// kernels read (mkldnn::_reorder_linear_weight). torch's addmm goes to MKL, which repacks W
+// on every call and, on AMD CPUs, runs its AVX2 code. Per step product on a 2-vCPU AMD EPYC
+// (Zen 5, AVX-512), 2 threads: (M, K, N) = (64, 512, 2048) 275 us against addmm's 718,
+// (32, 256, 1024) 50 against 100, (8, 256, 1024) 21 against 42. Its results were bitwise
+// identical at 1 and 2 threads for every shape tried (M 1..64, K and N 128..8192): the
+// reduction over K is not split between threads. float32 only (oneDNN has no float64 path),
+// and only while torch.backends.mkldnn is enabled.
+struct OneDnn {
+  const c10::OperatorHandle* linear = nullptr;   // mkldnn::_linear_pointwise
+  const c10::OperatorHandle* reorder = nullptr;  // mkldnn::_reorder_linear_weight
+  static const OneDnn& get() {
+    static const OneDnn ops = [] {
+      OneDnn o;
+      auto& d = c10::Dispatcher::singleton();
+      static auto lin = d.findSchema({"mkldnn::_linear_pointwise", ""});
+      static auto reo = d.findSchema({"mkldnn::_reorder_linear_weight", ""});
+      if (lin && reo) {
+        o.linear = &*lin;
+        o.reorder = &*reo;
+      }
+      return o;
+    }();
+    return ops;
+  }
+  static bool usable() { return get().linear && at::globalContext().userEnabledMkldnn(); }
+  // w_nk (N x K, contiguous) in the layout oneDNN reads for M-row products.
+  static at::Tensor pack(const at::Tensor& w_nk, int64_t M) {
+    std::vector<c10::IValue> st{w_nk, c10::IValue(M)};
+    get().reorder->callBoxed(&st);
+    return st[0].toTensor();
+  }
+  // a (M x K) @ w^T (+ bias) for w (N x K) as it is or packed by pack(): a fresh (M x N)
+  // tensor.
+  static at::Tensor mm(const at::Tensor& a, const at::Tensor& w, const c10::optional<at::Tensor>& bias = {}) {
+    std::vector<c10::IValue> st{a,
+                                w,
+                                bias ? c10::IValue(*bias) : c10::IValue(),
+                                c10::IValue(std::string("none")),
+                                c10::IValue(c10::List<c10::optional<at::Scalar>>()),
+                                c10::IValue(std::string(""))};
+    get().linear->callBoxed(&st);
+    return st[0].toTensor();
+  }
+};
+
 // The register-blocked kernel wins while a step's product is small: at (B=8, K=128, N=512)
 // it ran a step in about half the time of at::addmm_ on this project's 2-core CPU, while
 // at (B=64, K=512, N=2048) BLAS (threaded, cache-blocked) was several times faster.
@@ -147,6 +199,50 @@ struct GemmShapeBaseline {  // 8 of 16 xmm
 // the 8-row blocks: at 6M-8M multiply-adds a step (GRU/LSTM B=32, H=256) BLAS still won by
 // 10-25% forward and backward, so the threshold stays at 2^22.
 inline bool use_blas(int64_t M, int64_t K, int64_t N) { return M * K * N > (int64_t(1) << 22); }
+
+// Where a product BLAS takes goes to oneDNN instead (see OneDnn). FASTRNN_ONEDNN_MIN (a
+// multiply-add count) is read once, for measuring the crossover; 0 turns oneDNN off.
+inline int64_t onednn_min() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("FASTRNN_ONEDNN_MIN");
+    return e ? std::atoll(e) : (int64_t(1) << 22);
+  }();
+  return v;
+}
+template <typename T>
+inline bool use_onednn(int64_t M, int64_t K, int64_t N) {
+  return std::is_same_v<T, float> && onednn_min() > 0 && M * K * N >= onednn_min() && OneDnn::usable();
+}
+
+// A layer's input projection x (R x K) @ w^T (w: N x K) + b, and its input gradient
+// dy (R x N) @ w: oneDNN where use_onednn takes the product, else torch's addmm / mm. The
+// Python route (fastrnn._cpp.linear) and the inference stack (stack.cpp) both call these,
+// so the two give the same bits.
+inline at::Tensor input_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  if (x.scalar_type() == at::kFloat && use_onednn<float>(x.size(0), x.size(1), w.size(0)))
+    return OneDnn::mm(x.contiguous(), w.contiguous(), b);
+  return b ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
+}
+inline at::Tensor input_linear_dx(const at::Tensor& dy, const at::Tensor& w) {
+  if (dy.scalar_type() == at::kFloat && use_onednn<float>(dy.size(0), dy.size(1), w.size(1)))
+    return OneDnn::mm(dy.contiguous(), w.t().contiguous());
+  return at::mm(dy, w);
+}
+
+// The projection of an inference stack taken a chunk of steps at a time (stack.cpp): w
+// packed once for chunks of `rows` rows where oneDNN takes them.
+struct ChunkLinear {
+  at::Tensor w, packed;
+  c10::optional<at::Tensor> b;
+  ChunkLinear(const at::Tensor& w_nk, const c10::optional<at::Tensor>& bias, int64_t rows) : w(w_nk), b(bias) {
+    if (w.scalar_type() == at::kFloat && use_onednn<float>(rows, w.size(1), w.size(0)))
+      packed = OneDnn::pack(w.contiguous(), rows);
+  }
+  at::Tensor operator()(const at::Tensor& x) const {
+    if (packed.defined()) return OneDnn::mm(x.contiguous(), packed, b);
+    return b ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
+  }
+};
 
 // A row-major copy of a (K x N) matrix that is usually a transposed view. Copied in square
 // tiles so both the reads and the writes stay in L1: Tensor::contiguous() took about 30 us
@@ -175,11 +271,18 @@ template <typename T>
 struct StepGemm {
   at::Tensor w;   // K x N view for BLAS
   at::Tensor wc;  // K x N row-major copy for the kernel (owned: wp points into it)
+  at::Tensor wd;  // W^T packed for oneDNN, or undefined
   const T* wp;
   int64_t K, N;
   bool blas;
-  StepGemm(const at::Tensor& w_kn, int64_t M)
+  // packed: step_pack(w_kn, M) made once for several loops over the same weights, or
+  // undefined to pack here where oneDNN takes the product.
+  StepGemm(const at::Tensor& w_kn, int64_t M, const at::Tensor& packed = {})
       : w(w_kn), K(w_kn.size(0)), N(w_kn.size(1)), blas(use_blas(M, w_kn.size(0), w_kn.size(1))) {
+    if (use_onednn<T>(M, K, N)) {
+      blas = true;
+      wd = packed.defined() ? packed : OneDnn::pack(w_kn.t().contiguous(), M);
+    }
     wc = blas ? w_kn : row_major_copy<T>(w_kn);
     wp = blas ? nullptr : wc.data_ptr<T>();
   }
@@ -196,8 +299,18 @@ struct StepGemm {
     auto opts = w.options();
     auto a = torch::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
     auto c = torch::from_blob(C, {M, N}, {ldc, 1}, opts);
-    c.addmm_(a, w);
+    if (wd.defined())
+      c.add_(OneDnn::mm(a, wd));
+    else
+      c.addmm_(a, w);
   }
 };
+
+// W (K x N) packed as StepGemm packs it for M-row products, or undefined where oneDNN does
+// not take them.
+template <typename T>
+at::Tensor step_pack(const at::Tensor& w_kn, int64_t M) {
+  return use_onednn<T>(M, w_kn.size(0), w_kn.size(1)) ? OneDnn::pack(w_kn.t().contiguous(), M) : at::Tensor();
+}
 
 }  // namespace fastrnn

@@ -282,7 +282,7 @@ void run_backward_loop(const Cell& cell, const BackwardArgs<typename Cell::Scala
 template <class Cell>
 std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor* w_hr,
                                 const at::Tensor& h0, const at::Tensor* c0, const int64_t* lengths, bool reverse,
-                                bool workspace) {
+                                bool workspace, const at::Tensor& packed_hh = {}) {
   using T = typename Cell::Scalar;
   const auto opts = x.options();
   const int64_t steps = x.size(0), B = x.size(1), H = x.size(2) / Cell::GATES, P = h0.size(1);
@@ -297,7 +297,7 @@ std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at:
   a.lengths = lengths;
   a.reverse = reverse;
   a.workspace = workspace;
-  StepGemm<T> rec(w_hh.t(), B);
+  StepGemm<T> rec(w_hh.t(), B, packed_hh);
   c10::optional<StepGemm<T>> proj;
   a.rec = &rec;
   at::Tensor m, c_n, ws, cs;

@@ -63,22 +63,28 @@ int64_t chunk_steps(int64_t T, int64_t per_step) {
 }
 
 // One layer and direction, without a workspace. -> y, h_n, [c_n]
+// packed_hh: W_hh^T packed once for a layer's chunks (step_pack), or undefined.
 std::vector<at::Tensor> run_loop(Kind k, const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor* w_hr,
                                  const at::Tensor& b_hn, const at::Tensor& h0, const at::Tensor* c0, const int64_t* L,
-                                 bool reverse) {
+                                 bool reverse, const at::Tensor& packed_hh = {}) {
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stack_forward", [&] {
     switch (k) {
       case Kind::lstm:
-        return forward(Lstm<scalar_t>{}, x, w_hh, w_hr, h0, c0, L, reverse, false);
+        return forward(Lstm<scalar_t>{}, x, w_hh, w_hr, h0, c0, L, reverse, false, packed_hh);
       case Kind::gru:
         return forward(Gru<scalar_t>{b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr}, x, w_hh, nullptr, h0,
-                       nullptr, L, reverse, false);
+                       nullptr, L, reverse, false, packed_hh);
       case Kind::rnn_tanh:
-        return forward(Rnn<scalar_t, false>{}, x, w_hh, nullptr, h0, nullptr, L, reverse, false);
+        return forward(Rnn<scalar_t, false>{}, x, w_hh, nullptr, h0, nullptr, L, reverse, false, packed_hh);
       default:
-        return forward(Rnn<scalar_t, true>{}, x, w_hh, nullptr, h0, nullptr, L, reverse, false);
+        return forward(Rnn<scalar_t, true>{}, x, w_hh, nullptr, h0, nullptr, L, reverse, false, packed_hh);
     }
   });
+}
+
+at::Tensor pack_hh(const at::Tensor& w_hh, int64_t B) {
+  return AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "stack_forward",
+                                    [&] { return step_pack<scalar_t>(w_hh.t(), B); });
 }
 
 // input (T, B, I) time-major; hx = [h0] or [h0, c0], (num_layers*D, B, P or H); weights:
@@ -152,7 +158,8 @@ std::vector<at::Tensor> stack_forward(const std::string& mode, const at::Tensor&
     if (Tc == T) {
       // one projection GEMM for both directions, as the op route computes it
       const auto w_cat = D > 1 ? at::cat(w_ih) : w_ih[0];
-      at::Tensor x_proj = bias ? at::addmm(D > 1 ? at::cat(b) : b[0], x2d, w_cat.t()) : at::mm(x2d, w_cat.t());
+      at::Tensor x_proj =
+          input_linear(x2d, w_cat, bias ? c10::optional<at::Tensor>(D > 1 ? at::cat(b) : b[0]) : c10::nullopt);
       x_proj = x_proj.view({T, B, D * G * H});
       for (int64_t d = 0; d < D; ++d) {
         const int64_t i = layer * D + d;
@@ -179,16 +186,19 @@ std::vector<at::Tensor> stack_forward(const std::string& mode, const at::Tensor&
         auto y = at::empty({T, B, P}, input.options());
         at::Tensor lc = lengths ? at::empty({B}, keep.options()) : at::Tensor();
         const int64_t chunks = (T + Tc - 1) / Tc;
+        // the weights packed once for every chunk (where oneDNN takes the products)
+        const ChunkLinear project(w_ih[d], bias ? c10::optional<at::Tensor>(b[d]) : c10::nullopt, Tc * B);
+        const at::Tensor packed_hh = pack_hh(w_hh, B);
         for (int64_t j = 0; j < chunks; ++j) {
           const int64_t q = d == 1 ? chunks - 1 - j : j, t0 = q * Tc, t1 = std::min(T, t0 + Tc);
           const auto rows = x2d.slice(0, t0 * B, t1 * B);
-          auto x_c = (bias ? at::addmm(b[d], rows, w_ih[d].t()) : at::mm(rows, w_ih[d].t())).view({t1 - t0, B, G * H});
+          auto x_c = project(rows).view({t1 - t0, B, G * H});
           if (L) {
             int64_t* l = lc.data_ptr<int64_t>();
             for (int64_t r = 0; r < B; ++r) l[r] = std::min(std::max(L[r] - t0, int64_t(0)), t1 - t0);
           }
           auto out = run_loop(k, x_c, w_hh, proj ? &w_hr : nullptr, b_hn[d], h, has_c ? &c : nullptr,
-                              L ? lc.data_ptr<int64_t>() : nullptr, d == 1);
+                              L ? lc.data_ptr<int64_t>() : nullptr, d == 1, packed_hh);
           y.slice(0, t0, t1).copy_(out[0]);
           h = out[1];
           if (has_c) c = out[2];

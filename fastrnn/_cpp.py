@@ -28,11 +28,20 @@ One-call paths (``fastrnn.functional`` routes plain eager calls to them):
 * ``lstm_cell_forward``/``gru_cell_forward``/``rnn_cell_forward`` and their ``*_backward``: one
   torch.nn cell step, products included (:mod:`fastrnn._cell_step`)
 
+A layer's input projection (``backends.OWN_GEMMS``; fastrnn._projection calls them):
+
+* ``linear(x, w, b)`` -> x @ w^T + b; ``linear_backward(dy, x, w, need_dx, need_dw)`` ->
+  (dy @ w, dy^T x), an empty tensor for each not needed. float32 products large enough
+  (``_C.uses_onednn``) run on oneDNN, the rest on torch's addmm/mm; the inference stack
+  computes its projection with the same function, so both routes give the same bits.
+
 With ``workspace=False`` (no backward will follow) gates/ws/cs/acts come back as empty tensors
 and the loop keeps only O(B*H) state. The weight gradients are not computed here.
 """
 
 import os
+
+import torch
 
 from . import _C
 
@@ -49,3 +58,20 @@ peephole_lstm_forward = _C.peephole_lstm_forward
 peephole_lstm_backward = _C.peephole_lstm_backward
 layernorm_lstm_forward = _C.layernorm_lstm_forward
 layernorm_lstm_backward = _C.layernorm_lstm_backward
+
+_OWN = (torch.float32, torch.float64)
+
+
+def linear(x, w, b):
+    """x @ w^T + b (see the module docstring); other dtypes than float32/float64 (a half
+    layer whose projection runs before its cast) take torch's addmm."""
+    if x.dtype in _OWN and w.dtype == x.dtype and (b is None or b.dtype == x.dtype):
+        return _C.linear(x, w, b)
+    return torch.addmm(b, x, w.t()) if b is not None else x @ w.t()
+
+
+def linear_backward(dy, x, w, need_dx, need_dw):
+    """(dx = dy @ w, dw = dy^T x) of :func:`linear`, an empty tensor for each not needed."""
+    if dy.dtype in _OWN and x.dtype == dy.dtype and w.dtype == dy.dtype:
+        return _C.linear_backward(dy, x, w, need_dx, need_dw)
+    return (dy @ w if need_dx else dy.new_empty(0), dy.t() @ x if need_dw else w.new_empty(0))

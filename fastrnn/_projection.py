@@ -1,5 +1,7 @@
 """A layer's input projection ``x @ W_ih^T + b`` (T*B rows, both directions at once) and
-its gradients, on a backend with GEMMs of its own (``backends.OWN_GEMMS``: Triton).
+its gradients, on a backend with GEMMs of its own (``backends.OWN_GEMMS``: Triton, and the
+C++ backend, whose float32 products run on oneDNN where they are large enough: see
+fastrnn._cpp; its weight gradient stays a torch matmul).
 
 Why not torch's addmm there: on CUDA it takes TF32 from ``torch.backends.cuda.matmul``
 (IEEE by PyTorch's default), while torch.nn's LSTM on cuDNN computes its input projection
@@ -103,8 +105,8 @@ class _EagerLinear(torch.autograd.Function):
 
 def project(x2d: Tensor, w: Tensor, b: Tensor | None, backend: str) -> Tensor:
     """x2d @ w^T + b: by the backend's GEMM where it has one (and no torch.func transform or
-    forward-mode AD is active on the operands), else torch's addmm (the CPU backends'
-    numbers, unchanged)."""
+    forward-mode AD is active on the operands), else torch's addmm (the reference's numbers,
+    and those of the C++ backend under a transform)."""
     if backend in backends.OWN_GEMMS:
         if plain_eager((x2d, w, b)):
             return _EagerLinear.apply(x2d, w, b, backend)

@@ -455,3 +455,87 @@ def test_layernorm_lstm_eps_must_be_finite_and_nonnegative():
         with pytest.raises(RuntimeError, match="eps must be finite and >= 0"):
             _C.layernorm_lstm_forward(*args, eps)
     _C.layernorm_lstm_forward(*args, 0.0)
+
+
+# Sizes where oneDNN takes the float32 products (csrc/gemm.h: from 2^22 multiply-adds):
+# the step product (B x H) @ (H x G*H) and the input projection (T*B x I) @ (I x G*H).
+ONEDNN_LAYERS = [
+    ("lstm_bidir_2layer", fastrnn.LSTM, torch.nn.LSTM, 64, 256, {"num_layers": 2, "bidirectional": True}),
+    ("lstm_proj", fastrnn.LSTM, torch.nn.LSTM, 64, 256, {"proj_size": 96}),
+    ("gru_bidir", fastrnn.GRU, torch.nn.GRU, 64, 320, {"bidirectional": True}),
+    ("rnn_tanh", fastrnn.RNN, torch.nn.RNN, 128, 512, {}),
+]
+_G = {fastrnn.LSTM: 4, fastrnn.GRU: 3, fastrnn.RNN: 1}
+
+
+def _onednn_or_skip():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch was built without oneDNN: every product takes torch's BLAS")
+
+
+@pytest.mark.parametrize("cid,cls,ncls,I,H,kw", ONEDNN_LAYERS, ids=[c[0] for c in ONEDNN_LAYERS])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_onednn_products_match_torch_nn_and_the_reference(cid, cls, ncls, I, H, kw, packed):
+    """Outputs, final states and every gradient against the float64 reference and torch.nn,
+    at the float32 bounds, where the step products and the projection run on oneDNN."""
+    _onednn_or_skip()
+    from fastrnn import _C
+
+    T, B = 7, 16
+    G = _G[cls] * H
+    assert _C.uses_onednn(B, H, G) and _C.uses_onednn(T * B, I, G)
+    torch.manual_seed(0)
+    ours = cls(I, H, backend="cpp", **kw)
+    x = torch.randn(T, B, I)
+    inp = (
+        torch.nn.utils.rnn.pack_padded_sequence(x, torch.randint(1, T + 1, (B,)), enforce_sorted=False) if packed else x
+    )
+    for theirs in (testing.oracle(ours), ncls(I, H, **kw)):
+        report = testing.compare(ours, theirs, inp)
+        assert report.passed, f"\n{report}"
+
+
+def _grads_at(threads: int, m, x, dy):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m.zero_grad()
+        x = x.detach().requires_grad_()
+        y, h = m(x)
+        y.backward(dy)
+        with torch.no_grad():
+            y_inf, h_inf = m(x)  # the inference stack (csrc/stack.cpp), whole and chunked below
+            y_long = m(x.repeat(8, 1, 1))[0]
+        return [y, *h, x.grad, *(p.grad for p in m.parameters()), y_inf, *h_inf, y_long]
+    finally:
+        torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU], ids=["lstm", "gru"])
+def test_onednn_results_do_not_depend_on_the_thread_count(cls):
+    """Bitwise the same outputs, states and gradients at 1 and 2 threads, the inference stack
+    included (its 8x longer input is projected a chunk of steps at a time with the weights
+    packed once), so a run reproduces on a machine with another core count."""
+    _onednn_or_skip()
+    torch.manual_seed(0)
+    m = cls(64, 256, num_layers=2, bidirectional=True, backend="cpp")
+    x, dy = torch.randn(7, 16, 64), torch.randn(7, 16, 512)
+    one, two = _grads_at(1, m, x, dy), _grads_at(2, m, x, dy)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_onednn_follows_torch_mkldnn_flag():
+    """With torch.backends.mkldnn disabled every product takes torch's BLAS (or the C++
+    kernel), and the layer still matches the reference."""
+    _onednn_or_skip()
+    from fastrnn import _C
+
+    torch.manual_seed(0)
+    ours = fastrnn.LSTM(64, 256, backend="cpp")
+    x = torch.randn(5, 16, 64)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not _C.uses_onednn(16, 256, 1024)
+        report = testing.compare(ours, testing.oracle(ours), x)
+    assert report.passed, f"\n{report}"
+    assert _C.uses_onednn(16, 256, 1024)
