@@ -29,6 +29,13 @@ read the mark again; the row gives the difference. The mark is VmHWM of /proc/se
 (ru_maxrss where that is missing: Linux carries ru_maxrss over from the parent, see
 ``_peak_kib``). Goal: fastrnn <= torch.nn.
 
+Limits, per row: ``floor`` is the time of the row's multiply-adds (:func:`row_macs`: the
+products any implementation must compute) at the best product rate measured here at the
+same thread count (the header's ``gemm_rates``: a 2048^3 torch.mm and, in float32, the same
+product through oneDNN), and ``bound`` = t(torch.nn) / floor, the largest speedup over
+torch.nn that any implementation could show on this machine: a goal above it cannot be
+met here. ``--profile`` adds where fastrnn's time goes, per row (:func:`profile_parts`).
+
 ``--rows SUBSTR ...`` keeps the rows whose name contains any of the substrings; ``--quick``
 (few rounds, tiny run time, no memory and no big rows) is the form bench/test_cpu_table.py
 runs; ``--json PATH`` keeps the raw numbers.
@@ -291,6 +298,128 @@ def measure(row: Row, backend: str, min_run_time: float, rounds: int, threads: i
 
 
 # ---------------------------------------------------------------------------------------
+# Limits: the arithmetic floor of a row, and where fastrnn's time goes
+# ---------------------------------------------------------------------------------------
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def row_macs(row: Row) -> int:
+    """The multiply-adds of the products a row's work needs, however it is computed: per
+    layer and direction, forward ``T*B*G*(in + H)`` (input projection, recurrence; G the gate
+    width), backward ``T*B*G*(H + H + in)`` (the carry dh, dW_hh, dW_ih) plus ``T*B*G*in`` for
+    the input gradient where the input needs one (layers above the first; the rows' inputs
+    do not). A packed row counts its padded T*B rows. Cells: the same per step; the client:
+    its two cells (the second one's input needs a gradient) and the read-out."""
+    T, B, I, H = row.shape
+    G = GATES[row.cell] * H
+    bwd = row.mode == "fwdbwd"
+
+    def part(inp: int, input_grad: bool) -> int:
+        return T * B * G * ((inp + H) + ((2 * H + inp + (inp if input_grad else 0)) if bwd else 0))
+
+    if row.kind == "layer":
+        D = 2 if row.bidirectional else 1
+        return sum(D * part(I if layer == 0 else D * H, layer > 0) for layer in range(row.layers))
+    if row.kind == "cell":
+        return part(I, False)
+    return part(I, False) + part(H, True) + T * B * H * 3  # read-out: forward, dW, dh
+
+
+def gemm_rates(n: int = 2048, repeats: int = 3) -> dict:
+    """The best multiply-add rate of an n x n x n product here, at the process's threads:
+    torch.mm in float32 and float64 (torch's BLAS), and float32 through oneDNN
+    (mkldnn::_linear_pointwise, the C++ backend's large products) where torch has it."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a64, b64 = a.double(), b.double()
+    runs = {"mm_fp32": lambda: torch.mm(a, b), "mm_fp64": lambda: torch.mm(a64, b64)}
+    if torch.backends.mkldnn.is_available():
+        runs["onednn_fp32"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    out = {}
+    for name, f in runs.items():
+        f()
+        best = min(_timed(f) for _ in range(repeats))
+        out[name] = n**3 / best
+    return out
+
+
+def _timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def floor_and_bound(r: dict, row: Row, rates: dict) -> None:
+    """Adds to a measured row its multiply-adds, the time they take at the best rate measured
+    here for its dtype (``floor_s``: no implementation of the row's arithmetic is faster,
+    short of fewer operations), and ``bound`` = t(torch.nn) / floor: the largest speedup over
+    torch.nn that any implementation could show on this machine."""
+    rate = rates["mm_fp64"] if row.dtype == torch.float64 else max(rates["mm_fp32"], rates.get("onednn_fp32", 0.0))
+    r["macs"] = row_macs(row)
+    r["floor_s"] = r["macs"] / rate
+    r["bound"] = r["torch_nn_s"] / r["floor_s"]
+    r["fastrnn_rate_of_best"] = r["floor_s"] / r["fastrnn_s"]
+
+
+_GEMM_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::addmm_",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::matmul",
+    "aten::linear",
+    "mkldnn::_linear_pointwise",
+    "mkldnn::_reorder_linear_weight",
+}
+PROFILE_PARTS = ("loop", "step_products", "gemms", "other_ops", "host")
+
+
+def profile_parts(fn, reps: int = 3) -> dict:
+    """Where one fastrnn call's time goes, as fractions of its wall time under torch.profiler
+    (which adds a little per op, most at the smallest sizes):
+
+    * ``loop``: inside the C++ time loops and one-call paths (csrc/, scopes ``fastrnn::*``),
+      but not in an ATen call they make: the cell math and the small products of the
+      register-blocked kernel;
+    * ``step_products``: the products those loops hand to ATen (the large step products on
+      oneDNN or BLAS, and adding them in);
+    * ``gemms``: products outside the loops (input projection, input and weight gradients);
+    * ``other_ops``: every other ATen call (copies, sums, allocation, concatenation);
+    * ``host``: the rest of the wall time: Python, autograd's engine, dispatch.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        wall = (time.perf_counter() - t0) * 1e6  # us, as the events
+    parts = dict.fromkeys(PROFILE_PARTS, 0.0)
+    for e in prof.events():
+        name = e.name
+        if not name.startswith(("aten::", "mkldnn::", "fastrnn::")):
+            continue  # Python-level records (autograd nodes, Functions): host time
+        in_loop, p = False, e.cpu_parent
+        while p is not None:
+            if p.name.startswith("fastrnn::") and "_recurrence" not in p.name:
+                in_loop = True
+                break
+            p = p.cpu_parent
+        if name.startswith("fastrnn::") and "_recurrence" not in name:
+            part = "loop"
+        elif name in _GEMM_OPS or (in_loop and name == "aten::add_"):
+            part = "step_products" if in_loop else "gemms"
+        elif name.startswith("fastrnn::"):  # a registered op's own dispatch (traced calls)
+            part = "host"
+        else:
+            part = "other_ops"
+        parts[part] += e.self_cpu_time_total
+    parts["host"] += max(0.0, wall - sum(parts.values()))
+    return {k: v / wall for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------
 # Header: machine facts
 # ---------------------------------------------------------------------------------------
 def cpu_model() -> str:
@@ -497,6 +626,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="threads for the timings (default: torch's count)")
     p.add_argument("--rows", nargs="+", default=None, metavar="SUBSTR", help="rows whose name contains any")
     p.add_argument("--quick", action="store_true", help="few rounds, tiny run time, no memory and no big rows")
+    p.add_argument("--profile", action="store_true", help="also where fastrnn's time goes, per row (torch.profiler)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     rounds = a.rounds or (2 if a.quick else 7)
@@ -529,6 +659,7 @@ def main(argv=None):
     # --quick: a smaller GEMM and only the small bitwise config, a few seconds in all
     header.update(sgemm_scaling(1024 if a.quick else 2048))
     header["thread_bitwise"] = thread_bitwise(a.backend, BITWISE_CONFIGS[:1] if a.quick else BITWISE_CONFIGS)
+    rates = header["gemm_rates"] = gemm_rates(1024 if a.quick else 2048)
     print(f"CPU {cpu}; torch {header['torch']}, {threads} threads, fastrnn backend {a.backend}")
     print(
         f"sgemm {header['sgemm_n']}^2 fp32: {header['sgemm_1thread_s'] * 1e3:.1f} ms at 1 thread, "
@@ -538,6 +669,10 @@ def main(argv=None):
         f"(B={c['B']},H={c['hidden']}) {'yes' if c['bitwise_equal'] else 'NO'}" for c in header["thread_bitwise"]
     )
     print(f"fastrnn 2-layer bidir LSTM fwd+bwd (T={BITWISE_T}) bitwise equal at 1 and 2 threads: {bits}")
+    print(
+        f"best {header['sgemm_n']}^3 product at {threads} threads, G multiply-adds/s: "
+        + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items())
+    )
     la = header["loadavg_before"]
     if la:
         print(f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
@@ -548,19 +683,34 @@ def main(argv=None):
         print(
             f"WARNING: the second core is busy (sgemm 2-thread scaling < 1.5): {threads}-thread timings are unreliable"
         )
-    print(f"{'case':<48} {'torch.nn ms':>12} {'fastrnn ms':>11} {'speedup':>8} {'(range)':>13} {'goal':>6}")
-    rows = []
+    # floor: the row's multiply-adds at the best product rate above; bound: t(torch.nn) / floor,
+    # the most any implementation could gain over torch.nn here
+    print(
+        f"{'case':<48} {'torch.nn ms':>12} {'fastrnn ms':>11} {'speedup':>8} {'(range)':>13} {'goal':>6}"
+        f"      {'floor ms':>9} {'bound':>7}"
+    )
+    rows, selected = [], []
     for row in ROWS:
         if (a.quick and row.big) or not _selected(row.name, a.rows):
             continue
         r = measure(row, a.backend, min_run_time, rounds, threads)
+        floor_and_bound(r, row, rates)
         rows.append(r)
+        selected.append(row)
         ok = "ok" if r["speedup"] >= r["goal"] else "MISS"
         print(
             f"{r['name']:<48} {r['torch_nn_s'] * 1e3:>12.3f} {r['fastrnn_s'] * 1e3:>11.3f} "
-            f"{r['speedup']:>7.2f}x  ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}x) {r['goal']:>5.1f}x {ok}",
+            f"{r['speedup']:>7.2f}x  ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}x) {r['goal']:>5.1f}x {ok:<4} "
+            f"{r['floor_s'] * 1e3:>9.3f} {r['bound']:>6.2f}x",
             flush=True,
         )
+    if a.profile and rows:
+        print(f"\n{'where fastrnn spends a call (torch.profiler)':<48} " + " ".join(f"{k:>13}" for k in PROFILE_PARTS))
+        for row, r in zip(selected, rows):
+            torch.manual_seed(0)
+            _, f_ours = WORKLOADS[row.kind](row, a.backend)
+            r["profile"] = profile_parts(f_ours, reps=1 if r["one_call_per_round"] else 3)
+            print(f"{r['name']:<48} " + " ".join(f"{r['profile'][k]:>12.0%} " for k in PROFILE_PARTS), flush=True)
     memory = []
     if not a.quick:
         for name, mode in MEMORY_ROWS:

@@ -16,7 +16,7 @@ ROWS = ["LSTM (100,1,32,64) fwd+bwd", "RNN (100,8,64,128) fwd+bwd", "LSTMCell x5
 ROW_KEYS = {
     "name", "kind", "cell", "T", "B", "input", "hidden", "layers", "bidirectional", "dtype", "mode", "packed",
     "goal", "torch_nn_s", "fastrnn_s", "speedup", "speedup_min", "speedup_max", "rounds", "one_call_per_round",
-    "torch_nn_rounds_s", "fastrnn_rounds_s",
+    "torch_nn_rounds_s", "fastrnn_rounds_s", "macs", "floor_s", "bound", "fastrnn_rate_of_best", "profile",
 }  # fmt: skip
 
 
@@ -27,7 +27,7 @@ def _positive(x) -> bool:
 def test_quick_table_json(tmp_path):
     out = tmp_path / "cpu_table.json"
     # one thread: at two, a busy second core slows OpenMP regions a hundredfold
-    assert cpu_table.main(["--quick", "--threads", "1", "--rows", *ROWS, "--json", str(out)]) == 0
+    assert cpu_table.main(["--quick", "--profile", "--threads", "1", "--rows", *ROWS, "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert set(d) == {"header", "rows", "memory"}
     h = d["header"]
@@ -39,6 +39,8 @@ def test_quick_table_json(tmp_path):
     assert h["rows_filter"] == ROWS
     for key in ("sgemm_1thread_s", "sgemm_2thread_s", "sgemm_2thread_scaling"):
         assert _positive(h[key]), key
+    assert {"mm_fp32", "mm_fp64"} <= set(h["gemm_rates"])
+    assert all(_positive(v) for v in h["gemm_rates"].values())
     assert [(c["B"], c["input"], c["hidden"]) for c in h["thread_bitwise"]] == cpu_table.BITWISE_CONFIGS[:1]
     assert all(isinstance(c["bitwise_equal"], bool) for c in h["thread_bitwise"])
     assert [r["name"] for r in d["rows"]] == ROWS
@@ -50,6 +52,14 @@ def test_quick_table_json(tmp_path):
         assert r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
         assert len(r["torch_nn_rounds_s"]) == len(r["fastrnn_rounds_s"]) == r["rounds"] == h["rounds"]
         assert all(_positive(t) for t in r["torch_nn_rounds_s"] + r["fastrnn_rounds_s"])
+        assert isinstance(r["macs"], int)
+        assert r["macs"] > 0
+        for key in ("floor_s", "bound", "fastrnn_rate_of_best"):
+            assert _positive(r[key]), (r["name"], key)
+        assert math.isclose(r["bound"], r["torch_nn_s"] / r["floor_s"])
+        assert set(r["profile"]) == set(cpu_table.PROFILE_PARTS)
+        assert all(v >= 0 for v in r["profile"].values())
+        assert sum(r["profile"].values()) >= 1 - 1e-9  # the host part takes the rest of the wall time
     assert d["memory"] == []  # --quick leaves the memory rows out
 
 
@@ -80,3 +90,18 @@ def test_memory_row_fresh_process():
         before, after = r[key]
         assert 0 < before <= after, key
     assert isinstance(r["ok"], bool)
+
+
+def test_row_macs_count_every_product():
+    """A 2-layer bidirectional LSTM's fwd+bwd, counted by hand: per direction, layer 0
+    (input 64) projection, recurrence, carry, dW_hh, dW_ih; layer 1 (input 2*128) the same
+    plus its input gradient."""
+    row = next(r for r in cpu_table.ROWS if r.layers == 2)
+    T, B, I, H = row.shape
+    G = 4 * H
+    per = T * B * G
+    layer0 = per * (I + H) + per * (H + H + I)
+    layer1 = per * (2 * H + H) + per * (H + H + 2 * H + 2 * H)
+    assert cpu_table.row_macs(row) == 2 * (layer0 + layer1)
+    fwd = cpu_table._layer("gru", (10, 2, 3, 5), "fwd", 1.0)
+    assert cpu_table.row_macs(fwd) == 10 * 2 * 15 * (3 + 5)

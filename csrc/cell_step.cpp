@@ -1,6 +1,7 @@
 // Entry points of the one-call cell steps (cell_step.h): argument checks and registration.
 #include "cell_step.h"
 
+#include <ATen/record_function.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -60,6 +61,7 @@ std::vector<at::Tensor> lstm_cell_forward(const at::Tensor& x, const at::Tensor&
                                           const at::Tensor& w_ih, const at::Tensor& w_hh,
                                           const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                                           bool workspace) {
+  RECORD_FUNCTION("fastrnn::lstm_cell_forward", std::vector<c10::IValue>());
   check_cell(4, x, hx, &cx, w_ih, w_hh, b_ih, b_hh);
   const auto xc = x.contiguous(), h = hx.contiguous(), c = cx.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_cell_forward", [&] {
@@ -72,6 +74,7 @@ std::vector<at::Tensor> lstm_cell_backward(const at::Tensor& dh, const at::Tenso
                                            const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
                                            const at::Tensor& w_hh, const at::Tensor& gates, const at::Tensor& c,
                                            const std::vector<bool>& need) {
+  RECORD_FUNCTION("fastrnn::lstm_cell_backward", std::vector<c10::IValue>());
   const auto d = check_cell(4, x, hx, &cx, w_ih, w_hh, c10::nullopt, c10::nullopt);
   check_2d(dh, "dh", x, d.B, d.H);
   check_2d(dc, "dc", x, d.B, d.H);
@@ -89,6 +92,7 @@ std::vector<at::Tensor> lstm_cell_backward(const at::Tensor& dh, const at::Tenso
 std::vector<at::Tensor> gru_cell_forward(const at::Tensor& x, const at::Tensor& hx, const at::Tensor& w_ih,
                                          const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                          const c10::optional<at::Tensor>& b_hh, bool workspace) {
+  RECORD_FUNCTION("fastrnn::gru_cell_forward", std::vector<c10::IValue>());
   check_cell(3, x, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
   const auto xc = x.contiguous(), h = hx.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_cell_forward", [&] {
@@ -100,6 +104,7 @@ std::vector<at::Tensor> gru_cell_forward(const at::Tensor& x, const at::Tensor& 
 std::vector<at::Tensor> gru_cell_backward(const at::Tensor& dh, const at::Tensor& x, const at::Tensor& hx,
                                           const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& acts,
                                           const std::vector<bool>& need) {
+  RECORD_FUNCTION("fastrnn::gru_cell_backward", std::vector<c10::IValue>());
   const auto d = check_cell(3, x, hx, nullptr, w_ih, w_hh, c10::nullopt, c10::nullopt);
   check_2d(dh, "dh", x, d.B, d.H);
   check_2d(acts, "acts", x, d.B, 4 * d.H);
@@ -121,6 +126,7 @@ bool relu_of(const std::string& nonlinearity) {
 std::vector<at::Tensor> rnn_cell_forward(const at::Tensor& x, const at::Tensor& hx, const at::Tensor& w_ih,
                                          const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                          const c10::optional<at::Tensor>& b_hh, const std::string& nonlinearity) {
+  RECORD_FUNCTION("fastrnn::rnn_cell_forward", std::vector<c10::IValue>());
   check_cell(1, x, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
   const bool relu = relu_of(nonlinearity);
   const auto xc = x.contiguous(), h = hx.contiguous();
@@ -134,6 +140,7 @@ std::vector<at::Tensor> rnn_cell_forward(const at::Tensor& x, const at::Tensor& 
 std::vector<at::Tensor> rnn_cell_backward(const at::Tensor& dh, const at::Tensor& x, const at::Tensor& hx,
                                           const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h,
                                           const std::string& nonlinearity, const std::vector<bool>& need) {
+  RECORD_FUNCTION("fastrnn::rnn_cell_backward", std::vector<c10::IValue>());
   const auto d = check_cell(1, x, hx, nullptr, w_ih, w_hh, c10::nullopt, c10::nullopt);
   check_2d(dh, "dh", x, d.B, d.H);
   check_2d(h, "h", x, d.B, d.H);

@@ -5,6 +5,7 @@
 // backend. Nothing depends on thread timing: results are bitwise reproducible run to run.
 #pragma once
 
+#include <ATen/record_function.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -283,6 +284,8 @@ template <class Cell>
 std::vector<at::Tensor> forward(const Cell& cell, const at::Tensor& x, const at::Tensor& w_hh, const at::Tensor* w_hr,
                                 const at::Tensor& h0, const at::Tensor* c0, const int64_t* lengths, bool reverse,
                                 bool workspace, const at::Tensor& packed_hh = {}) {
+  // a scope for torch.profiler (bench.cpu_table --profile); costs a flag test otherwise
+  RECORD_FUNCTION("fastrnn::forward_loop", std::vector<c10::IValue>());
   using T = typename Cell::Scalar;
   const auto opts = x.options();
   const int64_t steps = x.size(0), B = x.size(1), H = x.size(2) / Cell::GATES, P = h0.size(1);
@@ -345,6 +348,7 @@ std::vector<at::Tensor> backward(const Cell& cell, int64_t H, const at::Tensor& 
                                  const at::Tensor* dc_n, const at::Tensor& w_hh, const at::Tensor* w_hr,
                                  const at::Tensor* c0, const at::Tensor& saved, const at::Tensor* cs,
                                  const at::Tensor* h_prev, const int64_t* lengths, bool reverse) {
+  RECORD_FUNCTION("fastrnn::backward_loop", std::vector<c10::IValue>());
   using T = typename Cell::Scalar;
   const auto opts = dy.options();
   const int64_t steps = saved.size(0), B = saved.size(1), P = dh_n.size(1);

@@ -95,6 +95,7 @@ std::vector<at::Tensor> stack_forward(const std::string& mode, const at::Tensor&
                                       const std::vector<at::Tensor>& hx, const std::vector<at::Tensor>& weights,
                                       int64_t num_layers, bool bidirectional, bool bias, int64_t proj_size,
                                       double dropout, const c10::optional<at::Tensor>& lengths) {
+  RECORD_FUNCTION("fastrnn::stack_forward", std::vector<c10::IValue>());
   const Kind k = kind_of(mode);
   const bool has_c = k == Kind::lstm, proj = proj_size > 0;
   TORCH_CHECK(!proj || has_c, "fastrnn cpp backend: proj_size is an LSTM's");
