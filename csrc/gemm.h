@@ -40,8 +40,9 @@ inline at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options)
 // These are always inlined into the per-ISA instance of the kernel (recurrence.h), which
 // compiles them for that ISA.
 // ---------------------------------------------------------------------------------------
-// RB rows x CV vectors of C, accumulated over all K.
-template <typename T, int RB, int CV>
+// RB rows x CV vectors of C, accumulated over all K. ADD = false: C = A @ W (C's old
+// contents never read: a fresh buffer needs no zero fill first).
+template <typename T, int RB, int CV, bool ADD = true>
 FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C, int64_t ldc) {
   typedef typename Vec64<T>::type V;
   constexpr int VN = sizeof(V) / sizeof(T);
@@ -57,13 +58,14 @@ FASTRNN_INLINE void gemm_block(int64_t K, const T* A, int64_t lda, const T* W, i
     }
   }
   for (int r = 0; r < RB; ++r)
-    for (int v = 0; v < CV; ++v) vstore<T>(C + r * ldc + v * VN, vload<T>(C + r * ldc + v * VN) + acc[r][v]);
+    for (int v = 0; v < CV; ++v)
+      vstore<T>(C + r * ldc + v * VN, ADD ? vload<T>(C + r * ldc + v * VN) + acc[r][v] : acc[r][v]);
 }
 
 // One row of C (a matrix-vector step, B = 1): a single chain of FMAs per accumulator would
 // wait on FMA latency every k, so CV column vectors and KS partial sums over k run in parallel
 // and are added at the end (a fixed order: results stay reproducible).
-template <typename T, int CV, int KS>
+template <typename T, int CV, int KS, bool ADD = true>
 FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* c) {
   typedef typename Vec64<T>::type V;
   constexpr int VN = sizeof(V) / sizeof(T);
@@ -80,11 +82,11 @@ FASTRNN_INLINE void gemm_row(int64_t K, const T* a, const T* W, int64_t ldw, T* 
     for (int v = 0; v < CV; ++v) acc[0][v] += a[k] * vload<T>(W + k * ldw + v * VN);
   for (int s = 1; s < KS; ++s)
     for (int v = 0; v < CV; ++v) acc[0][v] += acc[s][v];
-  for (int v = 0; v < CV; ++v) vstore<T>(c + v * VN, vload<T>(c + v * VN) + acc[0][v]);
+  for (int v = 0; v < CV; ++v) vstore<T>(c + v * VN, ADD ? vload<T>(c + v * VN) + acc[0][v] : acc[0][v]);
 }
 
 // Columns past the last full vector: plain loops (few, and the compiler vectorises them).
-template <typename T>
+template <typename T, bool ADD = true>
 FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t N, const T* A, int64_t lda, const T* W,
                                    int64_t ldw, T* C, int64_t ldc) {
   T sum[64 / sizeof(T)];  // fewer columns than one vector
@@ -94,41 +96,41 @@ FASTRNN_INLINE void gemm_cols_tail(int64_t rows, int64_t K, int64_t n0, int64_t 
       const T a = A[r * lda + k];
       for (int64_t j = n0; j < N; ++j) sum[j - n0] += a * W[k * ldw + j];
     }
-    for (int64_t j = n0; j < N; ++j) C[r * ldc + j] += sum[j - n0];
+    for (int64_t j = n0; j < N; ++j) C[r * ldc + j] = ADD ? C[r * ldc + j] + sum[j - n0] : sum[j - n0];
   }
 }
 
 // Rows [m, m + RB) of C against all of W, in RB x (CV vectors) blocks.
-template <typename T, int RB, int CV>
+template <typename T, int RB, int CV, bool ADD = true>
 FASTRNN_INLINE void gemm_rows(int64_t m, int64_t K, int64_t N, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
                               int64_t ldc) {
   constexpr int64_t VN = 64 / sizeof(T);
   const T* a = A + m * lda;
   T* c = C + m * ldc;
   int64_t n = 0;
-  for (; n + CV * VN <= N; n += CV * VN) gemm_block<T, RB, CV>(K, a, lda, W + n, ldw, c + n, ldc);
-  for (; n + VN <= N; n += VN) gemm_block<T, RB, 1>(K, a, lda, W + n, ldw, c + n, ldc);
-  if (n < N) gemm_cols_tail<T>(RB, K, n, N, a, lda, W, ldw, c, ldc);
+  for (; n + CV * VN <= N; n += CV * VN) gemm_block<T, RB, CV, ADD>(K, a, lda, W + n, ldw, c + n, ldc);
+  for (; n + VN <= N; n += VN) gemm_block<T, RB, 1, ADD>(K, a, lda, W + n, ldw, c + n, ldc);
+  if (n < N) gemm_cols_tail<T, ADD>(RB, K, n, N, a, lda, W, ldw, c, ldc);
 }
 
 // Tall blocks first: W streams through the cache once per RB1 rows of C, and at the step
 // sizes here W^T is larger than L1, so every pass is an L2 stream. Then RB2-row blocks,
-// then single rows (CVR vectors wide).
-template <typename T, class Shape>
+// then single rows (CVR vectors wide). ADD = false: C = A @ W.
+template <typename T, class Shape, bool ADD = true>
 FASTRNN_INLINE void gemm_acc(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
                              int64_t ldc) {
   constexpr int64_t VN = 64 / sizeof(T);
   constexpr int RB1 = Shape::RB1, CV1 = Shape::CV1, RB2 = Shape::RB2, CV2 = Shape::CV2, CVR = Shape::CVR;
   int64_t m = 0;
-  for (; m + RB1 <= M; m += RB1) gemm_rows<T, RB1, CV1>(m, K, N, A, lda, W, ldw, C, ldc);
-  for (; m + RB2 <= M; m += RB2) gemm_rows<T, RB2, CV2>(m, K, N, A, lda, W, ldw, C, ldc);
+  for (; m + RB1 <= M; m += RB1) gemm_rows<T, RB1, CV1, ADD>(m, K, N, A, lda, W, ldw, C, ldc);
+  for (; m + RB2 <= M; m += RB2) gemm_rows<T, RB2, CV2, ADD>(m, K, N, A, lda, W, ldw, C, ldc);
   for (; m < M; ++m) {
     const T* a = A + m * lda;
     T* c = C + m * ldc;
     int64_t n = 0;
-    for (; n + CVR * VN <= N; n += CVR * VN) gemm_row<T, CVR, 2>(K, a, W + n, ldw, c + n);
-    for (; n + VN <= N; n += VN) gemm_row<T, 1, 4>(K, a, W + n, ldw, c + n);
-    if (n < N) gemm_cols_tail<T>(1, K, n, N, a, lda, W, ldw, c, ldc);
+    for (; n + CVR * VN <= N; n += CVR * VN) gemm_row<T, CVR, 2, ADD>(K, a, W + n, ldw, c + n);
+    for (; n + VN <= N; n += VN) gemm_row<T, 1, 4, ADD>(K, a, W + n, ldw, c + n);
+    if (n < N) gemm_cols_tail<T, ADD>(1, K, n, N, a, lda, W, ldw, c, ldc);
   }
 }
 
