@@ -5,9 +5,13 @@
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -23,9 +27,30 @@ namespace fastrnn {
 // reads before writing, fails the parity checks instead of passing by luck.
 inline bool g_poison = false;
 
+//
+// A large buffer's memory is fresh from the kernel, and its first touch faults page by page:
+// on the 2-vCPU VMs here, touching a fresh 131 MB took 54 ms against 4 ms to write it again
+// (a backward's workspaces and gradients at T=100, B=64, H=512 are ~200 MB). Where Linux
+// gives transparent huge pages on request (its "madvise" mode), the 2 MB-aligned inside of a
+// buffer of 8 MB or more asks for them (as torch does for all its buffers under
+// THP_MEM_ALLOC_ENABLE=1): 8 ms for the same 131 MB. Nothing else changes.
+inline void advise_huge_pages(void* p, size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t HP = uintptr_t(2) << 20;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + HP - 1) & ~(HP - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) & ~(HP - 1);
+  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);  // a hint: errors are ignored
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+
 inline at::Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (g_poison) return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
-  return at::empty(sizes, options);
+  auto t = at::empty(sizes, options);
+  if (t.nbytes() >= (size_t(8) << 20)) advise_huge_pages(t.data_ptr(), t.nbytes());
+  return t;
 }
 
 // ---------------------------------------------------------------------------------------
