@@ -346,8 +346,14 @@ std::tuple<at::Tensor, at::Tensor> linear_backward_entry(const at::Tensor& dy, c
   check_tensor(w, "w", x, {w.size(0), x.size(1)});
   check_tensor(dy, "dy", x, {x.size(0), w.size(0)});
   at::Tensor dx = need_dx ? input_linear_dx(dy, w) : dy.new_empty({0});
-  at::Tensor dw = need_dw ? at::mm(dy.t(), x) : w.new_empty({0});
+  at::Tensor dw = need_dw ? weight_grad(dy, x) : w.new_empty({0});
   return {dx, dw};
+}
+
+at::Tensor weight_grad_entry(const at::Tensor& dy, const at::Tensor& x) {
+  check_float_2d(dy, "dy");
+  check_tensor(x, "x", dy, {dy.size(0), x.size(1)});
+  return weight_grad(dy, x);
 }
 
 }  // namespace
@@ -393,6 +399,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "uses_onednn", [](int64_t M, int64_t K, int64_t N) { return use_onednn<float>(M, K, N); },
       "whether a float32 (M x K) @ (K x N) product (step or projection) goes to oneDNN");
   m.def("linear", &linear_entry, "x @ w^T + b: a layer's input projection", py::arg("x"), py::arg("w"), py::arg("b"));
+  m.def("weight_grad", &weight_grad_entry, "dy^T x over all rows: a weight's gradient", py::arg("dy"), py::arg("x"));
   m.def("linear_backward", &linear_backward_entry,
         "(dx = dy @ w, dw = dy^T x) of linear, an empty tensor for each not needed", py::arg("dy"), py::arg("x"),
         py::arg("w"), py::arg("need_dx"), py::arg("need_dw"));

@@ -31,7 +31,8 @@ One-call paths (``fastrnn.functional`` routes plain eager calls to them):
 A layer's input projection (``backends.OWN_GEMMS``; fastrnn._projection calls them):
 
 * ``linear(x, w, b)`` -> x @ w^T + b; ``linear_backward(dy, x, w, need_dx, need_dw)`` ->
-  (dy @ w, dy^T x), an empty tensor for each not needed. float32 products large enough
+  (dy @ w, dy^T x), an empty tensor for each not needed; ``weight_grad(dg, x, weight)`` ->
+  dg^T x (dW_hh after the loop). float32 products large enough
   (``_C.uses_onednn``) run on oneDNN, the rest on torch's addmm/mm; the inference stack
   computes its projection with the same function, so both routes give the same bits.
 
@@ -68,6 +69,14 @@ def linear(x, w, b):
     if x.dtype in _OWN and w.dtype == x.dtype and (b is None or b.dtype == x.dtype):
         return _C.linear(x, w, b)
     return torch.addmm(b, x, w.t()) if b is not None else x @ w.t()
+
+
+def weight_grad(dg, x, weight):
+    """dg^T x over all rows (dg (R, G), x (R, N)): a weight gradient after the time loop
+    (``weight``, the layer's, is not needed here); oneDNN where it takes the product."""
+    if dg.dtype in _OWN and x.dtype == dg.dtype:
+        return _C.weight_grad(dg, x)
+    return dg.t() @ x
 
 
 def linear_backward(dy, x, w, need_dx, need_dw):

@@ -1,7 +1,7 @@
 """A layer's input projection ``x @ W_ih^T + b`` (T*B rows, both directions at once) and
 its gradients, on a backend with GEMMs of its own (``backends.OWN_GEMMS``: Triton, and the
 C++ backend, whose float32 products run on oneDNN where they are large enough: see
-fastrnn._cpp; its weight gradient stays a torch matmul).
+fastrnn._cpp).
 
 Why not torch's addmm there: on CUDA it takes TF32 from ``torch.backends.cuda.matmul``
 (IEEE by PyTorch's default), while torch.nn's LSTM on cuDNN computes its input projection

@@ -211,9 +211,12 @@ def native_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:
 # projection and its gradients, see fastrnn._projection), ``weight_grad(dg (R, M), x (R, N),
 # weight) -> dg^T x`` (M, N) fp32 (the weight gradients after the loop). Triton has all three,
 # so that those GEMMs take the recurrence's precision rule and operands (fastrnn.kernels.gemm);
-# the C++ backend has the projection's, on oneDNN where it takes a float32 product (on the
-# AMD and Intel CPUs here about twice MKL's rate, see csrc/gemm.h). Others use torch matmuls.
-OWN_GEMMS = {"triton": ("linear", "linear_backward", "weight_grad"), "cpp": ("linear", "linear_backward")}
+# the C++ backend has them too, on oneDNN where it takes a float32 product (about twice
+# MKL's rate on the AMD CPUs here, see csrc/gemm.h). The reference uses torch matmuls.
+OWN_GEMMS = {
+    "triton": ("linear", "linear_backward", "weight_grad"),
+    "cpp": ("linear", "linear_backward", "weight_grad"),
+}
 
 
 def gemm(backend: str, entry: str) -> Callable | None:

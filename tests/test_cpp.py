@@ -539,3 +539,27 @@ def test_onednn_follows_torch_mkldnn_flag():
         report = testing.compare(ours, testing.oracle(ours), x)
     assert report.passed, f"\n{report}"
     assert _C.uses_onednn(16, 256, 1024)
+
+
+def test_onednn_only_where_the_output_has_a_block_per_thread():
+    """oneDNN splits K between threads for outputs with fewer blocks than threads (the sum's
+    order then follows the thread count): such products stay off it; the weight gradient on
+    it matches the float64 product."""
+    _onednn_or_skip()
+    from fastrnn import _C
+
+    assert not _C.uses_onednn(1, 2**22, 4)  # one 64 x 64 block: K would be split at 2 threads
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _C.uses_onednn(64, 1024, 128)  # two blocks, one per thread
+        torch.set_num_threads(1)
+        assert _C.uses_onednn(64, 1024, 64)
+    finally:
+        torch.set_num_threads(prev)
+    dy, x = torch.randn(800, 1024), torch.randn(800, 64)
+    assert _C.uses_onednn(64, 800, 1024)
+    want = dy.double().t() @ x.double()
+    got = _C.weight_grad(dy, x)
+    assert got.shape == (1024, 64)
+    assert testing.rel_rms(got, want) < fastrnn.numerics.bound(torch.float32)
