@@ -229,11 +229,15 @@ def rnn(
         x_proj = project(x2d, w_ih, b, concrete)
         G = w_ih.shape[0] // D
         x_proj = x_proj.view(T, B, D * G)
+        # the directions' column blocks by split, not by slicing: a slice's backward
+        # zero-fills a whole (T, B, D*G) gradient per direction and adds them, split's
+        # concatenates once (the same values; 550 us per fill at (100, 8, 1024) here)
+        parts = x_proj.split(G, dim=-1) if D > 1 else (x_proj,)
         outs = []
         for d in range(D):
             i = layer * D + d
             _, extras, attrs = loop[d]
-            x_d = x_proj[..., d * G : (d + 1) * G] if D > 1 else x_proj
+            x_d = parts[d]
             recipe = (x2d, w_ih, b, d * G, (d + 1) * G) if checked else (None,) * 5
             if spec.project_input is not None:
                 x_d = spec.project_input(x_d, groups[d], options)
@@ -256,7 +260,7 @@ def rnn(
                 acc.append(f)
         # the projection's last reference here: gone before the next layer's is made
         # (the ops keep it only where a backward needs it)
-        del x_proj, x_d
+        del x_proj, x_d, parts
         layer_input = torch.cat(outs, dim=-1) if D > 1 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
