@@ -237,15 +237,17 @@ inline int64_t onednn_min() {
   return v;
 }
 //
-// oneDNN splits a product's reduction over K between threads when its M x N output has fewer
-// blocks than there are threads (its blocking heuristics; seen here at 2 threads for a
-// 1 x 4 output with K = 6400): then the sum's order, and the bits, would depend on the
-// thread count. So a product goes to oneDNN only while its output has at least one 64 x 64
-// block per thread torch may use; elsewhere the register-blocked kernel or torch's BLAS.
+// The bits must not depend on the thread count. oneDNN's matmul (brgemm on AVX-512 and
+// AVX2) sums each output over K in the same blocks whatever the threads, except where its
+// blocking splits K between threads: for float32, when K >= 20000 with M and N both <= 512
+// (it also does so for a transposed A with K >= 2048, which fastrnn never passes), and in
+// its plain-GEMM fallback for outputs narrower than a few vectors (seen at 2 threads for a
+// 1 x 4 output with K = 6400). Those products stay off oneDNN whatever the thread count
+// (the choice never depends on it, or the route itself would).
 template <typename T>
 inline bool use_onednn(int64_t M, int64_t K, int64_t N) {
   if (!std::is_same_v<T, float> || onednn_min() <= 0 || M * K * N < onednn_min()) return false;
-  if (((M + 63) / 64) * ((N + 63) / 64) < at::get_num_threads()) return false;
+  if (N < 64 || (K >= 20000 && M <= 512 && N <= 512)) return false;
   return OneDnn::usable();
 }
 
@@ -268,10 +270,12 @@ inline at::Tensor input_linear_dx(const at::Tensor& dy, const at::Tensor& w) {
 // (x^T dy)^T, with dy read in place as the product's weight (reordered by oneDNN itself):
 // at (R, I, G) = (6400, 512, 2048) 34 ms against MKL's 64 on the Zen 5 VM here, and 0.23 ms
 // against 0.33 at (800, 64, 512). Only where x^T is the narrower copy (I <= G): copying
-// a wide x^T cost more than the product saved.
+// a wide x^T cost more than the product saved; and only for outputs of 8 64 x 64 blocks or
+// more: into a smaller output (a long sum), MKL was faster, (792, 128, 128) 145 us against 185.
 inline at::Tensor weight_grad(const at::Tensor& dy, const at::Tensor& x) {
   const int64_t R = dy.size(0), G = dy.size(1), I = x.size(1);
-  if (dy.scalar_type() == at::kFloat && I <= G && use_onednn<float>(I, R, G))
+  const bool wide = ((I + 63) / 64) * ((G + 63) / 64) >= 8;
+  if (dy.scalar_type() == at::kFloat && I <= G && wide && use_onednn<float>(I, R, G))
     return OneDnn::mm(x.t().contiguous(), dy.contiguous().t()).t().contiguous();
   return at::mm(dy.t(), x);
 }

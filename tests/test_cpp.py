@@ -513,16 +513,17 @@ def _grads_at(threads: int, m, x, dy):
 
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU], ids=["lstm", "gru"])
 def test_onednn_results_do_not_depend_on_the_thread_count(cls):
-    """Bitwise the same outputs, states and gradients at 1 and 2 threads, the inference stack
+    """Bitwise the same outputs, states and gradients at 1, 2 and 3 threads, the inference stack
     included (its 8x longer input is projected a chunk of steps at a time with the weights
     packed once), so a run reproduces on a machine with another core count."""
     _onednn_or_skip()
     torch.manual_seed(0)
     m = cls(64, 256, num_layers=2, bidirectional=True, backend="cpp")
     x, dy = torch.randn(7, 16, 64), torch.randn(7, 16, 512)
-    one, two = _grads_at(1, m, x, dy), _grads_at(2, m, x, dy)
-    for a, b in zip(one, two, strict=True):
-        assert torch.equal(a, b)
+    one = _grads_at(1, m, x, dy)
+    for threads in (2, 3):  # 3: another blocking of the outputs between threads
+        for a, b in zip(one, _grads_at(threads, m, x, dy), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_onednn_follows_torch_mkldnn_flag():
@@ -541,22 +542,23 @@ def test_onednn_follows_torch_mkldnn_flag():
     assert _C.uses_onednn(16, 256, 1024)
 
 
-def test_onednn_only_where_the_output_has_a_block_per_thread():
-    """oneDNN splits K between threads for outputs with fewer blocks than threads (the sum's
-    order then follows the thread count): such products stay off it; the weight gradient on
-    it matches the float64 product."""
+def test_onednn_route_does_not_depend_on_the_thread_count():
+    """oneDNN splits a sum over K between threads for some shapes (huge K into a small
+    output; narrow outputs): those stay off it at every thread count, and the route never
+    depends on the count. The weight gradient on it matches the float64 product."""
     _onednn_or_skip()
     from fastrnn import _C
 
-    assert not _C.uses_onednn(1, 2**22, 4)  # one 64 x 64 block: K would be split at 2 threads
+    shapes = [(1, 2**22, 4), (64, 20000, 128), (64, 20000, 1024), (64, 1024, 128), (16, 256, 1024), (2, 2**20, 64)]
     prev = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
-        assert _C.uses_onednn(64, 1024, 128)  # two blocks, one per thread
-        torch.set_num_threads(1)
-        assert _C.uses_onednn(64, 1024, 64)
+        routes = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            routes.append([_C.uses_onednn(*s) for s in shapes])
     finally:
         torch.set_num_threads(prev)
+    assert routes[0] == routes[1] == routes[2] == [False, False, True, True, True, False]
     dy, x = torch.randn(800, 1024), torch.randn(800, 64)
     assert _C.uses_onednn(64, 800, 1024)
     want = dy.double().t() @ x.double()
