@@ -106,13 +106,27 @@ def test_weight_grad_empty_rows_are_zero():
     assert torch.equal(got, torch.zeros(8, 5, device=DEV))
 
 
-def test_cpu_backends_keep_torch_matmuls():
-    """The cpp and reference backends have no GEMMs of their own: their projections and
-    weight gradients stay the torch matmuls they were (their numbers unchanged)."""
+def test_which_backends_have_their_own_gemms():
+    """The reference has no GEMMs of its own: its projections and weight gradients are torch
+    matmuls. Triton's are kernels.gemm's; the C++ backend's are fastrnn._cpp's, which take
+    oneDNN for large float32 products (tests/test_cpp.py) and are torch's own matmuls
+    elsewhere: the same bits for float64 and for small products."""
     for entry in ("weight_grad", "linear", "linear_backward"):
-        assert fastrnn.backends.gemm("cpp", entry) is None
         assert fastrnn.backends.gemm("reference", entry) is None
         assert fastrnn.backends.gemm("triton", entry) is getattr(gemm, entry)
+    if fastrnn.available_backends()["cpp"] != "available":
+        return
+    from fastrnn import _cpp
+
+    for entry in ("weight_grad", "linear", "linear_backward"):
+        assert fastrnn.backends.gemm("cpp", entry) is getattr(_cpp, entry)
+    for dtype, R in ((torch.float64, 4096), (torch.float32, 16)):
+        x, w, b, dy = (torch.randn(*s, dtype=dtype) for s in ((R, 64), (256, 64), (256,), (R, 256)))
+        assert torch.equal(_cpp.linear(x, w, b), torch.addmm(b, x, w.t()))
+        dx, dw = _cpp.linear_backward(dy, x, w, True, True)
+        assert torch.equal(dx, dy @ w)
+        assert torch.equal(dw, dy.t() @ x)
+        assert torch.equal(_cpp.weight_grad(dy, x, w), dy.t() @ x)
 
 
 def _one_rounding(got, want, absolute, K, dtype) -> float:
