@@ -210,7 +210,7 @@ struct OneDnn {
   static at::Tensor mm(const at::Tensor& a, const at::Tensor& w, const c10::optional<at::Tensor>& bias = {}) {
     std::vector<c10::IValue> st{a,
                                 w,
-                                bias ? c10::IValue(*bias) : c10::IValue(),
+                                bias ? c10::IValue(bias->contiguous()) : c10::IValue(),  // read as N floats
                                 c10::IValue(std::string("none")),
                                 c10::IValue(c10::List<c10::optional<at::Scalar>>()),
                                 c10::IValue(std::string(""))};

@@ -565,3 +565,16 @@ def test_onednn_route_does_not_depend_on_the_thread_count():
     got = _C.weight_grad(dy, x)
     assert got.shape == (1024, 64)
     assert testing.rel_rms(got, want) < fastrnn.numerics.bound(torch.float32)
+
+
+def test_onednn_projection_takes_any_bias_strides():
+    """A bias that is a strided view (every other element, a column, an expanded scalar)
+    gives the same projection as addmm on the oneDNN route too."""
+    _onednn_or_skip()
+    from fastrnn import _cpp
+
+    x, w = torch.randn(64, 256), torch.randn(1024, 256)
+    for b in (torch.randn(2048)[::2], torch.randn(1024, 3)[:, 1], torch.tensor([1.5]).expand(1024)):
+        want = torch.addmm(b.double(), x.double(), w.double().t())
+        for got in (_cpp.linear(x, w, b), torch.ops.fastrnn.linear(x, w, b, "cpp")):
+            assert testing.rel_rms(got, want) < fastrnn.numerics.bound(torch.float32)
