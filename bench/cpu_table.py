@@ -437,12 +437,7 @@ def sgemm_scaling(n: int = 2048, repeats: int = 3) -> dict:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             torch.mm(a, b)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                torch.mm(a, b)
-                times.append(time.perf_counter() - t0)
-            best[threads] = min(times)
+            best[threads] = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     finally:
         torch.set_num_threads(prev)
     return {

@@ -182,23 +182,14 @@ struct GemmShapeBaseline {  // 8 of 16 xmm
 // reduction over K is not split between threads. float32 only (oneDNN has no float64 path),
 // and only while torch.backends.mkldnn is enabled.
 struct OneDnn {
-  const c10::OperatorHandle* linear = nullptr;   // mkldnn::_linear_pointwise
-  const c10::OperatorHandle* reorder = nullptr;  // mkldnn::_reorder_linear_weight
+  c10::optional<c10::OperatorHandle> linear;   // mkldnn::_linear_pointwise
+  c10::optional<c10::OperatorHandle> reorder;  // mkldnn::_reorder_linear_weight
   static const OneDnn& get() {
-    static const OneDnn ops = [] {
-      OneDnn o;
-      auto& d = c10::Dispatcher::singleton();
-      static auto lin = d.findSchema({"mkldnn::_linear_pointwise", ""});
-      static auto reo = d.findSchema({"mkldnn::_reorder_linear_weight", ""});
-      if (lin && reo) {
-        o.linear = &*lin;
-        o.reorder = &*reo;
-      }
-      return o;
-    }();
+    static const OneDnn ops{c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""}),
+                            c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""})};
     return ops;
   }
-  static bool usable() { return get().linear && at::globalContext().userEnabledMkldnn(); }
+  static bool usable() { return get().linear && get().reorder && at::globalContext().userEnabledMkldnn(); }
   // w_nk (N x K, contiguous) in the layout oneDNN reads for M-row products.
   static at::Tensor pack(const at::Tensor& w_nk, int64_t M) {
     std::vector<c10::IValue> st{w_nk, c10::IValue(M)};
@@ -290,8 +281,7 @@ struct ChunkLinear {
       packed = OneDnn::pack(w.contiguous(), rows);
   }
   at::Tensor operator()(const at::Tensor& x) const {
-    if (packed.defined()) return OneDnn::mm(x.contiguous(), packed, b);
-    return b ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
+    return packed.defined() ? OneDnn::mm(x.contiguous(), packed, b) : input_linear(x, w, b);
   }
 };
 
@@ -315,6 +305,12 @@ at::Tensor row_major_copy(const at::Tensor& w) {
   return out;
 }
 
+// W (K x N) packed for oneDNN's M-row products, or undefined where oneDNN does not take them.
+template <typename T>
+at::Tensor step_pack(const at::Tensor& w_kn, int64_t M) {
+  return use_onednn<T>(M, w_kn.size(0), w_kn.size(1)) ? OneDnn::pack(w_kn.t().contiguous(), M) : at::Tensor();
+}
+
 // The per-step product C += A @ W with the choice above. W (K x N) may be a transposed
 // view: BLAS takes it as is, the kernel gets a row-major copy made once per call.
 // acc<Isa> runs the kernel instance of the ISA the calling loop was compiled for.
@@ -330,10 +326,8 @@ struct StepGemm {
   // undefined to pack here where oneDNN takes the product.
   StepGemm(const at::Tensor& w_kn, int64_t M, const at::Tensor& packed = {})
       : w(w_kn), K(w_kn.size(0)), N(w_kn.size(1)), blas(use_blas(M, w_kn.size(0), w_kn.size(1))) {
-    if (use_onednn<T>(M, K, N)) {
-      blas = true;
-      wd = packed.defined() ? packed : OneDnn::pack(w_kn.t().contiguous(), M);
-    }
+    wd = packed.defined() ? packed : step_pack<T>(w_kn, M);
+    blas = blas || wd.defined();
     wc = blas ? w_kn : row_major_copy<T>(w_kn);
     wp = blas ? nullptr : wc.data_ptr<T>();
   }
@@ -356,12 +350,5 @@ struct StepGemm {
       c.addmm_(a, w);
   }
 };
-
-// W (K x N) packed as StepGemm packs it for M-row products, or undefined where oneDNN does
-// not take them.
-template <typename T>
-at::Tensor step_pack(const at::Tensor& w_kn, int64_t M) {
-  return use_onednn<T>(M, w_kn.size(0), w_kn.size(1)) ? OneDnn::pack(w_kn.t().contiguous(), M) : at::Tensor();
-}
 
 }  // namespace fastrnn

@@ -206,22 +206,19 @@ def native_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:
     return torch.float32
 
 
-# Backends with GEMMs of their own for a layer's products outside the time loops, and which:
-# ``linear(x, w, b)`` and ``linear_backward(dy, x, w, need_dx, need_dw)`` (the input
-# projection and its gradients, see fastrnn._projection), ``weight_grad(dg (R, M), x (R, N),
-# weight) -> dg^T x`` (M, N) fp32 (the weight gradients after the loop). Triton has all three,
-# so that those GEMMs take the recurrence's precision rule and operands (fastrnn.kernels.gemm);
-# the C++ backend has them too, on oneDNN where it takes a float32 product (about twice
-# MKL's rate on the AMD CPUs here, see csrc/gemm.h). The reference uses torch matmuls.
-OWN_GEMMS = {
-    "triton": ("linear", "linear_backward", "weight_grad"),
-    "cpp": ("linear", "linear_backward", "weight_grad"),
-}
+# Backends with GEMMs of their own for a layer's products outside the time loops: entry
+# points ``linear(x, w, b)`` and ``linear_backward(dy, x, w, need_dx, need_dw)`` (the input
+# projection and its gradients, see fastrnn._projection) and ``weight_grad(dg (R, M), x (R, N),
+# weight) -> dg^T x`` (M, N) in the accumulation dtype (the weight gradients after the loop). Triton's take the
+# recurrence's precision rule and operands (fastrnn.kernels.gemm); the C++ backend's run on
+# oneDNN where it takes a float32 product (about twice MKL's rate on the AMD CPUs here, see
+# csrc/gemm.h). The reference uses torch matmuls.
+OWN_GEMMS = ("triton", "cpp")
 
 
 def gemm(backend: str, entry: str) -> Callable | None:
     """A backend's own GEMM ``entry`` (see OWN_GEMMS), or None for the torch matmuls."""
-    return implementation(backend, entry) if entry in OWN_GEMMS.get(backend, ()) else None
+    return implementation(backend, entry) if backend in OWN_GEMMS else None
 
 
 def implementation(backend: str, entry: str) -> Callable:
